@@ -1,0 +1,166 @@
+// Command mailproxy is a protocol-aware front end for IMAP, POP3 and SMTP
+// servers. It keeps every IMAP session of a user on one backend.
+//
+// Usage:
+//
+//	mailproxy [run] -config FILE   serve (the default subcommand)
+//	mailproxy check -config FILE   validate a config and exit
+//	mailproxy demo                 run against built-in in-memory backends
+//	mailproxy version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"mailproxy/protocols"
+	"mailproxy/protocols/imap"
+	"mailproxy/proxy"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	cmd := "run"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	var err error
+	switch cmd {
+	case "run":
+		err = cmdRun(args, stderr)
+	case "check":
+		err = cmdCheck(args, stdout)
+	case "demo":
+		err = cmdDemo(args, stdout, stderr)
+	case "version":
+		fmt.Fprintln(stdout, "mailproxy", version)
+	default:
+		fmt.Fprintf(stderr, "mailproxy: unknown command %q (want run, check, demo or version)\n", cmd)
+		return 2
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return 2
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "mailproxy %s: %v\n", cmd, err)
+		return 1
+	}
+	return 0
+}
+
+func configFlag(name string, args []string, stderr io.Writer) (string, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "/etc/mailproxy/mailproxy.toml", "config file")
+	if err := fs.Parse(args); err != nil {
+		return "", err
+	}
+	return *path, nil
+}
+
+func cmdCheck(args []string, stdout io.Writer) error {
+	path, err := configFlag("check", args, stdout)
+	if err != nil {
+		return err
+	}
+	cfg, err := proxy.LoadConfig(path)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: ok (%d listeners, %d pools)\n", path, len(cfg.Listeners), len(cfg.Pools))
+	for _, u := range cfg.Unbuilt() {
+		fmt.Fprintf(stdout, "%s: note: %s\n", path, u)
+	}
+	return nil
+}
+
+// handlers wires the protocol implementations into the proxy.
+func handlers() map[string]protocols.Handler {
+	return map[string]protocols.Handler{"imap": imap.Handler{}}
+}
+
+func newLogger(cfg proxy.LogConfig, w io.Writer) *slog.Logger {
+	var level slog.Level
+	level.UnmarshalText([]byte(cfg.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func cmdRun(args []string, stderr io.Writer) error {
+	path, err := configFlag("run", args, stderr)
+	if err != nil {
+		return err
+	}
+	cfg, err := proxy.LoadConfig(path)
+	if err != nil {
+		return err
+	}
+	if unbuilt := cfg.Unbuilt(); len(unbuilt) > 0 {
+		return fmt.Errorf("%s uses features this version does not have yet:\n  %s", path, strings.Join(unbuilt, "\n  "))
+	}
+	for _, l := range cfg.Listeners {
+		if handlers()[l.Protocol] == nil {
+			return fmt.Errorf("listener %s: protocol %s is not built yet", l.Name, l.Protocol)
+		}
+	}
+	log := newLogger(cfg.Log, stderr)
+	srv, err := proxy.New(cfg, proxy.Options{Logger: log, Handlers: handlers()})
+	if err != nil {
+		return err
+	}
+	return serve(srv, cfg, log)
+}
+
+// serve runs srv until SIGTERM or SIGINT, then shuts down gracefully.
+// SIGHUP reloads the TLS certificate.
+func serve(srv *proxy.Server, cfg *proxy.Config, log *slog.Logger) error {
+	srv.StartBackground()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ListenAndServe() }()
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	for {
+		select {
+		case err := <-errc:
+			srv.Close()
+			return err
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				if err := srv.ReloadCertificates(); err != nil {
+					log.Error("certificate reload failed", "err", err)
+				} else {
+					log.Info("certificate reloaded")
+				}
+				continue
+			}
+			grace := cfg.Limits.ShutdownGrace.Duration
+			log.Info("shutting down", "signal", sig.String(), "grace", grace.String())
+			ctx, cancel := context.WithTimeout(context.Background(), grace)
+			err := srv.Shutdown(ctx)
+			cancel()
+			if err != nil {
+				log.Warn("grace period over, closed remaining sessions")
+			}
+			log.Info("stopped")
+			return nil
+		}
+	}
+}

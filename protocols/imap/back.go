@@ -1,0 +1,248 @@
+package imap
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+
+	"mailproxy/protocols"
+	mtls "mailproxy/tls"
+)
+
+// maxBackendLine bounds a backend's response line before login.
+const maxBackendLine = 64 << 10
+
+// errBackend is a backend that does not speak IMAP as expected.
+var errBackend = errors.New("unexpected backend response")
+
+// greet is the hello for Session.Dial: read the greeting and do STARTTLS
+// when the backend's tls says so.
+func greet(ctx context.Context, b *protocols.Backend) error {
+	line, err := protocols.ReadLine(b.Reader, maxBackendLine)
+	if err != nil {
+		return fmt.Errorf("read greeting: %w", err)
+	}
+	b.Greeting = string(line)
+	if !strings.HasPrefix(b.Greeting, "* OK") {
+		return fmt.Errorf("%w: greeting %q", errBackend, truncate(b.Greeting))
+	}
+	b.Caps = capabilityCode(b.Greeting)
+	if !b.StartTLS {
+		return nil
+	}
+	if _, _, err := backendCommand(b, "P0", "STARTTLS"); err != nil {
+		return fmt.Errorf("starttls: %w", err)
+	}
+	tc, err := mtls.Handshake(ctx, b.Conn, b.TLS, false)
+	if err != nil {
+		return err
+	}
+	b.SetConn(tc)
+	b.Caps = nil // they change with TLS and must be asked again
+	return nil
+}
+
+// backendCommand sends one command line and reads to its tagged response. It
+// returns the tagged line without the tag and the untagged lines. Only OK
+// counts as success; a NO or BAD comes back as an error.
+func backendCommand(b *protocols.Backend, tag, line string) (string, []string, error) {
+	if _, err := io.WriteString(b.Conn, tag+" "+line+"\r\n"); err != nil {
+		return "", nil, err
+	}
+	resp, untagged, err := readTagged(b, tag)
+	if err == nil && !strings.HasPrefix(resp, "OK") {
+		err = fmt.Errorf("%w: %s", errBackend, truncate(resp))
+	}
+	return resp, untagged, err
+}
+
+// readTagged reads the backend's lines up to the one tagged tag.
+func readTagged(b *protocols.Backend, tag string) (string, []string, error) {
+	var untagged []string
+	for {
+		line, err := protocols.ReadLine(b.Reader, maxBackendLine)
+		if err != nil {
+			return "", untagged, err
+		}
+		s := string(line)
+		if rest, ok := strings.CutPrefix(s, tag+" "); ok {
+			return rest, untagged, nil
+		}
+		if strings.HasPrefix(s, "+") {
+			return s, untagged, nil // a continuation request; the caller decides
+		}
+		untagged = append(untagged, s)
+	}
+}
+
+// backendLogin logs in to b with the client's credentials. ok says whether
+// the backend accepted; text is the tagged response to give the client
+// without its tag ("OK [CAPABILITY ...] Logged in" or the backend's NO).
+func backendLogin(ctx context.Context, b *protocols.Backend, creds protocols.Credentials, s *protocols.Session, client net.Addr) (ok bool, text string, err error) {
+	if b.Caps == nil {
+		_, untagged, err := backendCommand(b, "P1", "CAPABILITY")
+		if err != nil {
+			return false, "", fmt.Errorf("capability: %w", err)
+		}
+		b.Caps = untaggedCapability(untagged)
+	}
+	if b.ForwardClient {
+		if _, _, err := backendCommand(b, "P2", forwardID(s, client)); err != nil {
+			s.Log.Debug("backend refused ID", "backend", b.Name, "err", err)
+		}
+	}
+	var resp string
+	var untagged []string
+	switch {
+	case hasCap(b.Caps, "AUTH=PLAIN"):
+		resp, untagged, err = authPlain(b, creds)
+	case hasCap(b.Caps, "LOGINDISABLED"):
+		return false, "", fmt.Errorf("%w: backend has LOGINDISABLED and no AUTH=PLAIN (set its tls)", errBackend)
+	default:
+		resp, untagged, err = loginCommand(b, creds)
+	}
+	if err != nil {
+		return false, "", err
+	}
+	switch {
+	case strings.HasPrefix(resp, "OK"):
+		return withCapability(b, resp, untagged)
+	case strings.HasPrefix(resp, "NO"):
+		return false, resp, nil
+	}
+	return false, "NO [AUTHENTICATIONFAILED] " + strings.TrimSpace(strings.TrimPrefix(resp, "BAD")), nil
+}
+
+// authPlain sends AUTHENTICATE PLAIN, with the initial response on the
+// command line when the backend has SASL-IR.
+func authPlain(b *protocols.Backend, creds protocols.Credentials) (string, []string, error) {
+	ir := base64.StdEncoding.EncodeToString([]byte(creds.Authzid + "\x00" + creds.Username + "\x00" + string(creds.Password)))
+	line := "P3 AUTHENTICATE PLAIN"
+	if hasCap(b.Caps, "SASL-IR") {
+		line += " " + ir
+	}
+	if _, err := io.WriteString(b.Conn, line+"\r\n"); err != nil {
+		return "", nil, err
+	}
+	resp, untagged, err := readTagged(b, "P3")
+	if err == nil && strings.HasPrefix(resp, "+") {
+		if _, err := io.WriteString(b.Conn, ir+"\r\n"); err != nil {
+			return "", nil, err
+		}
+		resp, untagged, err = readTagged(b, "P3")
+		if err == nil && strings.HasPrefix(resp, "+") {
+			io.WriteString(b.Conn, "*\r\n")
+			return "", nil, fmt.Errorf("%w: more SASL challenges after PLAIN", errBackend)
+		}
+	}
+	return resp, untagged, err
+}
+
+// loginCommand sends LOGIN, sending any argument that cannot be quoted as a
+// literal (non-synchronising when the backend has LITERAL+).
+func loginCommand(b *protocols.Backend, creds protocols.Credentials) (string, []string, error) {
+	plus := hasCap(b.Caps, "LITERAL+")
+	parts := []string{"P3 LOGIN"}
+	for _, a := range []string{creds.Username, string(creds.Password)} {
+		q, isLit := quote(a)
+		if !isLit {
+			parts[len(parts)-1] += " " + q
+			continue
+		}
+		head, data, _ := strings.Cut(q, "\r\n")
+		if plus {
+			head = strings.TrimSuffix(head, "}") + "+}"
+		}
+		parts[len(parts)-1] += " " + head
+		parts = append(parts, data)
+	}
+	for i, p := range parts {
+		if _, err := io.WriteString(b.Conn, p); err != nil {
+			return "", nil, err
+		}
+		if i == len(parts)-1 {
+			break
+		}
+		if _, err := io.WriteString(b.Conn, "\r\n"); err != nil {
+			return "", nil, err
+		}
+		if !plus {
+			if resp, _, err := readTagged(b, "P3"); err != nil || !strings.HasPrefix(resp, "+") {
+				return resp, nil, err
+			}
+		}
+	}
+	if _, err := io.WriteString(b.Conn, "\r\n"); err != nil {
+		return "", nil, err
+	}
+	return readTagged(b, "P3")
+}
+
+// withCapability makes sure the client's tagged OK carries the backend's
+// post-login capabilities, asking the backend when its OK did not.
+func withCapability(b *protocols.Backend, resp string, untagged []string) (bool, string, error) {
+	if capabilityCode(resp) != nil {
+		return true, resp, nil
+	}
+	caps := untaggedCapability(untagged)
+	if caps == nil {
+		_, u, err := backendCommand(b, "P4", "CAPABILITY")
+		if err != nil {
+			return false, "", fmt.Errorf("capability after login: %w", err)
+		}
+		caps = untaggedCapability(u)
+	}
+	text := strings.TrimSpace(strings.TrimPrefix(resp, "OK"))
+	return true, fmt.Sprintf("OK [CAPABILITY %s] %s", strings.Join(caps, " "), text), nil
+}
+
+// forwardID is the RFC 2971 ID command that tells a backend (Dovecot, with
+// login_trusted_networks) who the real client is.
+func forwardID(s *protocols.Session, client net.Addr) string {
+	host, port, _ := net.SplitHostPort(client.String())
+	local, lport, _ := net.SplitHostPort(s.Conn.LocalAddr().String())
+	return fmt.Sprintf(`ID ("x-originating-ip" %q "x-originating-port" %q "x-connected-ip" %q "x-connected-port" %q "x-session-ext-id" %q)`,
+		host, port, local, lport, s.ID)
+}
+
+// capabilityCode extracts the list from a "[CAPABILITY ...]" response code.
+func capabilityCode(line string) []string {
+	_, after, ok := strings.Cut(line, "[CAPABILITY ")
+	if !ok {
+		return nil
+	}
+	list, _, ok := strings.Cut(after, "]")
+	if !ok {
+		return nil
+	}
+	return strings.Fields(list)
+}
+
+func untaggedCapability(lines []string) []string {
+	for _, l := range lines {
+		if rest, ok := strings.CutPrefix(l, "* CAPABILITY "); ok {
+			return strings.Fields(rest)
+		}
+	}
+	return nil
+}
+
+func hasCap(caps []string, c string) bool {
+	for _, x := range caps {
+		if strings.EqualFold(x, c) {
+			return true
+		}
+	}
+	return false
+}
+
+func truncate(s string) string {
+	if len(s) > 120 {
+		return s[:120] + "..."
+	}
+	return s
+}

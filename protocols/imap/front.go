@@ -1,0 +1,239 @@
+// Package imap is mailproxy's IMAP: the client dialogue before login
+// (RFC 9051 and RFC 3501: CAPABILITY, NOOP, ID (RFC 2971), LOGOUT,
+// STARTTLS, LOGIN, AUTHENTICATE with SASL-IR (RFC 4959) and LITERAL+
+// (RFC 7888)), the backend dialogue (greeting, STARTTLS, ID forwarding,
+// login), and the health probe. After login the proxy relays bytes.
+package imap
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+
+	"mailproxy/protocols"
+	mtls "mailproxy/tls"
+)
+
+// maxErrors is how many bad commands a client may send before login.
+const maxErrors = 10
+
+// Handler is the IMAP protocols.Handler. The zero value is ready to use.
+type Handler struct{}
+
+var _ protocols.Handler = Handler{}
+
+// front is the state of one client dialogue before login.
+type front struct {
+	s      *protocols.Session
+	conn   net.Conn
+	rd     *reader
+	tls    bool
+	errors int
+}
+
+// Serve implements protocols.Handler.
+func (Handler) Serve(ctx context.Context, s *protocols.Session) (*protocols.Relay, error) {
+	f := &front{s: s, tls: s.TLSActive}
+	f.setConn(s.Conn)
+	if err := f.reply("* OK [CAPABILITY %s] mailproxy ready.", f.capabilities()); err != nil {
+		return nil, err
+	}
+	for {
+		cmd, err := f.rd.readCommand()
+		var syn errSyntax
+		switch {
+		case errors.As(err, &syn):
+			if err := f.bad(cmd.tag, syn.msg); err != nil {
+				return nil, err
+			}
+			continue
+		case errors.Is(err, errFatal):
+			f.reply("* BYE Literal too big")
+			return nil, err
+		case err != nil:
+			return nil, err
+		}
+		relay, done, err := f.dispatch(ctx, cmd)
+		if relay != nil || done || err != nil {
+			return relay, err
+		}
+	}
+}
+
+// setConn switches to a new connection (after STARTTLS) with a fresh
+// reader: whatever the client sent before the handshake is dropped here.
+func (f *front) setConn(c net.Conn) {
+	f.conn = c
+	f.rd = &reader{r: bufio.NewReaderSize(c, 4096), w: c, max: f.s.MaxLine}
+}
+
+func (f *front) reply(format string, args ...any) error {
+	_, err := fmt.Fprintf(f.conn, format+"\r\n", args...)
+	return err
+}
+
+// bad answers a bad command; too many of them end the connection.
+func (f *front) bad(tag, msg string) error {
+	if tag == "" {
+		tag = "*"
+	}
+	if f.errors++; f.errors >= maxErrors {
+		f.reply("* BYE Too many invalid commands")
+		return errors.New("too many invalid commands")
+	}
+	return f.reply("%s BAD %s", tag, msg)
+}
+
+func (f *front) loginAllowed() bool { return f.tls || !f.s.RequireTLS }
+
+// capabilities lists what a client may use now, before login.
+func (f *front) capabilities() string {
+	caps := []string{"IMAP4rev1", "LITERAL+", "SASL-IR", "ID"}
+	if f.s.TLS != nil && !f.tls {
+		caps = append(caps, "STARTTLS")
+	}
+	if f.loginAllowed() {
+		caps = append(caps, "AUTH=PLAIN", "AUTH=LOGIN")
+	} else {
+		caps = append(caps, "LOGINDISABLED")
+	}
+	return strings.Join(caps, " ")
+}
+
+// dispatch runs one command. done means the client logged out.
+func (f *front) dispatch(ctx context.Context, cmd *command) (relay *protocols.Relay, done bool, err error) {
+	switch cmd.name {
+	case "CAPABILITY":
+		err = f.reply("* CAPABILITY %s\r\n%s OK Capability completed.", f.capabilities(), cmd.tag)
+	case "NOOP":
+		err = f.reply("%s OK NOOP completed.", cmd.tag)
+	case "ID":
+		err = f.reply(`* ID ("name" "mailproxy")`+"\r\n%s OK ID completed.", cmd.tag)
+	case "LOGOUT":
+		f.reply("* BYE Logging out\r\n%s OK Logout completed.", cmd.tag)
+		return nil, true, nil
+	case "STARTTLS":
+		err = f.startTLS(ctx, cmd)
+	case "LOGIN":
+		if len(cmd.args) != 2 {
+			return nil, false, f.bad(cmd.tag, "LOGIN needs a user name and a password")
+		}
+		creds := protocols.Credentials{Username: cmd.args[0], Password: protocols.Password(cmd.args[1])}
+		return f.login(ctx, cmd.tag, creds)
+	case "AUTHENTICATE":
+		return f.authenticate(ctx, cmd)
+	default:
+		err = f.bad(cmd.tag, "Command not allowed before login")
+	}
+	return nil, false, err
+}
+
+func (f *front) startTLS(ctx context.Context, cmd *command) error {
+	if f.s.TLS == nil || f.tls {
+		return f.bad(cmd.tag, "STARTTLS not available")
+	}
+	if err := f.reply("%s OK Begin TLS negotiation now.", cmd.tag); err != nil {
+		return err
+	}
+	tc, err := mtls.Handshake(ctx, f.conn, f.s.TLS, true)
+	if err != nil {
+		return err
+	}
+	f.tls = true
+	f.setConn(tc)
+	return nil
+}
+
+// authenticate runs a SASL exchange (RFC 9051 §6.2.2) and then the login.
+func (f *front) authenticate(ctx context.Context, cmd *command) (*protocols.Relay, bool, error) {
+	if len(cmd.args) < 1 || len(cmd.args) > 2 {
+		return nil, false, f.bad(cmd.tag, "AUTHENTICATE needs a mechanism")
+	}
+	if !f.loginAllowed() {
+		return nil, false, f.reply("%s NO [PRIVACYREQUIRED] Use STARTTLS first.", cmd.tag)
+	}
+	var creds protocols.Credentials
+	srv, err := protocols.NewSASLServer(cmd.args[0], &creds)
+	if err != nil {
+		return nil, false, f.reply("%s NO Unsupported authentication mechanism.", cmd.tag)
+	}
+	var resp []byte
+	if len(cmd.args) == 2 {
+		if resp, err = decodeSASL(cmd.args[1]); err != nil {
+			return nil, false, f.bad(cmd.tag, "Invalid base64 initial response")
+		}
+	}
+	for {
+		challenge, done, err := srv.Next(resp)
+		if err != nil {
+			f.s.FailDelay(ctx)
+			return nil, false, f.reply("%s NO [AUTHENTICATIONFAILED] Invalid credentials.", cmd.tag)
+		}
+		if done {
+			return f.login(ctx, cmd.tag, creds)
+		}
+		if err := f.reply("+ %s", base64.StdEncoding.EncodeToString(challenge)); err != nil {
+			return nil, false, err
+		}
+		line, err := protocols.ReadLine(f.rd.r, f.s.MaxLine)
+		if errors.Is(err, protocols.ErrLineTooLong) {
+			return nil, false, f.bad(cmd.tag, "Response too long")
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		if string(line) == "*" {
+			return nil, false, f.bad(cmd.tag, "Authentication cancelled.")
+		}
+		if resp, err = base64.StdEncoding.DecodeString(string(line)); err != nil {
+			return nil, false, f.bad(cmd.tag, "Invalid base64 response")
+		}
+	}
+}
+
+// decodeSASL decodes an initial response; "=" is the empty response.
+func decodeSASL(s string) ([]byte, error) {
+	if s == "=" {
+		return []byte{}, nil
+	}
+	return base64.StdEncoding.DecodeString(s)
+}
+
+// login logs in to the backend the proxy picks for the user. A rejection
+// is relayed with the backend's own text and the client may try again.
+func (f *front) login(ctx context.Context, tag string, creds protocols.Credentials) (*protocols.Relay, bool, error) {
+	f.s.User = creds.Username
+	if !f.loginAllowed() {
+		return nil, false, f.reply("%s NO [PRIVACYREQUIRED] Use STARTTLS first.", tag)
+	}
+	b, err := f.s.Dial(ctx, creds.Username, greet)
+	if err != nil {
+		f.s.Log.Warn("login failed: no backend", "user", creds.Username, "err", err)
+		return nil, false, f.reply("%s NO [UNAVAILABLE] Server unavailable, try again later.", tag)
+	}
+	ok, text, err := backendLogin(ctx, b, creds, f.s, f.conn.RemoteAddr())
+	if err != nil {
+		b.Close()
+		f.s.Log.Warn("login failed: backend error", "user", creds.Username, "backend", b.Name, "err", err)
+		return nil, false, f.reply("%s NO [UNAVAILABLE] Server unavailable, try again later.", tag)
+	}
+	if !ok {
+		b.Close()
+		f.s.Log.Info("login rejected by backend", "user", creds.Username, "backend", b.Name)
+		f.s.FailDelay(ctx)
+		return nil, false, f.reply("%s %s", tag, text)
+	}
+	if err := f.reply("%s %s", tag, text); err != nil {
+		b.Close()
+		return nil, false, err
+	}
+	f.s.Log.Info("login", "user", creds.Username, "backend", b.Name)
+	return &protocols.Relay{
+		Client: f.conn, ClientBuf: protocols.Buffered(f.rd.r),
+		Backend: b, BackBuf: protocols.Buffered(b.Reader),
+	}, false, nil
+}

@@ -1,0 +1,201 @@
+package imap
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+
+	"mailproxy/protocols"
+)
+
+// command is one client command before login.
+type command struct {
+	tag  string
+	name string   // upper case
+	args []string // atoms, quoted strings and literals, decoded; parentheses dropped
+}
+
+// errSyntax is a client error answered with BAD; the connection goes on.
+type errSyntax struct{ msg string }
+
+func (e errSyntax) Error() string { return e.msg }
+
+// errFatal ends the connection with BYE (a literal we cannot skip safely).
+var errFatal = errors.New("unrecoverable client input")
+
+// reader reads commands before login: lines and literals, both bounded.
+type reader struct {
+	r   *bufio.Reader
+	w   io.Writer // for the "+" continuation of synchronising literals
+	max int
+}
+
+// readCommand reads one whole command, fetching literals as the line
+// announces them. A syntax error comes back as errSyntax with as much of
+// the command (the tag) as could be read.
+func (rd *reader) readCommand() (*command, error) {
+	line, err := protocols.ReadLine(rd.r, rd.max)
+	if errors.Is(err, protocols.ErrLineTooLong) {
+		return &command{}, errSyntax{"Line too long"}
+	}
+	if err != nil {
+		return nil, err
+	}
+	cmd := &command{}
+	rest := string(line)
+	cmd.tag, rest = cutWord(rest)
+	if !validTag(cmd.tag) {
+		cmd.tag = ""
+		return cmd, errSyntax{"Invalid tag"}
+	}
+	cmd.name, rest = cutWord(rest)
+	if cmd.name == "" {
+		return cmd, errSyntax{"Missing command"}
+	}
+	cmd.name = strings.ToUpper(cmd.name)
+	budget := rd.max
+	for {
+		args, lit, err := parseArgs(rest)
+		cmd.args = append(cmd.args, args...)
+		if err != nil {
+			return cmd, err
+		}
+		if lit == nil {
+			return cmd, nil
+		}
+		if budget -= lit.n; lit.n > rd.max || budget < 0 {
+			if lit.plus {
+				return cmd, errFatal // the client is already sending it
+			}
+			return cmd, errSyntax{"Literal too big"}
+		}
+		if !lit.plus {
+			if _, err := io.WriteString(rd.w, "+ Ready for literal data\r\n"); err != nil {
+				return nil, err
+			}
+		}
+		buf := make([]byte, lit.n)
+		if _, err := io.ReadFull(rd.r, buf); err != nil {
+			return nil, err
+		}
+		cmd.args = append(cmd.args, string(buf))
+		line, err = protocols.ReadLine(rd.r, rd.max)
+		if errors.Is(err, protocols.ErrLineTooLong) {
+			return cmd, errSyntax{"Line too long"}
+		}
+		if err != nil {
+			return nil, err
+		}
+		rest = string(line)
+	}
+}
+
+// literal is a {n} or {n+} announcement at the end of a line.
+type literal struct {
+	n    int
+	plus bool
+}
+
+// parseArgs splits the rest of a line into arguments. It returns a literal
+// when the line ends with one; the caller reads it and parses the line that
+// follows it.
+func parseArgs(s string) (args []string, lit *literal, err error) {
+	for s != "" {
+		switch s[0] {
+		case ' ', '(', ')':
+			s = s[1:]
+		case '"':
+			v, n, err := parseQuoted(s)
+			if err != nil {
+				return args, nil, err
+			}
+			args = append(args, v)
+			s = s[n:]
+		case '{':
+			l, err := parseLiteral(s)
+			return args, l, err
+		default:
+			end := strings.IndexAny(s, " ()")
+			if end < 0 {
+				end = len(s)
+			}
+			args = append(args, s[:end])
+			s = s[end:]
+		}
+	}
+	return args, nil, nil
+}
+
+// parseQuoted decodes a quoted string at the start of s and returns it and
+// how many bytes it took.
+func parseQuoted(s string) (string, int, error) {
+	var b strings.Builder
+	for i := 1; i < len(s); i++ {
+		switch c := s[i]; c {
+		case '"':
+			return b.String(), i + 1, nil
+		case '\\':
+			i++
+			if i == len(s) || (s[i] != '"' && s[i] != '\\') {
+				return "", 0, errSyntax{"Invalid escape in quoted string"}
+			}
+			b.WriteByte(s[i])
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return "", 0, errSyntax{"Unterminated quoted string"}
+}
+
+// parseLiteral reads "{n}" or "{n+}", which must end the line.
+func parseLiteral(s string) (*literal, error) {
+	if !strings.HasSuffix(s, "}") {
+		return nil, errSyntax{"Literal must end the line"}
+	}
+	body := s[1 : len(s)-1]
+	l := &literal{}
+	if strings.HasSuffix(body, "+") {
+		l.plus, body = true, body[:len(body)-1]
+	}
+	n, err := strconv.ParseUint(body, 10, 31)
+	if err != nil || body == "" || body[0] == '+' {
+		return nil, errSyntax{"Invalid literal size"}
+	}
+	l.n = int(n)
+	return l, nil
+}
+
+func cutWord(s string) (word, rest string) {
+	word, rest, _ = strings.Cut(s, " ")
+	return word, rest
+}
+
+// validTag: any ASTRING-CHAR but "+" (RFC 9051 tag), at most 64 bytes.
+func validTag(t string) bool {
+	if t == "" || len(t) > 64 {
+		return false
+	}
+	for i := 0; i < len(t); i++ {
+		c := t[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`(){%*"\+`, c) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// quote renders s as an IMAP string for the backend: quoted when it can be,
+// otherwise a non-synchronising literal (the caller checks LITERAL+) or a
+// synchronising one, marked by the returned bool.
+func quote(s string) (string, bool) {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c == '\r' || c == '\n' || c == 0 || c >= 0x80 {
+			return fmt.Sprintf("{%d}\r\n%s", len(s), s), true
+		}
+	}
+	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`)
+	return `"` + r.Replace(s) + `"`, false
+}

@@ -1,0 +1,198 @@
+// Package protocols is the contract between the proxy and the three
+// protocol packages (imap, pop3, smtp): what the proxy hands a protocol for
+// one client connection, and what the protocol hands back after login.
+//
+// A protocol package speaks its protocol on both sides (the client dialogue
+// before login, and the backend's greeting, STARTTLS and login) but never
+// accepts connections or picks backends: it asks Session.Dial for a backend.
+package protocols
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+)
+
+// Password is a secret that redacts itself wherever it is printed or logged.
+// Use string(p) only where the password goes on the wire.
+type Password string
+
+// String implements fmt.Stringer and prints a placeholder.
+func (Password) String() string { return "REDACTED" }
+
+// GoString implements fmt.GoStringer.
+func (Password) GoString() string { return "REDACTED" }
+
+// LogValue implements slog.LogValuer.
+func (Password) LogValue() slog.Value { return slog.StringValue("REDACTED") }
+
+// MarshalText keeps the password out of JSON and other encodings.
+func (Password) MarshalText() ([]byte, error) { return []byte("REDACTED"), nil }
+
+// Credentials are what a client logged in with.
+type Credentials struct {
+	Username string
+	Password Password
+	Authzid  string // SASL authorisation identity; empty when the same as Username
+}
+
+// Session is what the proxy gives a protocol for one client connection.
+// It is owned by the session's goroutine.
+type Session struct {
+	ID   string
+	Conn net.Conn // the client connection; already TLS on an implicit-TLS listener
+	Log  *slog.Logger
+
+	TLS        *tls.Config // server config for STARTTLS; nil when the listener has tls = none
+	TLSActive  bool        // TLS is already up (implicit TLS listener)
+	RequireTLS bool        // no login before TLS
+	Hostname   string      // our name in greetings
+
+	// Listener extensions (see the config contract).
+	SMTPAuth string // off | optional | required
+	APOP     bool
+	MaxSize  int64
+
+	MaxLine          int           // longest line or literal accepted before login
+	AuthFailureDelay time.Duration // waited before every failed-login reply
+
+	// Dial picks a backend for the routing key derived from login (empty:
+	// not tied to a user), connects (implicit TLS done), and calls hello,
+	// which reads the greeting and does STARTTLS. A backend that cannot be
+	// reached or fails hello counts as a failed health check and the next
+	// one is tried where the routing rules allow.
+	Dial func(ctx context.Context, login string, hello func(context.Context, *Backend) error) (*Backend, error)
+
+	// User is the login name of the last login attempt, for the session log.
+	User string
+}
+
+// FailDelay waits the auth failure delay, or until ctx ends.
+func (s *Session) FailDelay(ctx context.Context) {
+	if s.AuthFailureDelay <= 0 {
+		return
+	}
+	t := time.NewTimer(s.AuthFailureDelay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+// Backend is a connection to one backend server, from Session.Dial.
+type Backend struct {
+	net.Conn
+	Name          string
+	Addr          string
+	TLS           *tls.Config // client config for STARTTLS towards it
+	StartTLS      bool        // the backend's tls = starttls
+	ForwardClient bool        // forward the client's identity (ID, XCLIENT)
+	Reader        *bufio.Reader
+	Greeting      string   // the backend's greeting line, set by the protocol's hello
+	Caps          []string // what the backend announced, as the protocol reads it
+
+	// Fail reports that the backend misbehaved (health: one failed check).
+	Fail func(reason string)
+
+	release   func()
+	closeOnce sync.Once
+}
+
+// NewBackend wraps a dialled connection; release runs once on Close.
+func NewBackend(c net.Conn, name, addr string, release func()) *Backend {
+	return &Backend{Conn: c, Name: name, Addr: addr, release: release, Reader: bufio.NewReaderSize(c, 4096), Fail: func(string) {}}
+}
+
+// Close closes the connection and releases the backend's lease.
+func (b *Backend) Close() error {
+	var err error
+	b.closeOnce.Do(func() {
+		err = b.Conn.Close()
+		if b.release != nil {
+			b.release()
+		}
+	})
+	return err
+}
+
+// SetConn replaces the connection after STARTTLS and starts a fresh reader,
+// so nothing buffered before the upgrade is ever read.
+func (b *Backend) SetConn(c net.Conn) {
+	b.Conn = c
+	b.Reader = bufio.NewReaderSize(c, 4096)
+}
+
+// Relay is what a protocol returns after a successful login: the two
+// connections to copy between, and bytes each side already sent that the
+// protocol read ahead and the other side has not seen yet.
+type Relay struct {
+	Client    net.Conn
+	ClientBuf []byte // from the client, for the backend
+	Backend   *Backend
+	BackBuf   []byte // from the backend, for the client
+}
+
+// Handler runs one protocol's dialogue for a client connection.
+type Handler interface {
+	// Serve runs the dialogue before login. It returns a Relay after a
+	// successful login, nil and nil when the client left politely, or an
+	// error. A protocol with no relay phase (SMTP) does all its work here.
+	Serve(ctx context.Context, s *Session) (*Relay, error)
+	// Probe checks a backend for the health checker: read the greeting,
+	// end politely.
+	Probe(ctx context.Context, conn net.Conn) error
+}
+
+// ErrLineTooLong is returned by ReadLine for a line over the limit.
+var ErrLineTooLong = errors.New("line too long")
+
+// ReadLine reads one CRLF- or LF-terminated line of at most max bytes
+// (without the terminator) and returns it without the line ending.
+func ReadLine(r *bufio.Reader, max int) ([]byte, error) {
+	var line []byte
+	for {
+		frag, err := r.ReadSlice('\n')
+		if len(line)+len(frag) > max+2 {
+			// Swallow the rest of the line so the next read starts clean.
+			for errors.Is(err, bufio.ErrBufferFull) {
+				_, err = r.ReadSlice('\n')
+			}
+			if err != nil {
+				return nil, err
+			}
+			return nil, ErrLineTooLong
+		}
+		line = append(line, frag...)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, bufio.ErrBufferFull) {
+			if err == io.EOF && len(line) > 0 {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+	}
+	line = line[:len(line)-1]
+	if n := len(line); n > 0 && line[n-1] == '\r' {
+		line = line[:n-1]
+	}
+	return line, nil
+}
+
+// Buffered returns a copy of what r holds unread.
+func Buffered(r *bufio.Reader) []byte {
+	n := r.Buffered()
+	if n == 0 {
+		return nil
+	}
+	b, _ := r.Peek(n)
+	return append([]byte(nil), b...)
+}

@@ -1,0 +1,348 @@
+// Package proxy is mailproxy's server: listeners and accept loops,
+// connection limits, the life of a session (id, deadlines, logs, the lease),
+// the byte relay after login, health checks and graceful shutdown. It never
+// parses a mail protocol: that is the protocols packages' job, handed in as
+// protocols.Handler values.
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"mailproxy/protocols"
+	"mailproxy/routing"
+	mtls "mailproxy/tls"
+)
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("mailproxy: server closed")
+
+// Options are the parts of a Server that are not in the config file.
+type Options struct {
+	Logger *slog.Logger // default slog.Default()
+	// Handlers maps a protocol name ("imap", "pop3", "smtp") to its
+	// implementation. A listener whose protocol has no handler is an error.
+	Handlers map[string]protocols.Handler
+	// Dial connects to backends; default a net.Dialer.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Certs overrides [tls] cert/key (tests hand in a generated certificate).
+	Certs *mtls.CertStore
+}
+
+// Server runs the listeners of one config.
+type Server struct {
+	cfg      *Config
+	log      *slog.Logger
+	handlers map[string]protocols.Handler
+	dial     func(ctx context.Context, network, addr string) (net.Conn, error)
+	certs    *mtls.CertStore
+	tlsCfg   *tls.Config
+	pools    map[string]*routing.Pool
+
+	conns atomic.Int64
+	mu    sync.Mutex
+	perIP map[string]int
+	lns   map[*net.Listener]struct{}
+	live  map[*session]struct{}
+	wg    sync.WaitGroup
+
+	closed atomic.Bool
+	bgStop context.CancelFunc
+	bgDone sync.WaitGroup
+}
+
+// backendInfo is what the proxy keeps per backend as routing.Backend.Data.
+type backendInfo struct {
+	cfg  BackendConfig
+	addr [3]string    // by routing.Protocol
+	tls  []*tls.Config // by routing.Protocol; client config for tls != none
+}
+
+// New builds a server from a validated config. It does not listen yet.
+func New(cfg *Config, opts Options) (*Server, error) {
+	s := &Server{
+		cfg: cfg, log: opts.Logger, handlers: opts.Handlers, dial: opts.Dial, certs: opts.Certs,
+		pools: make(map[string]*routing.Pool), perIP: make(map[string]int),
+		lns: make(map[*net.Listener]struct{}), live: make(map[*session]struct{}),
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.dial == nil {
+		var d net.Dialer
+		s.dial = d.DialContext
+	}
+	if err := s.setupTLS(); err != nil {
+		return nil, err
+	}
+	for _, l := range cfg.Listeners {
+		if s.handlers[l.Protocol] == nil {
+			return nil, fmt.Errorf("listener %s: no handler for protocol %q", l.Name, l.Protocol)
+		}
+	}
+	for _, pc := range cfg.Pools {
+		p, err := s.newPool(pc)
+		if err != nil {
+			return nil, err
+		}
+		s.pools[pc.Name] = p
+	}
+	return s, nil
+}
+
+func (s *Server) setupTLS() error {
+	needs := false
+	for _, l := range s.cfg.Listeners {
+		needs = needs || l.TLS != "none" && l.TLS != ""
+	}
+	if !needs {
+		return nil
+	}
+	if s.certs == nil {
+		c, err := mtls.NewCertStore(s.cfg.TLS.Cert, s.cfg.TLS.Key)
+		if err != nil {
+			return err
+		}
+		s.certs = c
+	}
+	minV, err := mtls.ParseMinVersion(s.cfg.TLS.MinVersion)
+	if err != nil {
+		return err
+	}
+	s.tlsCfg = mtls.ServerConfig(s.certs, minV)
+	return nil
+}
+
+// ReloadCertificates re-reads the server certificate (on SIGHUP).
+func (s *Server) ReloadCertificates() error {
+	if s.certs == nil {
+		return nil
+	}
+	return s.certs.Reload()
+}
+
+func (s *Server) newPool(pc PoolConfig) (*routing.Pool, error) {
+	var opts routing.Options
+	opts.Name = pc.Name
+	opts.Linger = pc.Linger.Duration
+	opts.Rise, opts.Fall = pc.Health.Rise, pc.Health.Fall
+	opts.Pins = make(map[string]string, len(pc.Pins))
+	for u, b := range pc.Pins {
+		opts.Pins[s.routingKey(u)] = b
+	}
+	for i, name := range []string{pc.IMAP, pc.POP3, pc.SMTP} {
+		pol, err := routing.ParsePolicy(name)
+		if err != nil {
+			return nil, fmt.Errorf("pool %s: %w", pc.Name, err)
+		}
+		opts.Policies[i] = pol
+	}
+	opts.OnStateChange = func(b *routing.Backend, p routing.Protocol, st routing.State, reason string) {
+		s.log.Warn("backend state changed", "pool", pc.Name, "backend", b.Name, "protocol", p.String(), "state", st.String(), "reason", reason)
+	}
+	var specs []routing.BackendSpec
+	for _, bc := range pc.Backends {
+		info := &backendInfo{cfg: bc, addr: [3]string{bc.IMAP, bc.POP3, bc.SMTP}, tls: make([]*tls.Config, 3)}
+		spec := routing.BackendSpec{Name: bc.Name, Weight: bc.Weight, Disabled: bc.Disabled, Data: info}
+		for i, a := range info.addr {
+			spec.Serves[i] = a != ""
+			if a == "" || bc.TLS == "none" || bc.TLS == "" {
+				continue
+			}
+			c, err := mtls.ClientConfig(a, mtls.ClientOptions{ServerName: bc.TLSServerName, SkipVerify: bc.TLSSkipVerify, CAFile: bc.TLSCA})
+			if err != nil {
+				return nil, fmt.Errorf("pool %s backend %s: %w", pc.Name, bc.Name, err)
+			}
+			info.tls[i] = c
+		}
+		specs = append(specs, spec)
+	}
+	return routing.NewPool(opts, specs)
+}
+
+// Pool returns the routing pool called name, or nil.
+func (s *Server) Pool(name string) *routing.Pool { return s.pools[name] }
+
+// routingKey normalises a login name as [auth] says.
+func (s *Server) routingKey(login string) string {
+	return routing.Key(login, s.cfg.Auth.UsernameCase == "keep", s.cfg.Auth.DefaultDomain)
+}
+
+// ListenAndServe opens every configured listener and serves them until
+// Shutdown or Close. It returns ErrServerClosed after a shutdown, or the
+// first listen error (having closed what it opened).
+func (s *Server) ListenAndServe() error {
+	var lns []net.Listener
+	for _, l := range s.cfg.Listeners {
+		ln, err := net.Listen("tcp", l.Address)
+		if err != nil {
+			for _, o := range lns {
+				o.Close()
+			}
+			return fmt.Errorf("listener %s: %w", l.Name, err)
+		}
+		lns = append(lns, ln)
+	}
+	errc := make(chan error, len(lns))
+	for i, ln := range lns {
+		go func() { errc <- s.Serve(s.cfg.Listeners[i].Name, ln) }()
+	}
+	var first error
+	for range lns {
+		if err := <-errc; first == nil || errors.Is(first, ErrServerClosed) {
+			first = err
+		}
+	}
+	return first
+}
+
+// Serve accepts connections on ln for the listener called name until
+// Shutdown or Close; it always returns a non-nil error, ErrServerClosed
+// after a shutdown. Tests hand in their own listeners here.
+func (s *Server) Serve(name string, ln net.Listener) error {
+	var lc *ListenerConfig
+	for i := range s.cfg.Listeners {
+		if s.cfg.Listeners[i].Name == name {
+			lc = &s.cfg.Listeners[i]
+		}
+	}
+	if lc == nil {
+		ln.Close()
+		return fmt.Errorf("no listener called %q", name)
+	}
+	if !s.track(&ln, true) {
+		ln.Close()
+		return ErrServerClosed
+	}
+	defer s.track(&ln, false)
+	s.log.Info("listening", "listener", name, "protocol", lc.Protocol, "address", ln.Addr().String(), "tls", lc.TLS)
+	backoff := 5 * time.Millisecond
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if s.closed.Load() || errors.Is(err, net.ErrClosed) {
+				return ErrServerClosed
+			}
+			s.log.Error("accept failed", "listener", name, "err", err, "retry_in", backoff)
+			time.Sleep(backoff) // back off from EMFILE and friends
+			backoff = min(2*backoff, time.Second)
+			continue
+		}
+		backoff = 5 * time.Millisecond
+		s.accept(lc, c)
+	}
+}
+
+func (s *Server) track(ln *net.Listener, add bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if add {
+		if s.closed.Load() {
+			return false
+		}
+		s.lns[ln] = struct{}{}
+	} else {
+		delete(s.lns, ln)
+	}
+	return true
+}
+
+// accept applies the connection limits and starts the session goroutine.
+func (s *Server) accept(lc *ListenerConfig, c net.Conn) {
+	ip := remoteIP(c)
+	s.mu.Lock()
+	over := s.conns.Load() >= int64(s.cfg.Limits.MaxConnections) ||
+		s.perIP[ip] >= s.cfg.Limits.MaxConnectionsPerIP
+	if !over {
+		s.conns.Add(1)
+		s.perIP[ip]++
+		s.wg.Add(1)
+	}
+	s.mu.Unlock()
+	if over {
+		s.log.Warn("connection refused: limit reached", "listener", lc.Name, "client", c.RemoteAddr().String())
+		c.Close()
+		return
+	}
+	go func() {
+		defer s.wg.Done()
+		defer func() {
+			s.mu.Lock()
+			s.conns.Add(-1)
+			if s.perIP[ip]--; s.perIP[ip] <= 0 {
+				delete(s.perIP, ip)
+			}
+			s.mu.Unlock()
+		}()
+		s.serveSession(lc, c)
+	}()
+}
+
+func remoteIP(c net.Conn) string {
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return a.IP.String()
+	}
+	host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+	return host
+}
+
+// Shutdown stops accepting, lets live sessions end on their own until ctx
+// is done, then closes the rest. It returns ctx's error if sessions had to
+// be cut.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.closeListeners()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		s.stopBackground()
+		return nil
+	case <-ctx.Done():
+		s.Close()
+		<-done
+		return ctx.Err()
+	}
+}
+
+// Close closes every listener and every live session at once.
+func (s *Server) Close() error {
+	s.closeListeners()
+	s.mu.Lock()
+	for ss := range s.live {
+		ss.cancel()
+	}
+	s.mu.Unlock()
+	s.stopBackground()
+	return nil
+}
+
+func (s *Server) closeListeners() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed.Store(true)
+	for ln := range s.lns {
+		(*ln).Close()
+	}
+}
+
+// StartBackground starts the server's background work (health checks)
+// until Shutdown or Close.
+func (s *Server) StartBackground() {
+	ctx, cancel := context.WithCancel(context.Background())
+	s.bgStop = cancel
+	s.startHealth(ctx)
+}
+
+func (s *Server) stopBackground() {
+	if s.bgStop != nil {
+		s.bgStop()
+		s.bgDone.Wait()
+	}
+}

@@ -1,0 +1,232 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"runtime/debug"
+	"time"
+
+	"mailproxy/protocols"
+	"mailproxy/routing"
+	mtls "mailproxy/tls"
+)
+
+// session is one client connection, owned by its goroutine.
+type session struct {
+	srv    *Server
+	lc     *ListenerConfig
+	pool   *routing.Pool
+	proto  routing.Protocol
+	log    *slog.Logger
+	cancel context.CancelFunc
+	id     string
+
+	backend *protocols.Backend // the backend of the current login attempt
+}
+
+// genericError is the reply a client gets when a session panics.
+var genericError = map[string]string{
+	"imap": "* BYE Internal error, try again later\r\n",
+	"pop3": "-ERR [SYS/TEMP] Internal error, try again later\r\n",
+	"smtp": "421 4.3.0 Internal error, try again later\r\n",
+}
+
+func newID() string {
+	var b [6]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// serveSession runs one connection from accept to close.
+func (s *Server) serveSession(lc *ListenerConfig, c net.Conn) {
+	start := time.Now()
+	proto, _ := routing.ParseProtocol(lc.Protocol)
+	ctx, cancel := context.WithCancel(context.Background())
+	ss := &session{srv: s, lc: lc, pool: s.pools[lc.Pool], proto: proto, cancel: cancel}
+	ss.id = newID()
+	ss.log = s.log.With("session", ss.id, "listener", lc.Name, "client", c.RemoteAddr().String())
+	s.mu.Lock()
+	s.live[ss] = struct{}{}
+	s.mu.Unlock()
+	client := c
+	stop := context.AfterFunc(ctx, func() { client.Close() })
+	ps := &protocols.Session{}
+	var res relayResult
+	outcome := "closed"
+	defer func() {
+		if r := recover(); r != nil {
+			ss.log.Error("session panic", "panic", r, "stack", string(debug.Stack()))
+			client.SetWriteDeadline(time.Now().Add(time.Second))
+			client.Write([]byte(genericError[lc.Protocol]))
+			outcome = "panic"
+		}
+		stop()
+		cancel()
+		client.Close()
+		if ss.backend != nil {
+			ss.backend.Close()
+		}
+		s.mu.Lock()
+		delete(s.live, ss)
+		s.mu.Unlock()
+		attrs := []any{"user", ps.User, "bytes_in", res.up, "bytes_out", res.down,
+			"duration", time.Since(start).Round(time.Millisecond).String(), "outcome", outcome}
+		if ss.backend != nil {
+			attrs = append(attrs, "backend", ss.backend.Name)
+		}
+		ss.log.Info("session end", attrs...)
+	}()
+	ss.log.Info("session start")
+
+	client.SetDeadline(start.Add(s.cfg.Limits.LoginTimeout.Duration))
+	if lc.TLS == "implicit" {
+		tc, err := mtls.Handshake(ctx, client, s.tlsCfg, true)
+		if err != nil {
+			outcome = "tls handshake failed"
+			ss.log.Debug("tls handshake failed", "err", err)
+			return
+		}
+		client = tc
+	}
+	ps = ss.protoSession(client)
+	relayOut, err := s.handlers[lc.Protocol].Serve(ctx, ps)
+	switch {
+	case err != nil:
+		outcome = classify(err)
+		ss.log.Debug("session error", "err", err)
+		return
+	case relayOut == nil:
+		return
+	}
+	client = relayOut.Client
+	ss.backend = relayOut.Backend
+	client.SetDeadline(time.Time{})
+	relayOut.Backend.SetDeadline(time.Time{})
+	res = relay(ctx, relayOut, s.cfg.Limits.IdleTimeout.Duration)
+	outcome = "logout"
+	switch {
+	case ctx.Err() != nil:
+		outcome = "closed by proxy"
+	case errors.Is(res.err, errIdle):
+		outcome = "idle timeout"
+	case res.err != nil:
+		outcome = "relay error: " + res.err.Error()
+	}
+}
+
+// classify turns a session error into the outcome word of the end line.
+func classify(err error) string {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return "login timeout"
+	case errors.Is(err, net.ErrClosed), errors.Is(err, context.Canceled),
+		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "closed"
+	}
+	return "error: " + err.Error()
+}
+
+// protoSession builds what the protocol handler sees.
+func (ss *session) protoSession(c net.Conn) *protocols.Session {
+	s, lc := ss.srv, ss.lc
+	var tlsCfg *tls.Config
+	if lc.TLS != "none" && lc.TLS != "" {
+		tlsCfg = s.tlsCfg
+	}
+	host := lc.Hostname
+	if host == "" {
+		host, _ = os.Hostname()
+	}
+	return &protocols.Session{
+		ID: ss.id, Conn: c, Log: ss.log, TLS: tlsCfg, TLSActive: lc.TLS == "implicit",
+		RequireTLS: lc.RequireTLS, Hostname: host,
+		SMTPAuth: lc.SMTPAuth, APOP: lc.APOP, MaxSize: lc.MaxSize,
+		MaxLine: 8 << 10, AuthFailureDelay: s.cfg.Limits.AuthFailureDelay.Duration,
+		Dial: ss.dialBackend,
+	}
+}
+
+// dialBackend picks, connects and greets a backend for login, trying the
+// next backend where routing allows when one cannot be reached.
+func (ss *session) dialBackend(ctx context.Context, login string, hello func(context.Context, *protocols.Backend) error) (*protocols.Backend, error) {
+	key := ""
+	if login != "" {
+		key = ss.srv.routingKey(login)
+	}
+	var tried []*routing.Backend
+	for range ss.pool.Backends() {
+		lease, err := ss.pool.Acquire(ss.proto, key, tried...)
+		if err != nil {
+			ss.log.Warn("no backend available", "user", login, "tried", len(tried))
+			return nil, fmt.Errorf("pick backend: %w", err)
+		}
+		b, err := ss.connect(ctx, lease, hello)
+		if err == nil {
+			ss.backend = b
+			return b, nil
+		}
+		ss.log.Warn("backend failed", "backend", lease.Backend.Name, "err", err)
+		tried = append(tried, lease.Backend)
+	}
+	return nil, fmt.Errorf("pick backend: %w", routing.ErrNoBackend)
+}
+
+// connect dials the lease's backend and runs hello. On failure the lease is
+// released and the backend charged with a failed health check.
+func (ss *session) connect(ctx context.Context, lease *routing.Lease, hello func(context.Context, *protocols.Backend) error) (*protocols.Backend, error) {
+	rb := lease.Backend
+	info := rb.Data.(*backendInfo)
+	addr := info.addr[ss.proto]
+	fail := func(reason string) { ss.pool.Observe(rb, ss.proto, false, reason) }
+	timeout := ss.srv.poolConfig(ss.lc.Pool).Health.Timeout.Duration
+	dctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	conn, err := ss.srv.dial(dctx, "tcp", addr)
+	if err != nil {
+		lease.Release()
+		fail("connect: " + err.Error())
+		return nil, fmt.Errorf("dial backend %s: %w", rb.Name, err)
+	}
+	if info.cfg.TLS == "implicit" {
+		tc, err := mtls.Handshake(dctx, conn, info.tls[ss.proto], false)
+		if err != nil {
+			conn.Close()
+			lease.Release()
+			fail(err.Error())
+			return nil, fmt.Errorf("backend %s: %w", rb.Name, err)
+		}
+		conn = tc
+	}
+	b := protocols.NewBackend(conn, rb.Name, addr, lease.Release)
+	b.TLS, b.StartTLS, b.ForwardClient = info.tls[ss.proto], info.cfg.TLS == "starttls", info.cfg.ForwardClient
+	b.Fail = fail
+	lease.OnKill(ss.cancel)
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	} else {
+		conn.SetDeadline(time.Now().Add(ss.srv.cfg.Limits.LoginTimeout.Duration))
+	}
+	if err := hello(dctx, b); err != nil {
+		b.Close()
+		fail("greeting: " + err.Error())
+		return nil, fmt.Errorf("backend %s: %w", rb.Name, err)
+	}
+	return b, nil
+}
+
+func (s *Server) poolConfig(name string) *PoolConfig {
+	for i := range s.cfg.Pools {
+		if s.cfg.Pools[i].Name == name {
+			return &s.cfg.Pools[i]
+		}
+	}
+	return nil
+}

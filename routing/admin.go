@@ -1,0 +1,180 @@
+package routing
+
+import (
+	"cmp"
+	"slices"
+	"strings"
+)
+
+// Observe records one health result for b and proto: from a health probe,
+// or (ok=false) from a real session that failed to reach b, which counts as
+// a failed check at once. After fall failures in a row b goes down for the
+// protocol and every session of that protocol still held there is killed;
+// after rise successes it comes up again. It reports whether the state flipped.
+func (p *Pool) Observe(b *Backend, proto Protocol, ok bool, reason string) bool {
+	var kill []*Lease
+	p.mu.Lock()
+	flipped := b.health[proto].observe(ok, p.opts.Rise, p.opts.Fall, reason)
+	if flipped && b.health[proto].down {
+		for l := range b.leases {
+			if l.Proto == proto {
+				kill = p.detach(l, kill)
+			}
+		}
+	}
+	state := p.state(b, proto)
+	p.mu.Unlock()
+	runKills(kill)
+	if flipped && p.opts.OnStateChange != nil {
+		p.opts.OnStateChange(b, proto, state, reason)
+	}
+	return flipped
+}
+
+// SetDraining starts (on=true) or ends a drain of b: no new users go there,
+// users with live sessions there keep going there until their sessions end.
+func (p *Pool) SetDraining(b *Backend, on bool) {
+	p.mu.Lock()
+	b.draining = on
+	p.mu.Unlock()
+}
+
+// SetWeight changes b's weight for users with no live session.
+func (p *Pool) SetWeight(b *Backend, w int) {
+	p.mu.Lock()
+	b.weight = max(w, 0)
+	p.mu.Unlock()
+}
+
+// Kick ends every live session on b now and returns how many it ended.
+func (p *Pool) Kick(b *Backend) int {
+	var kill []*Lease
+	p.mu.Lock()
+	for l := range b.leases {
+		kill = p.detach(l, kill)
+	}
+	p.mu.Unlock()
+	runKills(kill)
+	return len(kill)
+}
+
+// State returns b's state for proto.
+func (p *Pool) State(b *Backend, proto Protocol) State {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.state(b, proto)
+}
+
+func (p *Pool) state(b *Backend, proto Protocol) State {
+	switch {
+	case !b.serves[proto] || b.disabled:
+		return Disabled
+	case b.health[proto].down:
+		return Down
+	case b.draining:
+		return Draining
+	}
+	return Up
+}
+
+// BackendStatus is a snapshot of one backend for /status.
+type BackendStatus struct {
+	Name     string            `json:"name"`
+	State    string            `json:"state"` // worst state over the protocols it serves
+	Draining bool              `json:"draining"`
+	Weight   int               `json:"weight"`
+	Sessions int               `json:"sessions"`
+	Users    int               `json:"users"`
+	Health   map[string]string `json:"health"` // per protocol it serves: up | down
+	Reason   map[string]string `json:"reason,omitempty"`
+}
+
+// Status returns a snapshot of every backend.
+func (p *Pool) Status() []BackendStatus {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]BackendStatus, 0, len(p.backends))
+	for _, b := range p.backends {
+		s := BackendStatus{
+			Name: b.Name, Draining: b.draining, Weight: b.weight, Sessions: len(b.leases),
+			Health: map[string]string{}, Reason: map[string]string{},
+		}
+		users := map[string]bool{}
+		for l := range b.leases {
+			if l.User != "" {
+				users[l.User] = true
+			}
+		}
+		s.Users = len(users)
+		worst, serves := Up, false
+		for proto := range numProtocols {
+			if !b.serves[proto] {
+				continue
+			}
+			serves = true
+			h := b.health[proto]
+			s.Health[proto.String()] = map[bool]string{false: "up", true: "down"}[h.down]
+			if h.reason != "" {
+				s.Reason[proto.String()] = h.reason
+			}
+			if st := p.state(b, proto); severity(st) > severity(worst) {
+				worst = st
+			}
+		}
+		if b.disabled || !serves {
+			worst = Disabled
+		}
+		s.State = worst.String()
+		out = append(out, s)
+	}
+	return out
+}
+
+// severity orders states for Status: down is worse than draining, though
+// the constants run the other way.
+func severity(s State) int {
+	return [...]int{Up: 0, Draining: 1, Down: 2, Disabled: 3}[s]
+}
+
+// SessionInfo describes one live lease for /users/{user}.
+type SessionInfo struct {
+	Backend  string `json:"backend"`
+	Protocol string `json:"protocol"`
+}
+
+// UserSessions lists the live sessions of user, sorted by backend and
+// protocol.
+func (p *Pool) UserSessions(user string) []SessionInfo {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []SessionInfo
+	for _, b := range p.backends {
+		for l := range b.leases {
+			if l.User == user {
+				out = append(out, SessionInfo{Backend: b.Name, Protocol: l.Proto.String()})
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b SessionInfo) int {
+		return cmp.Or(strings.Compare(a.Backend, b.Backend), strings.Compare(a.Protocol, b.Protocol))
+	})
+	return out
+}
+
+// Key turns a login name into the routing key: the name as the backend
+// knows it. Unless keepCase, it is lowercased; a name with no @domain gets
+// defaultDomain appended when one is set, so "Alice", "alice" and
+// "alice@example.org" are one user.
+func Key(login string, keepCase bool, defaultDomain string) string {
+	if !keepCase {
+		login = strings.ToLower(login)
+	}
+	if defaultDomain != "" && !strings.Contains(login, "@") {
+		d := defaultDomain
+		if !keepCase {
+			d = strings.ToLower(d)
+		}
+		login += "@" + d
+	}
+	return login
+}
