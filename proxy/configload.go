@@ -1,0 +1,718 @@
+package proxy
+
+import (
+	"fmt"
+	"os"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// This file reads a configuration: strict TOML decode (unknown keys, keys
+// spelled in the wrong case and values of the wrong type are errors that
+// name the key path and line), then defaults, then Validate (config.go).
+
+// LoadConfig reads, decodes and validates the configuration file at path. It
+// never reads the files the configuration names (certificates, secrets): that
+// is left to the code that starts the server, so `mailproxy check` can run
+// anywhere. Any error it returns, apart from the file not being readable, is
+// a *ConfigError.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return ParseConfig(data, path)
+}
+
+// ParseConfig decodes and validates a configuration; name is the file name
+// used in messages. The returned Config has its defaults applied. On failure
+// the error is a *ConfigError listing the problems: a TOML syntax error
+// alone; values of the wrong type (with any unknown keys) before anything is
+// validated; otherwise unknown keys and every Validate problem together.
+func ParseConfig(data []byte, name string) (*Config, error) {
+	text := string(data)
+	var raw map[string]any
+	md, err := toml.Decode(text, &raw)
+	if err != nil {
+		return nil, &ConfigError{File: name, Problems: []Problem{syntaxProblem(err)}}
+	}
+	idx := indexKeys(text)
+	ck := &cfgChecker{lines: idx.lines}
+	var c Config
+	if typeErrs := ck.walk("", reflect.TypeFor[Config](), raw); !typeErrs {
+		cmd, err := toml.Decode(text, &c)
+		if err != nil { // walk should have caught it
+			return nil, &ConfigError{File: name, Problems: []Problem{{Msg: err.Error(), Err: err}}}
+		}
+		ck.undecoded(cmd.Undecoded(), idx)
+		c.applyDefaults(&md, raw)
+		c.source, c.lines = name, idx.lines
+		ck.problems = append(ck.problems, c.problems()...)
+	}
+	if len(ck.problems) > 0 {
+		return nil, &ConfigError{File: name, Problems: sortProblems(ck.problems)}
+	}
+	return &c, nil
+}
+
+// Problem is one thing wrong with a configuration.
+type Problem struct {
+	Key  string // indexed key path such as "listener[2].pool"; empty for syntax errors
+	Line int    // 1-based line in the file; 0 when not known
+	Msg  string
+	Err  error // the underlying error (a toml.ParseError for syntax errors), if any
+}
+
+func (p Problem) Error() string {
+	var b strings.Builder
+	if p.Line > 0 {
+		fmt.Fprintf(&b, "line %d: ", p.Line)
+	}
+	if p.Key != "" {
+		b.WriteString(p.Key + ": ")
+	}
+	b.WriteString(p.Msg)
+	return b.String()
+}
+
+func (p Problem) Unwrap() error { return p.Err }
+
+// ConfigError lists every problem found in one configuration, in line order.
+type ConfigError struct {
+	File     string // as given to ParseConfig; empty for a Config built in code
+	Problems []Problem
+}
+
+func (e *ConfigError) Error() string {
+	prefix := ""
+	if e.File != "" {
+		prefix = e.File + ": "
+	}
+	if len(e.Problems) == 1 {
+		return prefix + e.Problems[0].Error()
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s%d problems:", prefix, len(e.Problems))
+	for _, p := range e.Problems {
+		b.WriteString("\n\t" + p.Error())
+	}
+	return b.String()
+}
+
+// Unwrap lets errors.As find the toml.ParseError of a syntax error.
+func (e *ConfigError) Unwrap() []error {
+	errs := make([]error, len(e.Problems))
+	for i, p := range e.Problems {
+		errs[i] = p
+	}
+	return errs
+}
+
+func syntaxProblem(err error) Problem {
+	pe, ok := err.(toml.ParseError)
+	if !ok {
+		return Problem{Msg: err.Error(), Err: err}
+	}
+	return Problem{
+		Line: pe.Position.Line,
+		Msg:  fmt.Sprintf("column %d: TOML syntax: %s", pe.Position.Col, pe.Message),
+		Err:  pe,
+	}
+}
+
+// sortProblems orders problems by line; problems without a line keep their
+// order and come last.
+func sortProblems(ps []Problem) []Problem {
+	slices.SortStableFunc(ps, func(a, b Problem) int {
+		switch {
+		case a.Line == b.Line:
+			return 0
+		case a.Line == 0:
+			return 1
+		case b.Line == 0:
+			return -1
+		}
+		return a.Line - b.Line
+	})
+	return ps
+}
+
+// cfgChecker collects problems, each with the line of its key (or of the
+// nearest enclosing table written in the file).
+type cfgChecker struct {
+	lines    map[string]int
+	problems []Problem
+}
+
+func (ck *cfgChecker) add(key, format string, args ...any) {
+	ck.problems = append(ck.problems, Problem{Key: key, Line: keyLine(ck.lines, key), Msg: fmt.Sprintf(format, args...)})
+}
+
+func keyLine(lines map[string]int, key string) int {
+	for key != "" {
+		if n, ok := lines[key]; ok {
+			return n
+		}
+		i := strings.LastIndexAny(key, ".[")
+		if i < 0 {
+			return 0
+		}
+		key = key[:i]
+	}
+	return 0
+}
+
+// walk compares the decoded document with the Go type it will be decoded
+// into. The library matches keys case-insensitively and reports positions
+// only per unindexed key, so this is where "Name =" and the second
+// [[listener]]'s wrong value get their exact path and line. It reports
+// whether a value had the wrong type (then the struct decode cannot run).
+func (ck *cfgChecker) walk(path string, t reflect.Type, v any) (typeErr bool) {
+	if u, ok := reflect.New(t).Interface().(toml.Unmarshaler); ok {
+		if err := u.UnmarshalTOML(v); err != nil {
+			ck.add(path, "%v", err)
+			return true
+		}
+		return false
+	}
+	switch t.Kind() {
+	case reflect.Pointer:
+		return ck.walk(path, t.Elem(), v)
+	case reflect.Struct:
+		return ck.walkTable(path, t, v)
+	case reflect.Map:
+		m, ok := v.(map[string]any)
+		if !ok {
+			return ck.wrongType(path, "table", v)
+		}
+		for _, k := range sortedRawKeys(m) {
+			typeErr = ck.walk(keyPath(path, k), t.Elem(), m[k]) || typeErr
+		}
+		return typeErr
+	case reflect.Slice:
+		elems, ok := rawSlice(v)
+		if !ok {
+			return ck.wrongType(path, "array", v)
+		}
+		for i, e := range elems {
+			typeErr = ck.walk(fmt.Sprintf("%s[%d]", path, i), t.Elem(), e) || typeErr
+		}
+		return typeErr
+	}
+	ok := false
+	switch t.Kind() {
+	case reflect.String:
+		_, ok = v.(string)
+	case reflect.Bool:
+		_, ok = v.(bool)
+	case reflect.Int, reflect.Int64:
+		_, ok = v.(int64)
+	}
+	if !ok {
+		return ck.wrongType(path, tomlTypeName(reflect.Zero(t).Interface()), v)
+	}
+	return false
+}
+
+func (ck *cfgChecker) walkTable(path string, t reflect.Type, v any) (typeErr bool) {
+	m, ok := v.(map[string]any)
+	if !ok {
+		return ck.wrongType(path, "table", v)
+	}
+	for _, k := range sortedRawKeys(m) {
+		key := keyPath(path, k)
+		f, exact := tomlField(t, k)
+		switch {
+		case f == nil:
+			ck.add(key, "unknown key")
+		case !exact:
+			ck.add(key, "unknown key; keys are case-sensitive: did you mean %q?", tagName(*f))
+		default:
+			typeErr = ck.walk(key, f.Type, m[k]) || typeErr
+		}
+	}
+	return typeErr
+}
+
+func (ck *cfgChecker) wrongType(path, want string, v any) bool {
+	ck.add(path, "must be %s, not %s", article(want), article(tomlTypeName(v)))
+	return true
+}
+
+func article(noun string) string {
+	if strings.IndexByte("aeiou", noun[0]) >= 0 {
+		return "an " + noun
+	}
+	return "a " + noun
+}
+
+// undecoded reports keys the library left undecoded that walk did not
+// already report (walk should have found them all; this keeps the contract
+// even if the two ever disagree).
+func (ck *cfgChecker) undecoded(keys []toml.Key, idx *keyIndex) {
+	reported := map[string]bool{}
+	for _, p := range ck.problems {
+		reported[p.Key] = true
+	}
+	seen := map[string]int{}
+	for _, k := range keys {
+		plain := k.String()
+		occ := idx.byPlain[plain]
+		path := plain
+		if n := seen[plain]; n < len(occ) {
+			path = occ[n]
+		}
+		seen[plain]++
+		if !coveredByReported(reported, path) {
+			ck.add(path, "unknown key")
+			reported[path] = true
+		}
+	}
+}
+
+func coveredByReported(reported map[string]bool, key string) bool {
+	for key != "" {
+		if reported[key] {
+			return true
+		}
+		i := strings.LastIndexAny(key, ".[")
+		if i < 0 {
+			return false
+		}
+		key = key[:i]
+	}
+	return false
+}
+
+// tomlField finds the struct field for a TOML key: exact tag match first,
+// else a case-insensitive one (which the library would silently accept).
+func tomlField(t reflect.Type, key string) (f *reflect.StructField, exact bool) {
+	for i := range t.NumField() {
+		sf := t.Field(i)
+		if !sf.IsExported() || tagName(sf) == "-" {
+			continue
+		}
+		if tagName(sf) == key {
+			return &sf, true
+		}
+		if f == nil && strings.EqualFold(tagName(sf), key) {
+			f = &sf
+		}
+	}
+	return f, false
+}
+
+func tagName(f reflect.StructField) string {
+	name, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+	if name == "" {
+		return f.Name
+	}
+	return name
+}
+
+func rawSlice(v any) ([]any, bool) {
+	switch s := v.(type) {
+	case []any:
+		return s, true
+	case []map[string]any:
+		out := make([]any, len(s))
+		for i := range s {
+			out[i] = s[i]
+		}
+		return out, true
+	}
+	return nil, false
+}
+
+func sortedRawKeys(m map[string]any) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+func tomlTypeName(v any) string {
+	switch v.(type) {
+	case string:
+		return "string"
+	case bool:
+		return "boolean"
+	case int, int64:
+		return "integer"
+	case float64:
+		return "float"
+	case map[string]any:
+		return "table"
+	case []any, []map[string]any:
+		return "array"
+	case nil:
+		return "nothing"
+	}
+	return "date/time"
+}
+
+// joinPath appends key components to an indexed key path, quoting them as
+// TOML would.
+func keyPath(path string, keys ...string) string {
+	for _, k := range keys {
+		q := toml.Key{k}.String()
+		if path == "" {
+			path = q
+		} else {
+			path += "." + q
+		}
+	}
+	return path
+}
+
+// table returns the i-th element of the array of tables raw[key], or nil.
+func rawTable(raw map[string]any, key string, i int) map[string]any {
+	elems, _ := rawSlice(raw[key])
+	if i >= len(elems) {
+		return nil
+	}
+	m, _ := elems[i].(map[string]any)
+	return m
+}
+
+// has reports whether m (a decoded TOML table, possibly nil) holds the key
+// path.
+func rawHas(m map[string]any, keys ...string) bool {
+	for i, k := range keys {
+		v, ok := m[k]
+		if !ok {
+			return false
+		}
+		if i < len(keys)-1 {
+			if m, ok = v.(map[string]any); !ok {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// applyDefaults fills in every key the file does not set. A key that is
+// written keeps its value, even a zero one, so Validate can refuse
+// "rise = 0" instead of silently replacing it, and `listen = ""` can mean
+// off. The defaults are documented on the struct fields in config.go.
+func (c *Config) applyDefaults(md *toml.MetaData, raw map[string]any) {
+	set := func(dst *string, def string, keys ...string) {
+		if !md.IsDefined(keys...) {
+			*dst = def
+		}
+	}
+	set(&c.Log.Level, "info", "log", "level")
+	set(&c.Log.Format, "text", "log", "format")
+	set(&c.Admin.Listen, "127.0.0.1:9025", "admin", "listen")
+	set(&c.TLS.MinVersion, "1.2", "tls", "min_version")
+	set(&c.Auth.Mode, "passthrough", "auth", "mode")
+	set(&c.Auth.UsernameCase, "lower", "auth", "username_case")
+	set(&c.Auth.BackendLogin, "user", "auth", "backend_login")
+
+	lim := &c.Limits
+	defInt(&lim.MaxConnections, 20000, md.IsDefined("limits", "max_connections"))
+	defInt(&lim.MaxConnectionsPerIP, 100, md.IsDefined("limits", "max_connections_per_ip"))
+	defDur(&lim.LoginTimeout, 60*time.Second, md.IsDefined("limits", "login_timeout"))
+	defDur(&lim.IdleTimeout, 30*time.Minute, md.IsDefined("limits", "idle_timeout"))
+	defDur(&lim.AuthFailureDelay, 2*time.Second, md.IsDefined("limits", "auth_failure_delay"))
+	defDur(&lim.ShutdownGrace, 10*time.Second, md.IsDefined("limits", "shutdown_grace"))
+
+	for i := range c.Listeners {
+		l, m := &c.Listeners[i], rawTable(raw, "listener", i)
+		defStr(&l.TLS, "none", rawHas(m, "tls"))
+		defStr(&l.SMTPAuth, "off", rawHas(m, "smtp_auth"))
+	}
+	for i := range c.Pools {
+		p, m := &c.Pools[i], rawTable(raw, "pool", i)
+		p.applyDefaults(m)
+	}
+	if p := c.Peer; p != nil {
+		defDur(&p.Interval, 200*time.Millisecond, md.IsDefined("peer", "interval"))
+		defDur(&p.DeadAfter, time.Second, md.IsDefined("peer", "dead_after"))
+	}
+}
+
+func (p *PoolConfig) applyDefaults(m map[string]any) {
+	defStr(&p.IMAP, "sticky", rawHas(m, "imap"))
+	defStr(&p.POP3, "round-robin", rawHas(m, "pop3"))
+	defStr(&p.SMTP, "round-robin", rawHas(m, "smtp"))
+	defDur(&p.Linger, 60*time.Second, rawHas(m, "linger"))
+	h := &p.Health
+	defDur(&h.Interval, 2*time.Second, rawHas(m, "health", "interval"))
+	defDur(&h.Timeout, time.Second, rawHas(m, "health", "timeout"))
+	defInt(&h.Rise, 2, rawHas(m, "health", "rise"))
+	defInt(&h.Fall, 2, rawHas(m, "health", "fall"))
+	for j := range p.Backends {
+		b, bm := &p.Backends[j], rawTable(m, "backend", j)
+		defStr(&b.TLS, "none", rawHas(bm, "tls"))
+		defInt(&b.Weight, 1, rawHas(bm, "weight"))
+	}
+}
+
+func defStr(dst *string, def string, set bool) {
+	if !set {
+		*dst = def
+	}
+}
+
+func defInt(dst *int, def int, set bool) {
+	if !set {
+		*dst = def
+	}
+}
+
+func defDur(dst *Duration, def time.Duration, set bool) {
+	if !set {
+		dst.Duration = def
+	}
+}
+
+// keyIndex maps every key and table header written in a TOML document to its
+// line, by indexed path ("pool[0].backend[1].weight"). BurntSushi/toml keeps
+// one position per unindexed key, which cannot tell the second [[listener]]
+// from the first, so the document is scanned once more here. The scanner
+// relies on the document having parsed already: it skips values without
+// checking them.
+type keyIndex struct {
+	src     string
+	i, line int
+	arrays  map[string]int      // indexed path of an array of tables -> elements so far
+	lines   map[string]int      // indexed path -> line
+	byPlain map[string][]string // unindexed path (toml.Key.String) -> indexed paths, in order
+}
+
+func indexKeys(src string) *keyIndex {
+	x := &keyIndex{src: src, line: 1, arrays: map[string]int{},
+		lines: map[string]int{}, byPlain: map[string][]string{}}
+	var table string   // indexed path of the current [table]
+	var plain []string // its unindexed key
+	for x.skipBlank(); x.i < len(src); x.skipBlank() {
+		switch line := x.line; {
+		case x.at("\n"):
+			x.i++
+			x.line++
+		case x.at("#"):
+			x.skipComment()
+		case x.at("[["):
+			x.i += 2
+			plain = x.readKey()
+			x.i += 2
+			table = x.resolve(plain[:len(plain)-1])
+			table = keyPath(table, plain[len(plain)-1])
+			x.arrays[table]++
+			table = fmt.Sprintf("%s[%d]", table, x.arrays[table]-1)
+			x.record(table, plain, line)
+		case x.at("["):
+			x.i++
+			plain = x.readKey()
+			x.i++
+			table = x.resolve(plain)
+			x.record(table, plain, line)
+		default:
+			x.keyValue(table, plain)
+		}
+	}
+	return x
+}
+
+// keyValue reads "key = value" (or "key = value" inside an inline table).
+func (x *keyIndex) keyValue(table string, plain []string) {
+	line := x.line
+	key := x.readKey()
+	if len(key) == 0 { // cannot happen in a parsed document; make progress anyway
+		x.i++
+		return
+	}
+	path := table
+	for _, k := range key[:len(key)-1] { // a.b = 1 also defines table a, on this line
+		path = keyPath(path, k)
+		if _, ok := x.lines[path]; !ok {
+			x.lines[path] = line
+		}
+	}
+	path, full := keyPath(path, key[len(key)-1]), append(slices.Clone(plain), key...)
+	x.record(path, full, line)
+	x.skipBlank()
+	if x.at("=") {
+		x.i++
+	}
+	x.skipBlank()
+	x.skipValue(path, full)
+}
+
+// resolve turns a table header's key into an indexed path: a component
+// naming an array of tables means its last element so far.
+func (x *keyIndex) resolve(key []string) string {
+	path := ""
+	for _, k := range key {
+		path = keyPath(path, k)
+		if n := x.arrays[path]; n > 0 {
+			path = fmt.Sprintf("%s[%d]", path, n-1)
+		}
+	}
+	return path
+}
+
+func (x *keyIndex) record(path string, plain []string, line int) {
+	if _, ok := x.lines[path]; !ok {
+		x.lines[path] = line
+	}
+	p := toml.Key(plain).String()
+	x.byPlain[p] = append(x.byPlain[p], path)
+}
+
+func (x *keyIndex) at(s string) bool { return strings.HasPrefix(x.src[x.i:], s) }
+
+func (x *keyIndex) skipBlank() {
+	for x.i < len(x.src) && strings.IndexByte(" \t\r", x.src[x.i]) >= 0 {
+		x.i++
+	}
+}
+
+// skipLayout skips blanks, newlines and comments (inside arrays and inline
+// tables).
+func (x *keyIndex) skipLayout() {
+	for x.skipBlank(); x.i < len(x.src); x.skipBlank() {
+		switch {
+		case x.at("\n"):
+			x.i++
+			x.line++
+		case x.at("#"):
+			x.skipComment()
+		default:
+			return
+		}
+	}
+}
+
+func (x *keyIndex) skipComment() {
+	for x.i < len(x.src) && x.src[x.i] != '\n' {
+		x.i++
+	}
+}
+
+// readKey reads a dotted key of bare and quoted parts.
+func (x *keyIndex) readKey() []string {
+	var key []string
+	for {
+		x.skipBlank()
+		start := x.i
+		switch {
+		case x.at(`"`):
+			x.skipString(`"`, true)
+			part := x.src[start:x.i]
+			if s, err := strconv.Unquote(part); err == nil {
+				part = s
+			} else {
+				part = strings.Trim(part, `"`)
+			}
+			key = append(key, part)
+		case x.at("'"):
+			x.skipString("'", false)
+			key = append(key, strings.Trim(x.src[start:x.i], "'"))
+		default:
+			for x.i < len(x.src) && isBareKeyChar(x.src[x.i]) {
+				x.i++
+			}
+			if x.i == start {
+				return key
+			}
+			key = append(key, x.src[start:x.i])
+		}
+		x.skipBlank()
+		if !x.at(".") {
+			return key
+		}
+		x.i++
+	}
+}
+
+func isBareKeyChar(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-'
+}
+
+// skipValue skips one value, recording the keys of inline tables in it.
+func (x *keyIndex) skipValue(path string, plain []string) {
+	switch {
+	case x.at(`"""`):
+		x.skipString(`"""`, true)
+	case x.at("'''"):
+		x.skipString("'''", false)
+	case x.at(`"`):
+		x.skipString(`"`, true)
+	case x.at("'"):
+		x.skipString("'", false)
+	case x.at("["):
+		x.i++
+		for n := 0; ; {
+			x.skipLayout()
+			switch {
+			case x.i >= len(x.src):
+				return
+			case x.at("]"):
+				x.i++
+				return
+			case x.at(","):
+				x.i++
+			default:
+				x.skipValue(fmt.Sprintf("%s[%d]", path, n), plain)
+				n++
+			}
+		}
+	case x.at("{"):
+		x.i++
+		for {
+			x.skipLayout()
+			switch {
+			case x.i >= len(x.src):
+				return
+			case x.at("}"):
+				x.i++
+				return
+			case x.at(","):
+				x.i++
+			default:
+				x.keyValue(path, plain)
+			}
+		}
+	default: // number, boolean, date: up to the next delimiter
+		for x.i < len(x.src) && strings.IndexByte(",]}#\n", x.src[x.i]) < 0 {
+			x.i++
+		}
+	}
+}
+
+// skipString skips a string delimited by delim, counting the newlines of
+// multi-line strings.
+func (x *keyIndex) skipString(delim string, escapes bool) {
+	x.i += len(delim)
+	for x.i < len(x.src) {
+		switch c := x.src[x.i]; {
+		case escapes && c == '\\':
+			if x.i+1 < len(x.src) && x.src[x.i+1] == '\n' {
+				x.line++
+			}
+			x.i += 2
+		case x.at(delim):
+			x.i += len(delim)
+			// """a"""" ends with a quote: the closing delimiter is the last three.
+			for extra := 0; len(delim) == 3 && extra < 2 && x.at(delim[:1]); extra++ {
+				x.i++
+			}
+			return
+		default:
+			if c == '\n' {
+				x.line++
+			}
+			x.i++
+		}
+	}
+}
