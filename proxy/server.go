@@ -61,7 +61,7 @@ type Server struct {
 // backendInfo is what the proxy keeps per backend as routing.Backend.Data.
 type backendInfo struct {
 	cfg  BackendConfig
-	addr [3]string    // by routing.Protocol
+	addr [3]string     // by routing.Protocol
 	tls  []*tls.Config // by routing.Protocol; client config for tls != none
 }
 
