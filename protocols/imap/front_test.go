@@ -1,0 +1,69 @@
+package imap
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+
+	"mailproxy/internal/transcript"
+	"mailproxy/protocols"
+)
+
+// scriptConn is a connection whose client sends input and then EOF, and
+// which records everything written to it.
+type scriptConn struct {
+	net.Conn // nil: only the methods below are used
+	in       *strings.Reader
+	out      bytes.Buffer
+}
+
+func (c *scriptConn) Read(b []byte) (int, error)  { return c.in.Read(b) }
+func (c *scriptConn) Write(b []byte) (int, error) { return c.out.Write(b) }
+func (c *scriptConn) Close() error                { return nil }
+func (c *scriptConn) RemoteAddr() net.Addr        { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1} }
+func (c *scriptConn) LocalAddr() net.Addr         { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 2} }
+
+// runFront feeds input to a front dialogue whose backend is never
+// reachable and returns what the client was sent.
+func runFront(input string) string {
+	c := &scriptConn{in: strings.NewReader(input)}
+	s := &protocols.Session{
+		Conn: c, Log: slog.New(slog.DiscardHandler), MaxLine: 512,
+		Dial: func(context.Context, string, func(context.Context, *protocols.Backend) error) (*protocols.Backend, error) {
+			return nil, errors.New("no backend in this test")
+		},
+	}
+	Handler{}.Serve(context.Background(), s)
+	return c.out.String()
+}
+
+func TestFrontNoBackend(t *testing.T) {
+	out := runFront("a LOGIN alice pw\r\nb LOGOUT\r\n")
+	for _, want := range []string{"* OK [CAPABILITY IMAP4rev1", "a NO [UNAVAILABLE]", "* BYE", "b OK"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("reply lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func FuzzFront(f *testing.F) {
+	conns, _ := transcript.Load("*-imap.txt")
+	for _, c := range conns {
+		f.Add(c.ClientBytes())
+	}
+	f.Add("a AUTHENTICATE LOGIN\r\nYQ==\r\nYg==\r\n")
+	f.Add("a AUTHENTICATE PLAIN\r\n*\r\nb LOGIN {3+}\r\nabc x\r\n")
+	f.Fuzz(func(t *testing.T, in string) {
+		out := runFront(in)
+		if !strings.HasPrefix(out, "* OK [CAPABILITY ") {
+			t.Fatalf("no greeting: %q", out)
+		}
+		if strings.Count(out, "\r\n") == 0 || !strings.HasSuffix(out, "\r\n") {
+			t.Fatalf("reply not made of CRLF lines: %q", out)
+		}
+	})
+}
