@@ -32,11 +32,34 @@ type session struct {
 	backend *protocols.Backend // the backend of the current login attempt
 }
 
-// genericError is the reply a client gets when a session panics.
-var genericError = map[string]string{
-	"imap": "* BYE Internal error, try again later\r\n",
-	"pop3": "-ERR [SYS/TEMP] Internal error, try again later\r\n",
-	"smtp": "421 4.3.0 Internal error, try again later\r\n",
+// notice holds the few replies the proxy itself sends. It never parses a
+// protocol, but it must be able to say goodbye in one.
+type notice struct{ panic, timeout, busy string }
+
+var notices = map[string]notice{
+	"imap": {
+		panic:   "* BYE Internal error, try again later\r\n",
+		timeout: "* BYE Login timeout, closing connection\r\n",
+		busy:    "* BYE Too many connections, try again later\r\n",
+	},
+	"pop3": {
+		panic:   "-ERR [SYS/TEMP] Internal error, try again later\r\n",
+		timeout: "-ERR Login timeout, closing connection\r\n",
+		busy:    "-ERR [SYS/TEMP] Too many connections, try again later\r\n",
+	},
+	"smtp": {
+		panic:   "421 4.3.0 Internal error, try again later\r\n",
+		timeout: "421 4.4.2 Timeout, closing connection\r\n",
+		busy:    "421 4.7.0 Too many connections, try again later\r\n",
+	},
+}
+
+// say sends one of the proxy's own replies, bounded by a short deadline.
+// Nothing is said in plain text on an implicit-TLS connection before its
+// handshake.
+func say(c net.Conn, msg string) {
+	c.SetWriteDeadline(time.Now().Add(time.Second))
+	io.WriteString(c, msg)
 }
 
 func newID() string {
@@ -64,8 +87,7 @@ func (s *Server) serveSession(lc *ListenerConfig, c net.Conn) {
 	defer func() {
 		if r := recover(); r != nil {
 			ss.log.Error("session panic", "panic", r, "stack", string(debug.Stack()))
-			client.SetWriteDeadline(time.Now().Add(time.Second))
-			client.Write([]byte(genericError[lc.Protocol]))
+			say(client, notices[lc.Protocol].panic)
 			outcome = "panic"
 		}
 		stop()
@@ -101,6 +123,9 @@ func (s *Server) serveSession(lc *ListenerConfig, c net.Conn) {
 	switch {
 	case err != nil:
 		outcome = classify(err)
+		if outcome == "login timeout" {
+			say(client, notices[lc.Protocol].timeout)
+		}
 		ss.log.Debug("session error", "err", err)
 		return
 	case relayOut == nil:
