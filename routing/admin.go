@@ -12,11 +12,11 @@ import (
 // protocol and every session of that protocol still held there is killed;
 // after rise successes it comes up again. It reports whether the state flipped.
 func (p *Pool) Observe(b *Backend, proto Protocol, ok bool, reason string) bool {
-	var kill []*Lease
+	var kill []func()
 	p.mu.Lock()
 	flipped := b.health[proto].observe(ok, p.opts.Rise, p.opts.Fall, reason)
 	if flipped && b.health[proto].down {
-		for l := range b.leases {
+		for l := range b.leases.all() {
 			if l.Proto == proto {
 				kill = p.detach(l, kill)
 			}
@@ -48,14 +48,15 @@ func (p *Pool) SetWeight(b *Backend, w int) {
 
 // Kick ends every live session on b now and returns how many it ended.
 func (p *Pool) Kick(b *Backend) int {
-	var kill []*Lease
+	var kill []func()
 	p.mu.Lock()
-	for l := range b.leases {
+	n := b.leases.n
+	for l := range b.leases.all() {
 		kill = p.detach(l, kill)
 	}
 	p.mu.Unlock()
 	runKills(kill)
-	return len(kill)
+	return n
 }
 
 // State returns b's state for proto.
@@ -96,11 +97,11 @@ func (p *Pool) Status() []BackendStatus {
 	out := make([]BackendStatus, 0, len(p.backends))
 	for _, b := range p.backends {
 		s := BackendStatus{
-			Name: b.Name, Draining: b.draining, Weight: b.weight, Sessions: len(b.leases),
+			Name: b.Name, Draining: b.draining, Weight: b.weight, Sessions: b.leases.n,
 			Health: map[string]string{}, Reason: map[string]string{},
 		}
 		users := map[string]bool{}
-		for l := range b.leases {
+		for l := range b.leases.all() {
 			if l.User != "" {
 				users[l.User] = true
 			}
@@ -149,7 +150,7 @@ func (p *Pool) UserSessions(user string) []SessionInfo {
 	defer p.mu.Unlock()
 	var out []SessionInfo
 	for _, b := range p.backends {
-		for l := range b.leases {
+		for l := range b.leases.all() {
 			if l.User == user {
 				out = append(out, SessionInfo{Backend: b.Name, Protocol: l.Proto.String()})
 			}

@@ -2,8 +2,10 @@ package routing
 
 import (
 	"flag"
+	"fmt"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 )
@@ -365,7 +367,7 @@ func TestChurn(t *testing.T) {
 		case r < 978:
 			m.op = "kick"
 			m.kick(b)
-		case r < 988:
+		case r < 980:
 			m.op = "linger expires"
 			c.advance(churnLinger + time.Second)
 		case r < 998:
@@ -384,4 +386,60 @@ func TestChurn(t *testing.T) {
 	t.Logf("%d steps in %v; at the end %d live leases, %d killed awaiting release", churnSteps, time.Since(start), live, len(m.dying))
 	t.Logf("peak %d leases; %d kills, %d users moved off down backends, %d stayed on draining ones, %d came back within linger, %d refused",
 		m.peak, m.kills, m.moved, m.stayedDraining, m.lingerBack, m.refused)
+}
+
+// TestConcurrentChurn runs acquires, releases, health flips, drains and
+// kicks from several goroutines at once, for the race detector and for the
+// invariant as the pool itself sees it: UserSessions never shows a user on
+// two backends.
+func TestConcurrentChurn(t *testing.T) {
+	p, _ := newPool(t, Options{Policies: mailPolicies, Linger: time.Minute, Rise: 1, Fall: 1}, specs(3))
+	const workers, steps, users = 4, 3000, 50
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(w), 1))
+			var held []*Lease
+			for range steps {
+				b := p.Backends()[rng.IntN(3)]
+				switch r := rng.IntN(100); {
+				case r < 45:
+					user := fmt.Sprint("u", rng.IntN(users))
+					l, err := p.Acquire(Protocol(rng.IntN(2)), user)
+					if err == nil {
+						held = append(held, l)
+					}
+					if s := p.UserSessions(user); len(s) > 0 && s[0].Backend != s[len(s)-1].Backend {
+						t.Errorf("%s split: %v", user, s)
+						return
+					}
+				case r < 85 && len(held) > 0:
+					i := rng.IntN(len(held))
+					held[i].Release()
+					held[i] = held[len(held)-1]
+					held = held[:len(held)-1]
+				case r < 92:
+					p.Observe(b, Protocol(rng.IntN(2)), rng.IntN(2) == 0, "churn")
+				case r < 98:
+					p.SetDraining(b, rng.IntN(2) == 0)
+				default:
+					p.Kick(b)
+				}
+			}
+			for _, l := range held {
+				l.Release()
+			}
+		})
+	}
+	wg.Wait()
+	for _, b := range p.Backends() {
+		if n := b.Sessions(); n != 0 {
+			t.Errorf("%s: %d sessions after every lease was released", b.Name, n)
+		}
+	}
+	for i := range users {
+		if name, live, _ := p.Lookup(fmt.Sprint("u", i)); live != 0 {
+			t.Errorf("u%d: table still has %d live on %s", i, live, name)
+		}
+	}
 }

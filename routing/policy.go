@@ -47,7 +47,14 @@ func (p *Pool) rendezvous(proto Protocol, user string, exclude []*Backend) *Back
 			continue
 		}
 		u := (float64(h>>11) + 0.5) / (1 << 53)
-		score := float64(b.weight) / -math.Log(u)
+		w := float64(b.weight)
+		// -ln(u) >= 1-u, so w/(1-u) bounds the score: most backends
+		// lose without the logarithm. The margin keeps rounding from
+		// ever skipping a winner.
+		if best != nil && w/(1-u) < bestScore*(1-1e-9) {
+			continue
+		}
+		score := w / -math.Log(u)
 		if best == nil || score > bestScore {
 			best, bestScore = b, score
 		}

@@ -59,7 +59,6 @@ func NewPool(opts Options, specs []BackendSpec) (*Pool, error) {
 		b := &Backend{
 			Name: s.Name, Data: s.Data, index: i, seed: hashString(s.Name),
 			serves: s.Serves, disabled: s.Disabled, weight: max(s.Weight, 0),
-			leases: make(map[*Lease]struct{}),
 		}
 		p.backends = append(p.backends, b)
 		p.byName[s.Name] = b
@@ -108,7 +107,7 @@ func (p *Pool) open(b *Backend, proto Protocol) bool {
 //  4. A pinned user goes to the pin if it is open.
 //  5. Anyone else goes where the protocol's policy says.
 func (p *Pool) Acquire(proto Protocol, user string, exclude ...*Backend) (*Lease, error) {
-	var kill []*Lease
+	var kill []func()
 	p.mu.Lock()
 	var chosen *Backend
 	if user == "" {
@@ -127,7 +126,7 @@ func (p *Pool) Acquire(proto Protocol, user string, exclude ...*Backend) (*Lease
 	var l *Lease
 	if chosen != nil {
 		l = &Lease{Backend: chosen, User: user, Proto: proto, pool: p}
-		chosen.leases[l] = struct{}{}
+		chosen.leases.add(l)
 		chosen.sessions.Add(1)
 	}
 	p.mu.Unlock()
@@ -209,10 +208,10 @@ func (p *Pool) choose(proto Protocol, user string, exclude []*Backend) *Backend 
 	return p.roundRobin(proto, exclude)
 }
 
-// detachUser kills the user's leases on b (b is down). It appends them to
-// kill so their callbacks run after the lock is released.
-func (p *Pool) detachUser(b *Backend, user string, kill []*Lease) []*Lease {
-	for l := range b.leases {
+// detachUser kills the user's leases on b (b is down). It appends their
+// callbacks to kill, to run after the lock is released.
+func (p *Pool) detachUser(b *Backend, user string, kill []func()) []func() {
+	for l := range b.leases.all() {
 		if l.User == user {
 			kill = p.detach(l, kill)
 		}
@@ -221,25 +220,28 @@ func (p *Pool) detachUser(b *Backend, user string, kill []*Lease) []*Lease {
 }
 
 // detach removes l from the live registry and queues its kill callback.
-// The lease stops counting in the table now, not when the dying session
+// The callback is read here, under the lock: a session may be calling
+// OnKill right now, and then OnKill runs it instead (l.killed is set), so
+// it runs exactly once. The lease stops counting in the table now, not when the dying session
 // gets round to Release: by then the user may have moved away and back,
 // and a late release would take a newer session's count (the user would
 // look idle while live, and could be split). The caller holds p.mu.
-func (p *Pool) detach(l *Lease, kill []*Lease) []*Lease {
-	delete(l.Backend.leases, l)
+func (p *Pool) detach(l *Lease, kill []func()) []func() {
+	l.Backend.leases.remove(l)
 	l.Backend.sessions.Add(-1)
 	l.killed = true
 	if l.User != "" {
 		p.table.Release(l.User, l.Backend.Name, p.opts.Linger)
 	}
-	return append(kill, l)
+	if l.onKill != nil {
+		kill = append(kill, l.onKill)
+	}
+	return kill
 }
 
-func runKills(kill []*Lease) {
-	for _, l := range kill {
-		if l.onKill != nil {
-			l.onKill()
-		}
+func runKills(kill []func()) {
+	for _, f := range kill {
+		f()
 	}
 }
 
@@ -252,9 +254,10 @@ type Lease struct {
 
 	pool *Pool
 	// Guarded by pool.mu.
-	onKill   func()
-	killed   bool
-	released bool
+	prev, next *Lease // in Backend.leases while live
+	onKill     func()
+	killed     bool
+	released   bool
 }
 
 // OnKill sets the function routing calls when the session must end now
@@ -284,7 +287,7 @@ func (l *Lease) Release() {
 	if l.killed {
 		return // detach already released it
 	}
-	delete(l.Backend.leases, l)
+	l.Backend.leases.remove(l)
 	l.Backend.sessions.Add(-1)
 	if l.User != "" {
 		p.table.Release(l.User, l.Backend.Name, p.opts.Linger)

@@ -3,6 +3,7 @@ package routing
 import (
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sync"
 	"testing"
@@ -544,27 +545,24 @@ func TestWeightShare(t *testing.T) {
 	t.Logf("shares %v", got)
 }
 
-// Weighted rendezvous must agree with the equal-weight fast path when the
-// weights are equal but not 1, so a uniform weight change moves no one.
-func TestRendezvousUniformWeightChange(t *testing.T) {
-	p, _ := newPool(t, Options{Policies: mailPolicies}, specs(5))
-	before := make([]*Backend, 2000)
-	for i := range before {
-		before[i] = hashPick(p, IMAP, fmt.Sprint(i))
+// The weighted score must rank backends of equal weight exactly as the
+// equal-weight fast path does, so that weights going from equal to unequal
+// elsewhere in the pool move no user between two backends of equal weight.
+func TestRendezvousWeightedAgreesWithEqual(t *testing.T) {
+	equal, _ := newPool(t, Options{Policies: mailPolicies}, specs(5))
+	mixed, _ := newPool(t, Options{Policies: mailPolicies}, append(specs(5), spec("heavy", 7)))
+	for _, b := range mixed.Backends()[:5] {
+		mixed.SetWeight(b, 3)
 	}
-	for i, b := range p.Backends() {
-		p.SetWeight(b, 3+i%2) // unequal: the weighted path
+	mixed.SetDraining(mixed.Backend("heavy"), true) // unequal weights, same candidates
+	if mixed.equalWeights() {
+		t.Fatal("setup: weights look equal")
 	}
-	p.SetWeight(p.Backends()[1], 3)
-	p.SetWeight(p.Backends()[3], 3)
-	moved := 0
-	for i, b := range before {
-		if hashPick(p, IMAP, fmt.Sprint(i)) != b {
-			moved++
+	for i := range 5000 {
+		u := fmt.Sprint(i)
+		if a, b := hashPick(equal, IMAP, u), hashPick(mixed, IMAP, u); a.Name != b.Name {
+			t.Fatalf("user %s: %s with equal weights, %s with the weighted score", u, a.Name, b.Name)
 		}
-	}
-	if moved != 0 {
-		t.Fatalf("%d of %d users moved on a uniform weight change", moved, len(before))
 	}
 }
 
@@ -685,5 +683,73 @@ func TestNewPoolErrors(t *testing.T) {
 	}
 	if _, err := p.Acquire(IMAP, "u"); !errors.Is(err, ErrNoBackend) {
 		t.Errorf("weight-0 backend took a new user: %v", err)
+	}
+}
+
+// A session sets OnKill just after Acquire while an operator kicks its
+// backend: the callback must run exactly once, and without a data race.
+func TestOnKillRacesKick(t *testing.T) {
+	p, _ := newPool(t, Options{Policies: mailPolicies}, specs(1))
+	b := p.Backends()[0]
+	const n = 2000
+	calls := make([]int32, n)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	done := make(chan struct{})
+	wg.Go(func() {
+		for {
+			select {
+			case <-done:
+				return
+			default:
+				p.Kick(b)
+			}
+		}
+	})
+	leases := make([]*Lease, n)
+	for i := range n {
+		l, err := p.Acquire(IMAP, fmt.Sprint("u", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		leases[i] = l
+		l.OnKill(func() { mu.Lock(); calls[i]++; mu.Unlock() })
+	}
+	close(done)
+	wg.Wait()
+	p.Kick(b)
+	mu.Lock()
+	defer mu.Unlock()
+	for i, c := range calls {
+		if c != 1 {
+			t.Fatalf("lease %d: kill callback ran %d times", i, c)
+		}
+	}
+}
+
+// The bound that lets rendezvous skip most logarithms must never change
+// its answer.
+func TestRendezvousBoundIsExact(t *testing.T) {
+	weights := []int{1, 2, 3, 5, 8, 1, 1, 13, 2, 7}
+	var sp []BackendSpec
+	for i, w := range weights {
+		sp = append(sp, spec(fmt.Sprint("b", i), w))
+	}
+	p, _ := newPool(t, Options{Policies: mailPolicies}, sp)
+	for i := range 100000 {
+		u := fmt.Sprint("user", i)
+		uh := hashString(u)
+		var want *Backend
+		var wantScore float64
+		for _, b := range p.Backends() {
+			h := mix(uh ^ b.seed)
+			score := float64(b.weight) / -math.Log((float64(h>>11)+0.5)/(1<<53))
+			if want == nil || score > wantScore {
+				want, wantScore = b, score
+			}
+		}
+		if got := hashPick(p, IMAP, u); got != want {
+			t.Fatalf("%s: rendezvous says %s, the full computation %s", u, got.Name, want.Name)
+		}
 	}
 }

@@ -36,14 +36,15 @@ type Table interface {
 // NewMemTable. Expired bindings are dropped lazily and by Sweep.
 type MemTable struct {
 	mu    sync.Mutex
-	users map[string]*binding
+	users map[string]binding // by value: a million users are one allocation-free map
 	now   func() time.Time
+	epoch time.Time // deadlines count from here, on the monotonic clock
 }
 
 type binding struct {
 	backend string
 	live    int
-	until   time.Time // linger deadline when live == 0
+	until   time.Duration // linger deadline since epoch, when live == 0
 }
 
 var _ Table = (*MemTable)(nil)
@@ -53,42 +54,37 @@ func NewMemTable(now func() time.Time) *MemTable {
 	if now == nil {
 		now = time.Now
 	}
-	return &MemTable{users: make(map[string]*binding), now: now}
+	return &MemTable{users: make(map[string]binding), now: now, epoch: now()}
 }
+
+func (t *MemTable) since() time.Duration { return t.now().Sub(t.epoch) }
 
 // lookup returns the user's binding, dropping it when its linger ran out.
 // The caller holds t.mu.
-func (t *MemTable) lookup(user string) *binding {
-	b := t.users[user]
-	if b != nil && b.live == 0 && !t.now().Before(b.until) {
+func (t *MemTable) lookup(user string) (binding, bool) {
+	b, ok := t.users[user]
+	if ok && b.live == 0 && t.since() >= b.until {
 		delete(t.users, user)
-		return nil
+		return binding{}, false
 	}
-	return b
+	return b, ok
 }
 
 // Acquire implements Table.
 func (t *MemTable) Acquire(user string, decide func(string, int, bool) string) string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	b := t.lookup(user)
-	var to string
-	if b == nil {
-		to = decide("", 0, false)
-	} else {
-		to = decide(b.backend, b.live, true)
-	}
+	b, ok := t.lookup(user)
+	to := decide(b.backend, b.live, ok)
 	if to == "" {
 		return ""
 	}
-	switch {
-	case b == nil:
-		t.users[user] = &binding{backend: to, live: 1}
-	case b.backend == to:
+	if ok && b.backend == to {
 		b.live++
-	default:
-		b.backend, b.live = to, 1
+	} else {
+		b = binding{backend: to, live: 1}
 	}
+	t.users[user] = b
 	return to
 }
 
@@ -96,25 +92,23 @@ func (t *MemTable) Acquire(user string, decide func(string, int, bool) string) s
 func (t *MemTable) Release(user, backend string, linger time.Duration) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	b := t.users[user]
-	if b == nil || b.backend != backend || b.live == 0 {
+	b, ok := t.users[user]
+	if !ok || b.backend != backend || b.live == 0 {
 		return
 	}
 	b.live--
 	if b.live == 0 {
-		b.until = t.now().Add(linger)
+		b.until = t.since() + linger
 	}
+	t.users[user] = b
 }
 
 // Lookup implements Table.
 func (t *MemTable) Lookup(user string) (string, int, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	b := t.lookup(user)
-	if b == nil {
-		return "", 0, false
-	}
-	return b.backend, b.live, true
+	b, ok := t.lookup(user)
+	return b.backend, b.live, ok
 }
 
 // Sweep drops every binding whose linger has run out and returns how many
@@ -123,9 +117,9 @@ func (t *MemTable) Lookup(user string) (string, int, bool) {
 func (t *MemTable) Sweep() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	now := t.now()
+	now := t.since()
 	for u, b := range t.users {
-		if b.live == 0 && !now.Before(b.until) {
+		if b.live == 0 && now >= b.until {
 			delete(t.users, u)
 		}
 	}
