@@ -49,16 +49,15 @@ func relay(ctx context.Context, r *protocols.Relay, idle time.Duration) relayRes
 	defer stop()
 
 	st := &relayState{idle: idle}
-	st.touch()
 	var wg sync.WaitGroup
 	var downErr error
 	var up, down int64
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		down, downErr = st.pipe(client, back)
+		down, downErr = st.pipe(1, client, back)
 	}()
-	up, upErr := st.pipe(back, client)
+	up, upErr := st.pipe(0, back, client)
 	wg.Wait()
 	res.up += up
 	res.down += down
@@ -70,16 +69,17 @@ func relay(ctx context.Context, r *protocols.Relay, idle time.Duration) relayRes
 var errIdle = errors.New("idle timeout")
 
 // relayState is what the two directions of one relay share.
+//
+// Splicing hides progress until a chunk ends, so idleness is decided at
+// chunk ends: each read runs under a deadline of one idle period, and a
+// direction whose period passed without a byte marks itself quiet. The
+// relay is idle only when both directions are quiet, so a long one-way
+// transfer (a big FETCH, IDLE updates) keeps the silent side alive, and a
+// dead session ends within two idle periods.
 type relayState struct {
 	idle       time.Duration
-	last       atomic.Int64 // unix nanoseconds of the last byte either way
-	halfClosed atomic.Bool  // one direction has ended
-}
-
-func (st *relayState) touch() { st.last.Store(time.Now().UnixNano()) }
-
-func (st *relayState) quietFor() time.Duration {
-	return time.Since(time.Unix(0, st.last.Load()))
+	quiet      [2]atomic.Bool
+	halfClosed atomic.Bool // one direction has ended
 }
 
 // deadline is the next read deadline: the idle timeout, or the bounded
@@ -91,10 +91,10 @@ func (st *relayState) deadline() time.Time {
 	return time.Now().Add(st.idle)
 }
 
-// pipe copies src to dst until EOF, an error, or idle time with no traffic
-// either way, then half-closes dst and cuts the other direction's wait
-// down to the grace.
-func (st *relayState) pipe(dst, src net.Conn) (int64, error) {
+// pipe copies src to dst until EOF, an error, or idleness, then
+// half-closes dst and cuts the other direction's wait down to the grace.
+// dir (0 or 1) names the direction in st.quiet.
+func (st *relayState) pipe(dir int, dst, src net.Conn) (int64, error) {
 	var total int64
 	lr := &io.LimitedReader{}
 	var err error
@@ -104,20 +104,16 @@ func (st *relayState) pipe(dst, src net.Conn) (int64, error) {
 		var n int64
 		n, err = copyChunk(dst, lr)
 		total += n
-		if n > 0 {
-			st.touch()
-		}
+		st.quiet[dir].Store(n == 0)
 		if err == nil && lr.N > 0 {
 			break // EOF: the chunk ended before its limit
 		}
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			if !st.halfClosed.Load() && st.quietFor() < st.idle {
-				err = nil // this direction is quiet, the other is not
+		if errors.Is(err, os.ErrDeadlineExceeded) && !st.halfClosed.Load() {
+			if !st.quiet[0].Load() || !st.quiet[1].Load() {
+				err = nil // this side is quiet, the other is not (yet)
 				continue
 			}
-			if !st.halfClosed.Load() {
-				err = errIdle
-			}
+			err = errIdle
 		}
 		if err != nil {
 			break
