@@ -1,0 +1,91 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestCheckExample(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := run([]string{"check", "-config", "../../mailproxy.toml.example"}, &out, &errOut); code != 0 {
+		t.Fatalf("check of the example exited %d: %s", code, errOut.String())
+	}
+	if !strings.Contains(out.String(), "ok") {
+		t.Errorf("check output: %q", out.String())
+	}
+}
+
+func TestCheckUnknownKey(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "bad.toml")
+	cfg := `[[listener]]
+name = "imap"
+protocol = "imap"
+address = "127.0.0.1:10143"
+pool = "main"
+
+[[pool]]
+name = "main"
+lingr = "60s"
+
+  [[pool.backend]]
+  name = "mail1"
+  imap = "127.0.0.1:20143"
+`
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	code := run([]string{"check", "-config", path}, &out, &errOut)
+	if code == 0 {
+		t.Fatal("check accepted an unknown key")
+	}
+	msg := errOut.String()
+	if !strings.Contains(msg, "lingr") || !strings.Contains(msg, "line 10") {
+		t.Errorf("error does not name the key and its line: %q", msg)
+	}
+}
+
+func TestRunRefusesUnbuilt(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "peer.toml")
+	cfg := `[admin]
+listen = ""
+
+[[listener]]
+name = "imap"
+protocol = "imap"
+address = "127.0.0.1:10143"
+pool = "main"
+
+[[pool]]
+name = "main"
+  [[pool.backend]]
+  name = "mail1"
+  imap = "127.0.0.1:20143"
+
+[peer]
+node = "lb1"
+listen = "127.0.0.1:7946"
+address = "127.0.0.1:7947"
+secret_file = "peer.secret"
+`
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	if code := run([]string{"run", "-config", path}, &out, &errOut); code == 0 {
+		t.Fatal("run started with an unbuilt [peer] section")
+	}
+	if !strings.Contains(errOut.String(), "peer") {
+		t.Errorf("refusal does not name the section: %q", errOut.String())
+	}
+}
+
+func TestVersion(t *testing.T) {
+	var out bytes.Buffer
+	if code := run([]string{"version"}, &out, &out); code != 0 || !strings.HasPrefix(out.String(), "mailproxy ") {
+		t.Fatalf("version: %d %q", code, out.String())
+	}
+}
