@@ -82,7 +82,7 @@ func readTagged(b *protocols.Backend, tag string) (string, []string, error) {
 // backendLogin logs in to b with the client's credentials. ok says whether
 // the backend accepted; text is the tagged response to give the client
 // without its tag ("OK [CAPABILITY ...] Logged in" or the backend's NO).
-func backendLogin(ctx context.Context, b *protocols.Backend, creds protocols.Credentials, s *protocols.Session, client net.Addr) (ok bool, text string, err error) {
+func backendLogin(ctx context.Context, b *protocols.Backend, creds protocols.Credentials, s *protocols.Session, client net.Addr, id []string) (ok bool, text string, err error) {
 	if b.Caps == nil {
 		_, untagged, err := backendCommand(b, "P1", "CAPABILITY")
 		if err != nil {
@@ -91,7 +91,7 @@ func backendLogin(ctx context.Context, b *protocols.Backend, creds protocols.Cre
 		b.Caps = untaggedCapability(untagged)
 	}
 	if b.ForwardClient {
-		if _, _, err := backendCommand(b, "P2", forwardID(s, client)); err != nil {
+		if _, _, err := backendCommand(b, "P2", forwardID(s, client, id)); err != nil {
 			s.Log.Debug("backend refused ID", "backend", b.Name, "err", err)
 		}
 	}
@@ -201,12 +201,21 @@ func withCapability(b *protocols.Backend, resp string, untagged []string) (bool,
 }
 
 // forwardID is the RFC 2971 ID command that tells a backend (Dovecot, with
-// login_trusted_networks) who the real client is.
-func forwardID(s *protocols.Session, client net.Addr) string {
+// login_trusted_networks) who the real client is, followed by what the
+// client itself said in ID.
+func forwardID(s *protocols.Session, client net.Addr, id []string) string {
 	host, port, _ := net.SplitHostPort(client.String())
 	local, lport, _ := net.SplitHostPort(s.Conn.LocalAddr().String())
-	return fmt.Sprintf(`ID ("x-originating-ip" %q "x-originating-port" %q "x-connected-ip" %q "x-connected-port" %q "x-session-ext-id" %q)`,
-		host, port, local, lport, s.ID)
+	fields := append([]string{"x-originating-ip", host, "x-originating-port", port,
+		"x-connected-ip", local, "x-connected-port", lport, "x-session-ext-id", s.ID}, id...)
+	for i, f := range fields {
+		q, _ := quote(f)
+		if strings.HasPrefix(q, "{") {
+			q = `""` // never a literal in this one-line command
+		}
+		fields[i] = q
+	}
+	return "ID (" + strings.Join(fields, " ") + ")"
 }
 
 // capabilityCode extracts the list from a "[CAPABILITY ...]" response code.

@@ -33,6 +33,7 @@ type front struct {
 	rd     *reader
 	tls    bool
 	errors int
+	id     []string // the client's ID fields, name/value pairs, for the backend
 }
 
 // Serve implements protocols.Handler.
@@ -112,6 +113,7 @@ func (f *front) dispatch(ctx context.Context, cmd *command) (relay *protocols.Re
 	case "NOOP":
 		err = f.reply("%s OK NOOP completed.", cmd.tag)
 	case "ID":
+		f.id = clientID(cmd.args)
 		err = f.reply(`* ID ("name" "mailproxy")`+"\r\n%s OK ID completed.", cmd.tag)
 	case "LOGOUT":
 		f.reply("* BYE Logging out\r\n%s OK Logout completed.", cmd.tag)
@@ -195,6 +197,22 @@ func (f *front) authenticate(ctx context.Context, cmd *command) (*protocols.Rela
 	}
 }
 
+// clientID keeps what a client said in ID (RFC 2971: at most 30 pairs,
+// fields of at most 30 bytes, values of at most 1024) so the backend's log
+// shows the real client program. Fields starting with "x-" are dropped:
+// only mailproxy may tell the backend where a client connects from.
+func clientID(args []string) []string {
+	var out []string
+	for i := 0; i+1 < len(args) && len(out) < 60; i += 2 {
+		k, v := args[i], args[i+1]
+		if len(k) > 30 || len(v) > 1024 || strings.HasPrefix(strings.ToLower(k), "x-") {
+			continue
+		}
+		out = append(out, k, v)
+	}
+	return out
+}
+
 // decodeSASL decodes an initial response; "=" is the empty response.
 func decodeSASL(s string) ([]byte, error) {
 	if s == "=" {
@@ -215,7 +233,7 @@ func (f *front) login(ctx context.Context, tag string, creds protocols.Credentia
 		f.s.Log.Warn("login failed: no backend", "user", creds.Username, "err", err)
 		return nil, false, f.reply("%s NO [UNAVAILABLE] Server unavailable, try again later.", tag)
 	}
-	ok, text, err := backendLogin(ctx, b, creds, f.s, f.conn.RemoteAddr())
+	ok, text, err := backendLogin(ctx, b, creds, f.s, f.conn.RemoteAddr(), f.id)
 	if err != nil {
 		b.Close()
 		f.s.Log.Warn("login failed: backend error", "user", creds.Username, "backend", b.Name, "err", err)

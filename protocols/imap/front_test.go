@@ -67,3 +67,13 @@ func FuzzFront(f *testing.F) {
 		}
 	})
 }
+
+func TestForwardID(t *testing.T) {
+	s := &protocols.Session{ID: "abc", Conn: &scriptConn{}}
+	id := clientID([]string{"name", "mbsync", "x-originating-ip", "6.6.6.6", "version", `1."4"`})
+	got := forwardID(s, &net.TCPAddr{IP: net.IPv4(192, 0, 2, 7), Port: 4711}, id)
+	want := `ID ("x-originating-ip" "192.0.2.7" "x-originating-port" "4711" "x-connected-ip" "127.0.0.1" "x-connected-port" "2" "x-session-ext-id" "abc" "name" "mbsync" "version" "1.\"4\"")`
+	if got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+}
