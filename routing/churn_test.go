@@ -110,6 +110,17 @@ func (m *churn) liveOn(u int) int {
 	return -1
 }
 
+// servedOn reports whether user u has a live lease on backend b whose
+// protocol b still serves.
+func (m *churn) servedOn(u, b int) bool {
+	for _, cl := range m.live {
+		if !cl.dead && cl.user == u && cl.b == b && !m.down[b][cl.l.Proto] {
+			return true
+		}
+	}
+	return false
+}
+
 func (m *churn) open(b int, proto Protocol) bool {
 	return !m.down[b][proto] && !m.draining[b] && m.weight[b] > 0
 }
@@ -130,9 +141,12 @@ func (m *churn) acquire(proto Protocol, u int) {
 		m.touched = append(m.touched, u)
 	}
 	var want bool
-	if had >= 0 && !m.down[had][proto] {
+	switch {
+	case had >= 0 && !m.down[had][proto]:
 		want = had != ex
-	} else {
+	case had >= 0 && m.servedOn(u, had):
+		want = false // a working session of another protocol holds the user
+	default:
 		for b := range churnBackends {
 			want = want || (b != ex && m.open(b, proto))
 		}

@@ -168,6 +168,8 @@ func (k *picker) run(cur string, live int, ok bool) string {
 			}
 			k.chosen = b
 			return cur
+		case live > 0 && p.servingUser(b, k.user):
+			return "" // healthy sessions of another protocol hold the user there
 		case live > 0:
 			k.moveFrom = b
 		case p.opts.Policies[k.proto] == Sticky && p.open(b, k.proto) && !excluded(b, k.exclude):
@@ -180,6 +182,20 @@ func (k *picker) run(cur string, live int, ok bool) string {
 		return ""
 	}
 	return k.chosen.Name
+}
+
+// servingUser reports whether b still serves one of user's live sessions:
+// it is up for that session's protocol. Such a user is not moved (that
+// would kill a working session, say IMAP, to place a POP3 login whose
+// protocol is down there); the new session fails instead. The caller
+// holds p.mu.
+func (p *Pool) servingUser(b *Backend, user string) bool {
+	for l := range b.leases.all() {
+		if l.User == user && p.usable(b, l.Proto) {
+			return true
+		}
+	}
+	return false
 }
 
 func excluded(b *Backend, list []*Backend) bool {

@@ -302,8 +302,18 @@ func TestDownKillsAndMoves(t *testing.T) {
 	if l.Backend == b0 {
 		t.Fatal("alice went to down b0")
 	}
-	// Bob still holds POP3 on b0, down for IMAP: his new IMAP session moves
-	// him, and his POP3 session on b0 is ended first.
+	// Bob still holds a working POP3 session on b0, down for IMAP: his new
+	// IMAP session fails rather than kill it, until the POP3 session ends.
+	if _, err := p.Acquire(IMAP, bob); err != ErrNoBackend {
+		t.Fatalf("bob's IMAP while his POP3 works on b0: %v, want ErrNoBackend", err)
+	}
+	if kills.count() != 2 || b0.Sessions() != 1 {
+		t.Fatalf("a working POP3 session was killed: %d kills, %d sessions on b0", kills.count(), b0.Sessions())
+	}
+	// When b0 goes down for POP3 too, that session dies and bob moves.
+	for range 3 {
+		p.Observe(b0, POP3, false, "refused")
+	}
 	m := acquire(t, p, IMAP, bob)
 	if m.Backend == b0 {
 		t.Fatal("bob went to down b0")
