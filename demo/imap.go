@@ -77,12 +77,16 @@ type IMAPServer struct {
 	Tracker *Tracker // optional; set before Serve
 
 	srv *imapserver.Server
+
+	mu      sync.Mutex
+	closing bool                         // Close has begun: no more logins
+	live    map[*trackedSession]struct{} // logged in, reported to Tracker
 }
 
 // NewIMAPServer makes a backend called name with users (name -> password),
 // each with an INBOX. tlsConfig enables STARTTLS when not nil.
 func NewIMAPServer(name string, users map[string]string, tlsConfig *tls.Config) *IMAPServer {
-	s := &IMAPServer{Name: name, Mem: imapmemserver.New()}
+	s := &IMAPServer{Name: name, Mem: imapmemserver.New(), live: make(map[*trackedSession]struct{})}
 	for u, pw := range users {
 		s.AddUser(u, pw)
 	}
@@ -109,8 +113,21 @@ func (s *IMAPServer) AddUser(name, password string) *imapmemserver.User {
 // Serve serves IMAP on ln until Close.
 func (s *IMAPServer) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
 
-// Close stops the server and closes its connections.
-func (s *IMAPServer) Close() error { return s.srv.Close() }
+// Close stops the server as a crash would, and closes its connections.
+// Every session counts as logged out in the Tracker before the listener
+// closes: a crashed server's sessions are gone at once, and nobody (a
+// health check, a proxy) can see this one down while its sessions still
+// count. Logins that race with Close fail.
+func (s *IMAPServer) Close() error {
+	s.mu.Lock()
+	s.closing = true
+	for t := range s.live {
+		s.Tracker.logout(t.user, s.Name)
+	}
+	clear(s.live)
+	s.mu.Unlock()
+	return s.srv.Close()
+}
 
 // trackedSession reports logins and logouts to the tracker.
 type trackedSession struct {
@@ -123,17 +140,28 @@ func (t *trackedSession) Login(username, password string) error {
 	if err := t.Session.Login(username, password); err != nil {
 		return err
 	}
+	s := t.srv
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return &goimap.Error{Type: goimap.StatusResponseTypeNo, Text: "Server shutting down"}
+	}
 	t.user = username
-	if t.srv.Tracker != nil {
-		t.srv.Tracker.login(username, t.srv.Name)
+	if s.Tracker != nil {
+		s.live[t] = struct{}{}
+		s.Tracker.login(username, s.Name)
 	}
 	return nil
 }
 
 func (t *trackedSession) Close() error {
-	if t.user != "" && t.srv.Tracker != nil {
-		t.srv.Tracker.logout(t.user, t.srv.Name)
+	s := t.srv
+	s.mu.Lock()
+	if _, ok := s.live[t]; ok {
+		delete(s.live, t)
+		s.Tracker.logout(t.user, s.Name)
 	}
+	s.mu.Unlock()
 	return t.Session.Close()
 }
 

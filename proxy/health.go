@@ -2,64 +2,95 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"mailproxy/routing"
+	mtls "mailproxy/tls"
 )
 
-// startHealth starts one probe loop per backend and protocol it serves.
-// Each loop connects, lets the protocol read the greeting and end politely,
-// and tells routing, which applies rise and fall.
+// startHealth starts one check loop per backend and protocol it serves, as
+// the pool's [pool.health] says. Disabled backends are not checked, nor
+// protocols with no handler. The loops end when ctx does.
+//
+// A check only reports to routing, which owns the rise/fall state (a
+// failed dial from a real session reports there too): the timing the
+// operator gets is "down within fall × interval + timeout of a crash, up
+// within rise × interval of a return".
 func (s *Server) startHealth(ctx context.Context) {
 	for _, pc := range s.cfg.Pools {
 		pool := s.pools[pc.Name]
 		for _, b := range pool.Backends() {
 			info := b.Data.(*backendInfo)
-			for proto, addr := range info.addr {
-				h := s.handlers[routing.Protocol(proto).String()]
-				if addr == "" || h == nil || info.cfg.Disabled {
+			for i, addr := range info.addr {
+				proto := routing.Protocol(i)
+				if addr == "" || s.handlers[proto.String()] == nil || info.cfg.Disabled {
 					continue
 				}
 				s.bgDone.Add(1)
 				go func() {
 					defer s.bgDone.Done()
-					s.probeLoop(ctx, pool, b, routing.Protocol(proto), pc.Health)
+					s.checkLoop(ctx, pool, b, proto, pc.Health)
 				}()
 			}
 		}
 	}
 }
 
-func (s *Server) probeLoop(ctx context.Context, pool *routing.Pool, b *routing.Backend, proto routing.Protocol, hc HealthConfig) {
+// checkLoop checks b for proto at once and then every interval until ctx
+// ends. A check that outlasts the interval delays the next one rather than
+// overlapping it.
+func (s *Server) checkLoop(ctx context.Context, pool *routing.Pool, b *routing.Backend, proto routing.Protocol, hc HealthConfig) {
 	t := time.NewTicker(hc.Interval.Duration)
 	defer t.Stop()
 	for {
+		s.check(ctx, pool, b, proto, hc.Timeout.Duration)
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		err := s.probe(ctx, b, proto, hc.Timeout.Duration)
-		reason := "check passed"
-		if err != nil {
-			reason = err.Error()
-		}
-		pool.Observe(b, proto, err == nil, reason)
 	}
 }
 
-// probe runs one check of b for proto under timeout.
+// check runs one probe and reports it to routing.
+func (s *Server) check(ctx context.Context, pool *routing.Pool, b *routing.Backend, proto routing.Protocol, timeout time.Duration) {
+	err := s.probe(ctx, b, proto, timeout)
+	if ctx.Err() != nil {
+		return // shutting down: a cut-off check says nothing about the backend
+	}
+	if err != nil {
+		s.log.Debug("health check failed", "pool", pool.Name, "backend", b.Name, "protocol", proto.String(), "err", err)
+		pool.Observe(b, proto, false, "check failed: "+err.Error())
+		return
+	}
+	pool.Observe(b, proto, true, "check passed")
+}
+
+// probe connects to b for proto under timeout (with TLS first when the
+// backend's tls is implicit), lets the protocol read the greeting and end
+// politely, and closes.
 func (s *Server) probe(ctx context.Context, b *routing.Backend, proto routing.Protocol, timeout time.Duration) error {
 	info := b.Data.(*backendInfo)
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	tctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	conn, err := s.dial(ctx, "tcp", info.addr[proto])
+	raw, err := s.dial(tctx, "tcp", info.addr[proto])
 	if err != nil {
-		return err
+		return fmt.Errorf("connect: %w", err)
 	}
-	defer conn.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
+	conn := raw
+	defer func() { conn.Close() }() // the TLS conn once there is one: it says close_notify
+	// The deadline ends a slow check with a timeout error; shutdown (ctx,
+	// not tctx) does not wait for it.
+	raw.SetDeadline(time.Now().Add(timeout))
+	stop := context.AfterFunc(ctx, func() { raw.Close() })
+	defer stop()
+	if info.cfg.TLS == "implicit" {
+		tc, err := mtls.Handshake(tctx, conn, info.tls[proto], false)
+		if err != nil {
+			return fmt.Errorf("tls: %w", err)
+		}
+		conn = tc
 	}
-	return s.handlers[proto.String()].Probe(ctx, conn)
+	return s.handlers[proto.String()].Probe(tctx, conn)
 }

@@ -45,11 +45,12 @@ type Server struct {
 	certs    *mtls.CertStore
 	tlsCfg   *tls.Config
 	pools    map[string]*routing.Pool
+	metrics  *metrics
 
 	conns atomic.Int64
 	mu    sync.Mutex
 	perIP map[string]int
-	lns   map[*net.Listener]struct{}
+	lns   map[*net.Listener]string // -> listener name
 	live  map[*session]struct{}
 	wg    sync.WaitGroup
 
@@ -70,7 +71,7 @@ func New(cfg *Config, opts Options) (*Server, error) {
 	s := &Server{
 		cfg: cfg, log: opts.Logger, handlers: opts.Handlers, dial: opts.Dial, certs: opts.Certs,
 		pools: make(map[string]*routing.Pool), perIP: make(map[string]int),
-		lns: make(map[*net.Listener]struct{}), live: make(map[*session]struct{}),
+		lns: make(map[*net.Listener]string), live: make(map[*session]struct{}),
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -79,6 +80,7 @@ func New(cfg *Config, opts Options) (*Server, error) {
 		var d net.Dialer
 		s.dial = d.DialContext
 	}
+	s.metrics = newMetrics(s)
 	if err := s.setupTLS(); err != nil {
 		return nil, err
 	}
@@ -145,7 +147,13 @@ func (s *Server) newPool(pc PoolConfig) (*routing.Pool, error) {
 		opts.Policies[i] = pol
 	}
 	opts.OnStateChange = func(b *routing.Backend, p routing.Protocol, st routing.State, reason string) {
-		s.log.Warn("backend state changed", "pool", pc.Name, "backend", b.Name, "protocol", p.String(), "state", st.String(), "reason", reason)
+		attrs := []any{"pool", pc.Name, "backend", b.Name, "protocol", p.String(), "reason", reason}
+		if st == routing.Down {
+			s.log.Warn("backend down", attrs...)
+			return
+		}
+		// Up for this protocol; st says whether it also takes new users (draining).
+		s.log.Info("backend up", append(attrs, "state", st.String())...)
 	}
 	var specs []routing.BackendSpec
 	for _, bc := range pc.Backends {
@@ -170,9 +178,55 @@ func (s *Server) newPool(pc PoolConfig) (*routing.Pool, error) {
 // Pool returns the routing pool called name, or nil.
 func (s *Server) Pool(name string) *routing.Pool { return s.pools[name] }
 
+// Pools returns the routing pools in config order. The admin API drains,
+// kicks and reports through them.
+func (s *Server) Pools() []*routing.Pool {
+	out := make([]*routing.Pool, 0, len(s.cfg.Pools))
+	for _, pc := range s.cfg.Pools {
+		out = append(out, s.pools[pc.Name])
+	}
+	return out
+}
+
+// Config returns the config the server runs; it must not be modified.
+func (s *Server) Config() *Config { return s.cfg }
+
+// RoutingKey turns a login name into the routing key, as [auth] says
+// (username_case, default_domain).
+func (s *Server) RoutingKey(login string) string { return s.routingKey(login) }
+
 // routingKey normalises a login name as [auth] says.
 func (s *Server) routingKey(login string) string {
 	return routing.Key(login, s.cfg.Auth.UsernameCase == "keep", s.cfg.Auth.DefaultDomain)
+}
+
+// ListenerStatus describes one configured listener for the admin API.
+type ListenerStatus struct {
+	Name     string `json:"name"`
+	Protocol string `json:"protocol"`
+	Address  string `json:"address"` // the bound address while serving, else the configured one
+	TLS      string `json:"tls"`
+	Pool     string `json:"pool"`
+	Serving  bool   `json:"serving"`
+}
+
+// Listeners reports every configured listener, in config order.
+func (s *Server) Listeners() []ListenerStatus {
+	bound := map[string]string{}
+	s.mu.Lock()
+	for ln, name := range s.lns {
+		bound[name] = (*ln).Addr().String()
+	}
+	s.mu.Unlock()
+	out := make([]ListenerStatus, 0, len(s.cfg.Listeners))
+	for _, l := range s.cfg.Listeners {
+		ls := ListenerStatus{Name: l.Name, Protocol: l.Protocol, Address: l.Address, TLS: l.TLS, Pool: l.Pool}
+		if a, ok := bound[l.Name]; ok {
+			ls.Address, ls.Serving = a, true
+		}
+		out = append(out, ls)
+	}
+	return out
 }
 
 // ListenAndServe opens every configured listener and serves them until
@@ -217,11 +271,11 @@ func (s *Server) Serve(name string, ln net.Listener) error {
 		ln.Close()
 		return fmt.Errorf("no listener called %q", name)
 	}
-	if !s.track(&ln, true) {
+	if !s.track(&ln, name) {
 		ln.Close()
 		return ErrServerClosed
 	}
-	defer s.track(&ln, false)
+	defer s.untrack(&ln)
 	s.log.Info("listening", "listener", name, "protocol", lc.Protocol, "address", ln.Addr().String(), "tls", lc.TLS)
 	backoff := 5 * time.Millisecond
 	for {
@@ -240,18 +294,21 @@ func (s *Server) Serve(name string, ln net.Listener) error {
 	}
 }
 
-func (s *Server) track(ln *net.Listener, add bool) bool {
+// track registers a serving listener; false after Shutdown or Close.
+func (s *Server) track(ln *net.Listener, name string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if add {
-		if s.closed.Load() {
-			return false
-		}
-		s.lns[ln] = struct{}{}
-	} else {
-		delete(s.lns, ln)
+	if s.closed.Load() {
+		return false
 	}
+	s.lns[ln] = name
 	return true
+}
+
+func (s *Server) untrack(ln *net.Listener) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.lns, ln)
 }
 
 // accept applies the connection limits and starts the session goroutine.
@@ -268,6 +325,9 @@ func (s *Server) accept(lc *ListenerConfig, c net.Conn) {
 	s.mu.Unlock()
 	if over {
 		s.log.Warn("connection refused: limit reached", "listener", lc.Name, "client", c.RemoteAddr().String())
+		if lc.TLS != "implicit" {
+			say(c, notices[lc.Protocol].busy)
+		}
 		c.Close()
 		return
 	}

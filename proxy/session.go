@@ -80,10 +80,14 @@ func (s *Server) serveSession(lc *ListenerConfig, c net.Conn) {
 	s.live[ss] = struct{}{}
 	s.mu.Unlock()
 	client := c
-	stop := context.AfterFunc(ctx, func() { client.Close() })
+	// A kill (kick, backend down) cancels ctx from another goroutine:
+	// close the accepted conn, never the client variable, which this
+	// goroutine replaces after TLS and login.
+	stop := context.AfterFunc(ctx, func() { c.Close() })
 	ps := &protocols.Session{}
 	var res relayResult
 	outcome := "closed"
+	loggedIn := false
 	defer func() {
 		if r := recover(); r != nil {
 			ss.log.Error("session panic", "panic", r, "stack", string(debug.Stack()))
@@ -101,9 +105,12 @@ func (s *Server) serveSession(lc *ListenerConfig, c net.Conn) {
 		s.mu.Unlock()
 		attrs := []any{"user", ps.User, "bytes_in", res.up, "bytes_out", res.down,
 			"duration", time.Since(start).Round(time.Millisecond).String(), "outcome", outcome}
+		backend := ""
 		if ss.backend != nil {
-			attrs = append(attrs, "backend", ss.backend.Name)
+			backend = ss.backend.Name
+			attrs = append(attrs, "backend", backend)
 		}
+		s.metrics.sessionEnded(lc, backend, loggedIn, ps.User != "", res)
 		ss.log.Info("session end", attrs...)
 	}()
 	ss.log.Info("session start")
@@ -133,6 +140,7 @@ func (s *Server) serveSession(lc *ListenerConfig, c net.Conn) {
 	}
 	client = relayOut.Client
 	ss.backend = relayOut.Backend
+	loggedIn = true
 	client.SetDeadline(time.Time{})
 	relayOut.Backend.SetDeadline(time.Time{})
 	res = relay(ctx, relayOut, s.cfg.Limits.IdleTimeout.Duration)
@@ -220,6 +228,7 @@ func (ss *session) connect(ctx context.Context, lease *routing.Lease, hello func
 		fail("connect: " + err.Error())
 		return nil, fmt.Errorf("dial backend %s: %w", rb.Name, err)
 	}
+	raw := conn
 	if info.cfg.TLS == "implicit" {
 		tc, err := mtls.Handshake(dctx, conn, info.tls[ss.proto], false)
 		if err != nil {
@@ -233,7 +242,10 @@ func (ss *session) connect(ctx context.Context, lease *routing.Lease, hello func
 	b := protocols.NewBackend(conn, rb.Name, addr, lease.Release)
 	b.TLS, b.StartTLS, b.ForwardClient = info.tls[ss.proto], info.cfg.TLS == "starttls", info.cfg.ForwardClient
 	b.Fail = fail
-	lease.OnKill(ss.cancel)
+	// A kill (kick, backend down) frees the user to move at once, so it
+	// must end the backend dialogue too: a login still running here
+	// would otherwise succeed after the user moved elsewhere.
+	lease.OnKill(func() { ss.cancel(); raw.Close() })
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
 	} else {
