@@ -5,6 +5,7 @@
 //
 //	mailproxy [run] -config FILE   serve (the default subcommand)
 //	mailproxy check -config FILE   validate a config and exit
+//	mailproxy ctl COMMAND          call the admin API: status, drain, undrain, kick, user
 //	mailproxy demo                 run against built-in in-memory backends
 //	mailproxy version
 package main
@@ -46,10 +47,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdCheck(args, stdout)
 	case "demo":
 		err = cmdDemo(args, stdout, stderr)
+	case "ctl":
+		err = cmdCtl(args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "mailproxy", version)
 	default:
-		fmt.Fprintf(stderr, "mailproxy: unknown command %q (want run, check, demo or version)\n", cmd)
+		fmt.Fprintf(stderr, "mailproxy: unknown command %q (want run, check, ctl, demo or version)\n", cmd)
 		return 2
 	}
 	if errors.Is(err, flag.ErrHelp) {
@@ -132,6 +135,12 @@ func cmdRun(args []string, stderr io.Writer) error {
 // SIGHUP reloads the TLS certificate.
 func serve(srv *proxy.Server, cfg *proxy.Config, log *slog.Logger) error {
 	srv.StartBackground()
+	stopAdmin, err := startAdmin(srv, cfg, log)
+	if err != nil {
+		srv.Close()
+		return err
+	}
+	defer stopAdmin()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
 	sigs := make(chan os.Signal, 1)

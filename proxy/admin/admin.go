@@ -1,0 +1,250 @@
+// Package admin is mailproxy's admin HTTP API and the client that
+// `mailproxy ctl` uses to call it. The API is JSON over plain HTTP, meant
+// for loopback ([admin] listen, default 127.0.0.1:9025):
+//
+//	GET  /status                                   node, role, listeners, every backend
+//	GET  /users/{user}                             where a user is routed, and the live sessions
+//	GET  /metrics                                  Prometheus text format
+//	POST /pools/{pool}/backends/{backend}/drain    no new users; live users keep coming
+//	POST /pools/{pool}/backends/{backend}/undrain  end a drain
+//	POST /pools/{pool}/backends/{backend}/kick     close every session there now
+//
+// With [admin] token_file set, POST calls need "Authorization: Bearer
+// <token>" (401 otherwise); GET calls never do. Errors are
+// {"error": "..."} with 404 for an unknown pool, backend or path and 405
+// for a wrong method.
+//
+// The package imports proxy, never the other way round: cmd/mailproxy
+// builds the API from the running *proxy.Server and serves it.
+package admin
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"mailproxy/proxy"
+	"mailproxy/routing"
+)
+
+// Options configure an API. Zero values take the defaults noted.
+type Options struct {
+	// Token, when set, is required as a bearer token on every POST call.
+	Token string
+	// Node names this instance in /status; default the host name.
+	Node string
+	// Logger gets one line per drain, undrain and kick; default slog.Default().
+	Logger *slog.Logger
+	// Metrics serves GET /metrics; default 404.
+	Metrics http.Handler
+}
+
+// API is the admin HTTP API of one proxy.Server. Its methods are safe for
+// concurrent use.
+type API struct {
+	srv   *proxy.Server
+	opts  Options
+	log   *slog.Logger
+	token [sha256.Size]byte
+	mux   *http.ServeMux
+	hs    *http.Server
+}
+
+// New builds the API for srv. It does not listen: call Serve, or mount
+// Handler in a server of your own.
+func New(srv *proxy.Server, opts Options) *API {
+	a := &API{srv: srv, opts: opts, log: opts.Logger, mux: http.NewServeMux()}
+	if a.log == nil {
+		a.log = slog.Default()
+	}
+	if a.opts.Node == "" {
+		a.opts.Node, _ = os.Hostname()
+	}
+	a.token = sha256.Sum256([]byte(opts.Token))
+	a.routes()
+	a.hs = &http.Server{
+		Handler:           a.mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
+	}
+	return a
+}
+
+// routes registers every endpoint. A pattern with a method wins over the
+// same path without one, so the bare paths only answer the wrong methods.
+func (a *API) routes() {
+	const action = "/pools/{pool}/backends/{backend}/{action}"
+	a.mux.HandleFunc("GET /status", a.status)
+	a.mux.HandleFunc("GET /users/{user}", a.user)
+	a.mux.HandleFunc("POST "+action, a.action)
+	if a.opts.Metrics != nil {
+		a.mux.Handle("GET /metrics", a.opts.Metrics)
+		a.mux.Handle("/metrics", methodNotAllowed("GET"))
+	}
+	a.mux.Handle("/status", methodNotAllowed("GET"))
+	a.mux.Handle("/users/{user}", methodNotAllowed("GET"))
+	a.mux.Handle(action, methodNotAllowed("POST"))
+	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path)
+	})
+}
+
+// Handler returns the API's handler.
+func (a *API) Handler() http.Handler { return a.mux }
+
+// Serve serves the API on ln until Shutdown or Close, after which it
+// returns http.ErrServerClosed.
+func (a *API) Serve(ln net.Listener) error {
+	a.log.Info("admin API listening", "address", ln.Addr().String(), "token", a.opts.Token != "")
+	return a.hs.Serve(ln)
+}
+
+// Shutdown stops the API gracefully: no new requests, the running ones end
+// until ctx is done.
+func (a *API) Shutdown(ctx context.Context) error { return a.hs.Shutdown(ctx) }
+
+// Close stops the API at once.
+func (a *API) Close() error { return a.hs.Close() }
+
+// ReadToken reads a bearer token file: its content without surrounding
+// white space, which must not be empty.
+func ReadToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("read token: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", fmt.Errorf("token file %s is empty", path)
+	}
+	return tok, nil
+}
+
+func (a *API) status(w http.ResponseWriter, r *http.Request) {
+	st := Status{Node: a.opts.Node, Role: "active", Listeners: a.srv.Listeners(), Pools: []PoolStatus{}}
+	for _, p := range a.srv.Pools() {
+		st.Pools = append(st.Pools, PoolStatus{Name: p.Name, Backends: p.Status()})
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+// user reports a user under the routing key, so "Alice" finds "alice" (and
+// "alice@example.org" with a default_domain).
+func (a *API) user(w http.ResponseWriter, r *http.Request) {
+	key := a.srv.RoutingKey(r.PathValue("user"))
+	us := UserStatus{User: key, Pools: []UserPool{}}
+	cfg := a.srv.Config()
+	for i, p := range a.srv.Pools() {
+		up := UserPool{Pool: p.Name, Sessions: p.UserSessions(key)}
+		if up.Sessions == nil {
+			up.Sessions = []routing.SessionInfo{}
+		}
+		if b, live, ok := p.Lookup(key); ok {
+			up.Backend, up.Live = b, live
+		}
+		for u, b := range cfg.Pools[i].Pins {
+			if a.srv.RoutingKey(u) == key {
+				up.Pin = b
+			}
+		}
+		us.Pools = append(us.Pools, up)
+	}
+	writeJSON(w, http.StatusOK, us)
+}
+
+// action runs drain, undrain or kick on one backend.
+func (a *API) action(w http.ResponseWriter, r *http.Request) {
+	if !a.authorized(r) {
+		a.log.Warn("admin call refused: missing or wrong token", "method", r.Method, "path", r.URL.Path, "client", r.RemoteAddr)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="mailproxy"`)
+		writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
+		return
+	}
+	pool, b, msg := a.find(r.PathValue("pool"), r.PathValue("backend"))
+	if msg != "" {
+		writeError(w, http.StatusNotFound, msg)
+		return
+	}
+	res := Result{Pool: pool.Name, Backend: b.Name, Action: r.PathValue("action")}
+	attrs := []any{"pool", pool.Name, "backend", b.Name, "client", r.RemoteAddr}
+	switch res.Action {
+	case "drain":
+		pool.SetDraining(b, true)
+		a.log.Info("backend draining", append(attrs, "sessions", b.Sessions())...)
+	case "undrain":
+		pool.SetDraining(b, false)
+		a.log.Info("backend undrained", attrs...)
+	case "kick":
+		res.Kicked = pool.Kick(b)
+		a.log.Info(fmt.Sprintf("kicked %d sessions", res.Kicked), append(attrs, "sessions", res.Kicked)...)
+	default:
+		writeError(w, http.StatusNotFound, fmt.Sprintf("unknown action %q (want drain, undrain or kick)", res.Action))
+		return
+	}
+	res.Sessions = b.Sessions()
+	for _, st := range pool.Status() {
+		if st.Name == b.Name {
+			res.State = st.State
+		}
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+// find looks up a pool and backend by name; msg says what is unknown.
+func (a *API) find(poolName, backend string) (*routing.Pool, *routing.Backend, string) {
+	p := a.srv.Pool(poolName)
+	if p == nil {
+		return nil, nil, fmt.Sprintf("no pool %q", poolName)
+	}
+	b := p.Backend(backend)
+	if b == nil {
+		return nil, nil, fmt.Sprintf("no backend %q in pool %q", backend, poolName)
+	}
+	return p, b, ""
+}
+
+// authorized checks the bearer token in constant time (over hashes, so
+// not even the token's length shows).
+func (a *API) authorized(r *http.Request) bool {
+	if a.opts.Token == "" {
+		return true
+	}
+	scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return false
+	}
+	got := sha256.Sum256([]byte(strings.TrimSpace(tok)))
+	return subtle.ConstantTimeCompare(got[:], a.token[:]) == 1
+}
+
+func methodNotAllowed(allow string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", allow)
+		writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed; use %s", r.Method, allow))
+	})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v) // an error means the client went away: nothing to tell it
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, errorBody{Error: msg})
+}

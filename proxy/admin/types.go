@@ -1,0 +1,53 @@
+package admin
+
+import (
+	"mailproxy/proxy"
+	"mailproxy/routing"
+)
+
+// Status is the answer to GET /status.
+type Status struct {
+	Node      string                 `json:"node"` // the host name until [peer] names the node
+	Role      string                 `json:"role"` // active | standby; always active without [peer]
+	Listeners []proxy.ListenerStatus `json:"listeners"`
+	Pools     []PoolStatus           `json:"pools"`
+}
+
+// PoolStatus is one pool in Status.
+type PoolStatus struct {
+	Name     string                  `json:"name"`
+	Backends []routing.BackendStatus `json:"backends"`
+}
+
+// UserStatus is the answer to GET /users/{user}.
+type UserStatus struct {
+	User  string     `json:"user"` // the routing key: the login as [auth] normalises it
+	Pools []UserPool `json:"pools"`
+}
+
+// UserPool is where one pool routes a user.
+type UserPool struct {
+	Pool string `json:"pool"`
+	// Backend is the backend the user is bound to: where the user's sessions
+	// are (Live > 0), or where the user lingers after the last one ended.
+	// Empty when the user has no binding in this pool.
+	Backend  string                `json:"backend,omitempty"`
+	Live     int                   `json:"live"`          // live sessions the lease table counts
+	Pin      string                `json:"pin,omitempty"` // static pin from the config
+	Sessions []routing.SessionInfo `json:"sessions"`      // the live sessions, by backend and protocol
+}
+
+// Result is the answer to POST /pools/{pool}/backends/{backend}/{action}.
+type Result struct {
+	Pool     string `json:"pool"`
+	Backend  string `json:"backend"`
+	Action   string `json:"action"`   // drain | undrain | kick
+	State    string `json:"state"`    // the backend's state afterwards
+	Sessions int    `json:"sessions"` // live sessions left on it
+	Kicked   int    `json:"kicked"`   // sessions closed by kick
+}
+
+// errorBody is every error answer: {"error": "..."}.
+type errorBody struct {
+	Error string `json:"error"`
+}
