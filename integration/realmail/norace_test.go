@@ -1,0 +1,5 @@
+//go:build !race
+
+package realmail
+
+const raceEnabled = false
