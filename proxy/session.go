@@ -196,6 +196,9 @@ func (ss *session) dialBackend(ctx context.Context, login string, hello func(con
 	}
 	var tried []*routing.Backend
 	for range ss.pool.Backends() {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
 		lease, err := ss.pool.Acquire(ss.proto, key, tried...)
 		if err != nil {
 			ss.log.Warn("no backend available", "user", login, "tried", len(tried))
@@ -218,7 +221,15 @@ func (ss *session) connect(ctx context.Context, lease *routing.Lease, hello func
 	rb := lease.Backend
 	info := rb.Data.(*backendInfo)
 	addr := info.addr[ss.proto]
-	fail := func(reason string) { ss.pool.Observe(rb, ss.proto, false, reason) }
+	// A failure counts against the backend only while the session is
+	// alive: a dial or greeting cut short because the client left or the
+	// session was killed says nothing about the backend, and counting it
+	// would let one backend going down take others down with it.
+	fail := func(reason string) {
+		if ctx.Err() == nil {
+			ss.pool.Observe(rb, ss.proto, false, reason)
+		}
+	}
 	timeout := ss.srv.poolConfig(ss.lc.Pool).Health.Timeout.Duration
 	dctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()

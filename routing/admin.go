@@ -50,9 +50,19 @@ func (p *Pool) SetWeight(b *Backend, w int) {
 func (p *Pool) Kick(b *Backend) int {
 	var kill []func()
 	p.mu.Lock()
-	n := b.leases.n
+	n := 0
 	for l := range b.leases.all() {
-		kill = p.detach(l, kill)
+		if l.kicked {
+			continue
+		}
+		// The lease stays live until its session releases it: b is up, and
+		// the old connection may still be closing there, so the user must
+		// not be placed elsewhere before then.
+		l.kicked = true
+		n++
+		if l.onKill != nil {
+			kill = append(kill, l.onKill)
+		}
 	}
 	p.mu.Unlock()
 	runKills(kill)

@@ -21,11 +21,12 @@ const (
 
 // churnLease is one session as the test sees it.
 type churnLease struct {
-	l    *Lease
-	id   int
-	user int // -1: not tied to a user (SMTP)
-	b    int
-	dead bool // killed or released: no longer live
+	l      *Lease
+	id     int
+	user   int // -1: not tied to a user (SMTP)
+	b      int
+	dead   bool // killed or released: no longer live
+	kicked bool // told to end; live until released
 }
 
 // churn drives a pool through random steps and keeps its own model of what
@@ -54,6 +55,7 @@ type churn struct {
 	dying    []*churnLease          // killed, their sessions not yet released
 	killed   []*churnLease          // killed during this step
 	touched  []int                  // users whose table entry this step may change
+	kicking  bool                   // a Kick is running: kill callbacks are kicks
 	down     [churnBackends][numProtocols]bool
 	draining [churnBackends]bool
 	weight   [churnBackends]int
@@ -187,9 +189,16 @@ func (m *churn) acquire(proto Protocol, u int) {
 		if cl.dead {
 			m.fatalf("lease %d killed after it ended", cl.id)
 		}
-		m.drop(cl)
-		m.killed = append(m.killed, cl)
 		m.kills++
+		if m.kicking && !cl.kicked {
+			cl.kicked = true // a kicked session stays live until released
+			m.killed = append(m.killed, cl)
+			return
+		}
+		m.drop(cl)
+		if !cl.kicked {
+			m.killed = append(m.killed, cl)
+		}
 	})
 	m.peak = max(m.peak, len(m.live))
 }
@@ -238,6 +247,9 @@ func (m *churn) releaseOneDying() {
 	m.dying[i] = m.dying[len(m.dying)-1]
 	m.dying = m.dying[:len(m.dying)-1]
 	cl.l.Release()
+	if !cl.dead {
+		m.drop(cl) // kicked, live until now
+	}
 	if cl.user >= 0 {
 		m.touched = append(m.touched, cl.user)
 	}
@@ -272,12 +284,22 @@ func (m *churn) noise(b int, proto Protocol) {
 }
 
 func (m *churn) kick(b int) {
-	want := m.perB[b]
-	if n := m.p.Kick(m.backends[b]); n != want {
+	want := 0
+	for _, cl := range m.live {
+		if !cl.dead && !cl.kicked && cl.b == b {
+			want++
+		}
+	}
+	m.kicking = true
+	n := m.p.Kick(m.backends[b])
+	m.kicking = false
+	if n != want {
 		m.fatalf("Kick(%d) = %d, want %d", b, n, want)
 	}
-	if m.perB[b] != 0 {
-		m.fatalf("after Kick(%d) %d leases not killed", b, m.perB[b])
+	for _, cl := range m.live {
+		if !cl.dead && cl.b == b && !cl.kicked {
+			m.fatalf("after Kick(%d) lease %d was not told to end", b, cl.id)
+		}
 	}
 }
 

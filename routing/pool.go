@@ -250,7 +250,7 @@ func (p *Pool) detach(l *Lease, kill []func()) []func() {
 		p.table.Release(l.User, l.Backend.Name, p.opts.Linger)
 	}
 	if l.onKill != nil {
-		kill = append(kill, l.onKill)
+		kill = append(kill, l.onKill) // again, if it was kicked before
 	}
 	return kill
 }
@@ -272,18 +272,20 @@ type Lease struct {
 	// Guarded by pool.mu.
 	prev, next *Lease // in Backend.leases while live
 	onKill     func()
-	killed     bool
+	killed     bool // detached: its backend went down
+	kicked     bool // told to end, still live until Release
 	released   bool
 }
 
 // OnKill sets the function routing calls when the session must end now
 // (its backend went down, or an operator kicked it). f must not block; it
-// typically cancels the session's context. If the lease was already killed,
-// f runs at once.
+// typically cancels the session's context, and may be called twice (a
+// kick, then the backend going down). If the lease was already killed, f
+// runs at once.
 func (l *Lease) OnKill(f func()) {
 	l.pool.mu.Lock()
 	l.onKill = f
-	killed := l.killed && !l.released
+	killed := (l.killed || l.kicked) && !l.released
 	l.pool.mu.Unlock()
 	if killed {
 		f()

@@ -593,8 +593,10 @@ func TestKick(t *testing.T) {
 	if n := p.Kick(b0); n != want || n < 6 {
 		t.Fatalf("Kick = %d, want %d", n, want)
 	}
-	if kills.count() != want || b0.Sessions() != 0 {
-		t.Fatalf("%d kills, %d sessions left", kills.count(), b0.Sessions())
+	// Kicked sessions stay live until they release: b0 is up, and their
+	// connections may still be closing there.
+	if kills.count() != want || b0.Sessions() != want {
+		t.Fatalf("%d kills, %d sessions left, want %d and %d", kills.count(), b0.Sessions(), want, want)
 	}
 	if n := p.Kick(b0); n != 0 {
 		t.Fatalf("second Kick = %d", n)

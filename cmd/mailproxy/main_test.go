@@ -43,7 +43,7 @@ lingr = "60s"
 		t.Fatal("check accepted an unknown key")
 	}
 	msg := errOut.String()
-	if !strings.Contains(msg, "lingr") || !strings.Contains(msg, "line 10") {
+	if !strings.Contains(msg, "lingr") || !strings.Contains(msg, "line 9") {
 		t.Errorf("error does not name the key and its line: %q", msg)
 	}
 }

@@ -187,8 +187,10 @@ func (a *API) action(w http.ResponseWriter, r *http.Request) {
 		pool.SetDraining(b, false)
 		a.log.Info("backend undrained", attrs...)
 	case "kick":
+		before := b.Sessions()
 		res.Kicked = pool.Kick(b)
 		a.log.Info(fmt.Sprintf("kicked %d sessions", res.Kicked), append(attrs, "sessions", res.Kicked)...)
+		waitReleased(r.Context(), b, before-res.Kicked)
 	default:
 		writeError(w, http.StatusNotFound, fmt.Sprintf("unknown action %q (want drain, undrain or kick)", res.Action))
 		return
@@ -200,6 +202,23 @@ func (a *API) action(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, http.StatusOK, res)
+}
+
+// waitReleased gives kicked sessions a moment to close and release their
+// leases (they count until then, so the user is not placed elsewhere while
+// the old connection still closes), so the reply's count is meaningful.
+func waitReleased(ctx context.Context, b *routing.Backend, target int) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for b.Sessions() > target {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // find looks up a pool and backend by name; msg says what is unknown.
