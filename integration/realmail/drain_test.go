@@ -154,10 +154,11 @@ func TestDrainThenStopDovecot(t *testing.T) {
 	results := loginLoad(t, p, append(append([]string{}, us...), fresh...))
 	stopDone := make(chan error, 1)
 	stopStart := time.Now()
+	confA := h.conf(t, "a")
 	go func() {
-		out, err := run(t, 60*time.Second, "dovecot", "-c", h.conf(t, "a"), "stop")
+		out, err := output(60*time.Second, "dovecot", "-c", confA, "stop")
 		if err != nil {
-			err = fmt.Errorf("dovecot -c %s stop: %v\n%s", h.conf(t, "a"), err, out)
+			err = fmt.Errorf("dovecot -c %s stop: %v\n%s", confA, err, out)
 		}
 		stopDone <- err
 	}()

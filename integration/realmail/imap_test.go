@@ -1,7 +1,6 @@
 package realmail
 
 import (
-	"crypto/tls"
 	"fmt"
 	"net"
 	"strings"
@@ -21,16 +20,24 @@ func (p *mailproxy) dialIMAP(t *testing.T, mode, user, from string) (*imapclient
 	return p.dialIMAPPush(t, mode, user, from, nil)
 }
 
+// dialIMAPPass logs in over plain IMAP with the given password.
+func (p *mailproxy) dialIMAPPass(t *testing.T, user, pass string) (*imapclient.Client, error) {
+	return p.dialIMAPWith(t, "plain", user, pass, "", nil)
+}
+
 // dialIMAPPush is dialIMAP with a handler for unsolicited responses.
 func (p *mailproxy) dialIMAPPush(t *testing.T, mode, user, from string, push *imapclient.UnilateralDataHandler) (*imapclient.Client, error) {
-	t.Helper()
+	return p.dialIMAPWith(t, mode, user, "pw", from, push)
+}
+
+func (p *mailproxy) dialIMAPWith(t *testing.T, mode, user, pass, from string, push *imapclient.UnilateralDataHandler) (*imapclient.Client, error) {
 	d := &net.Dialer{Timeout: 5 * time.Second}
 	if from != "" {
 		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(from)}
 	}
 	opts := &imapclient.Options{
 		Dialer:                d,
-		TLSConfig:             &tls.Config{RootCAs: p.h.roots(t), ServerName: "127.0.0.1"},
+		TLSConfig:             p.clientTLS(t),
 		UnilateralDataHandler: push,
 	}
 	var c *imapclient.Client
@@ -48,7 +55,7 @@ func (p *mailproxy) dialIMAPPush(t *testing.T, mode, user, from string, push *im
 	if err != nil {
 		return nil, fmt.Errorf("dial %s for %s: %w", mode, user, err)
 	}
-	if err := c.Login(user, "pw").Wait(); err != nil {
+	if err := c.Login(user, pass).Wait(); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("login %s (%s): %w", user, mode, err)
 	}

@@ -28,7 +28,7 @@ func (p *mailproxy) dialPOP3(t *testing.T, listener string, stls bool, from stri
 	if err != nil {
 		return nil, err
 	}
-	cfg := &tls.Config{RootCAs: p.h.roots(t), ServerName: "127.0.0.1"}
+	cfg := p.clientTLS(t)
 	if listener == "pop3s" {
 		nc = tls.Client(nc, cfg)
 	}
@@ -177,4 +177,35 @@ func TestPOP3RoundRobin(t *testing.T) {
 		}
 	}
 	t.Logf("POP3 logins landed on: %s", strings.Join(seq, " "))
+}
+
+// TestPOP3FollowsIMAP: a POP3 login of a user with a live IMAP session
+// goes to that session's Dovecot (both touch the same index files), not
+// round-robin.
+func TestPOP3FollowsIMAP(t *testing.T) {
+	h := need(t)
+	p := startProxy(t, h, proxyOptions{})
+	p.needProto(t, "pop3")
+	const user = "user60"
+	m := h.mark(t)
+	c, err := p.dialIMAP(t, "plain", user, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	imapOn := h.waitLogins(t, m, "the IMAP login of "+user, func(ls []login) bool { return len(ls) > 0 })[0].inst
+	m = h.mark(t)
+	for range 4 {
+		if err := p.pop3Login(t, user); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, l := range h.waitLogins(t, m, "4 POP3 logins", func(ls []login) bool { return len(ls) >= 4 }) {
+		if l.inst != imapOn {
+			t.Errorf("POP3 login on dovecot-%s while %s's IMAP session is on dovecot-%s:\n%s", l.inst, user, imapOn, l.line)
+		}
+	}
+	if err := c.Logout().Wait(); err != nil {
+		t.Fatal(err)
+	}
 }

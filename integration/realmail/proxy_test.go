@@ -3,6 +3,7 @@ package realmail
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -116,6 +117,11 @@ func tryStartProxy(t *testing.T, h *harness, o proxyOptions) (*mailproxy, string
 	}
 	p.cmd = exec.Command(h.bin, "run", "-config", p.config)
 	p.cmd.SysProcAttr = procAttr()
+	if os.Getenv("GORACE") == "" {
+		// A -race binary sleeps 1s at exit by default; every test would
+		// pay it. Races found while it runs are reported all the same.
+		p.cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=50")
+	}
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -210,6 +216,12 @@ func (p *mailproxy) stop() {
 		<-p.exited
 		t.Errorf("mailproxy did not stop within 15s of SIGTERM")
 	}
+	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("mailproxy exited with status %d after SIGTERM", code)
+	}
+	if strings.Contains(p.logs.text(), "WARNING: DATA RACE") {
+		t.Errorf("the race detector found a data race in mailproxy (log below)")
+	}
 	for _, e := range p.logs.entries() {
 		if e["level"] == "ERROR" {
 			t.Errorf("mailproxy logged an error: %v", e)
@@ -238,6 +250,11 @@ func (p *mailproxy) status() (string, error) {
 		return string(b), fmt.Errorf("GET /status: %s: %s", resp.Status, b)
 	}
 	return string(b), err
+}
+
+// clientTLS trusts mailproxy's certificate (the harness's).
+func (p *mailproxy) clientTLS(t *testing.T) *tls.Config {
+	return &tls.Config{RootCAs: p.h.roots(t), ServerName: "127.0.0.1"}
 }
 
 // backendSessions returns the sessions mailproxy's /status counts on a

@@ -2,7 +2,6 @@ package realmail
 
 import (
 	"crypto/rand"
-	"crypto/tls"
 	"encoding/hex"
 	"fmt"
 	"net"
@@ -63,7 +62,7 @@ func (p *mailproxy) sendSMTP(t *testing.T, listener, from, authUser, token strin
 	if err := c.Hello("client.realmail.test"); err != nil {
 		return fmt.Errorf("EHLO: %w", err)
 	}
-	if err := c.StartTLS(&tls.Config{RootCAs: p.h.roots(t), ServerName: "127.0.0.1"}); err != nil {
+	if err := c.StartTLS(p.clientTLS(t)); err != nil {
 		return fmt.Errorf("STARTTLS: %w", err)
 	}
 	if authUser != "" {
