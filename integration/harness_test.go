@@ -21,6 +21,7 @@ import (
 	"mailproxy/demo"
 	"mailproxy/protocols"
 	"mailproxy/protocols/imap"
+	"mailproxy/protocols/smtp"
 	"mailproxy/proxy"
 	mtls "mailproxy/tls"
 )
@@ -28,7 +29,7 @@ import (
 // handlers are the protocol implementations under test, wired as
 // cmd/mailproxy wires them.
 func handlers() map[string]protocols.Handler {
-	return map[string]protocols.Handler{"imap": imap.Handler{}}
+	return map[string]protocols.Handler{"imap": imap.Handler{}, "smtp": smtp.Handler{}}
 }
 
 // env is one running mailproxy under test.

@@ -1,0 +1,99 @@
+package smtp
+
+import (
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// frontConn is the client connection as go-smtp's server sees it. It sets
+// a fresh deadline before every read and write, reports Close on closed,
+// and can close itself right after the next reply (closeAfterReply), for
+// the 421 that ends a session go-smtp would otherwise keep open.
+type frontConn struct {
+	net.Conn
+	readTimeout, writeTimeout time.Duration
+
+	closed     chan struct{}
+	closeOnce  sync.Once
+	closeAfter atomic.Bool
+}
+
+func newFrontConn(c net.Conn, read, write time.Duration) *frontConn {
+	return &frontConn{Conn: c, readTimeout: read, writeTimeout: write, closed: make(chan struct{})}
+}
+
+func (c *frontConn) Read(p []byte) (int, error) {
+	c.Conn.SetReadDeadline(time.Now().Add(c.readTimeout))
+	return c.Conn.Read(p)
+}
+
+func (c *frontConn) Write(p []byte) (int, error) {
+	c.Conn.SetWriteDeadline(time.Now().Add(c.writeTimeout))
+	n, err := c.Conn.Write(p)
+	if c.closeAfter.Load() {
+		c.Close()
+	}
+	return n, err
+}
+
+// closeAfterReply makes the next write the last one.
+func (c *frontConn) closeAfterReply() { c.closeAfter.Store(true) }
+
+func (c *frontConn) Close() error {
+	c.closeOnce.Do(func() { close(c.closed) })
+	return c.Conn.Close()
+}
+
+// oneConnListener hands one connection to go-smtp's Server.Serve and then
+// blocks until closed. Serve calls Accept again only after it has counted
+// the connection's goroutine, so handedOff closing means Shutdown will wait
+// for that goroutine.
+type oneConnListener struct {
+	conn      net.Conn // nil once taken; only Serve's goroutine touches it
+	handedOff chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+func newOneConnListener(c net.Conn) *oneConnListener {
+	return &oneConnListener{conn: c, handedOff: make(chan struct{}), done: make(chan struct{})}
+}
+
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	if c := l.conn; c != nil {
+		l.conn = nil
+		return c, nil
+	}
+	select {
+	case <-l.handedOff:
+	default:
+		close(l.handedOff)
+	}
+	<-l.done
+	return nil, net.ErrClosed
+}
+
+func (l *oneConnListener) Close() error {
+	l.closeOnce.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *oneConnListener) Addr() net.Addr { return oneConnAddr{} }
+
+type oneConnAddr struct{}
+
+func (oneConnAddr) Network() string { return "tcp" }
+func (oneConnAddr) String() string  { return "session" }
+
+// replayConn is a backend connection whose reads start with bytes already
+// consumed from it (the greeting), for go-smtp's client, which insists on
+// reading a greeting itself.
+type replayConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *replayConn) Read(p []byte) (int, error) { return c.r.Read(p) }

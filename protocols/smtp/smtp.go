@@ -1,0 +1,106 @@
+// Package smtp is mailproxy's SMTP, submission and SMTPS: the client
+// dialogue (RFC 5321) with go-smtp's server — PIPELINING (RFC 2920),
+// 8BITMIME (RFC 6152), SIZE (RFC 1870), ENHANCEDSTATUSCODES (RFC 2034 and
+// 3463), STARTTLS (RFC 3207), AUTH PLAIN and LOGIN (RFC 4954, 4616),
+// CHUNKING (RFC 3030), DSN parameters (RFC 3461), SMTPUTF8 (RFC 6531) — the
+// backend dialogue with go-smtp's client (greeting, EHLO, STARTTLS, Postfix's
+// XCLIENT, AUTH), and the health probe.
+//
+// SMTP has no relay phase: Serve mirrors every transaction synchronously.
+// MAIL, RCPT, DATA/BDAT and RSET go to the backend one by one and the client
+// gets the backend's own reply, so a message is acknowledged only after the
+// backend acknowledged it, and nothing is ever queued or bounced here.
+package smtp
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	gosmtp "github.com/emersion/go-smtp"
+
+	"mailproxy/protocols"
+)
+
+// Timeouts of RFC 5321 §4.5.3.2. The proxy's login deadline does not fit
+// SMTP, whose whole session happens before what the proxy calls login, so
+// Serve replaces it with these per-read and per-write deadlines.
+const (
+	commandTimeout = 5 * time.Minute  // §4.5.3.2.7: waiting for the client's next command or data block
+	writeTimeout   = time.Minute      // one reply to the client
+	backendTimeout = 5 * time.Minute  // one command to the backend
+	quitTimeout    = 5 * time.Second  // saying goodbye to the backend
+	dataEndTimeout = 10 * time.Minute // §4.5.3.2.6: the backend's reply to the final dot
+)
+
+// Handler is the SMTP protocols.Handler. The zero value is ready to use.
+type Handler struct{}
+
+var _ protocols.Handler = Handler{}
+
+// Serve implements protocols.Handler. It runs go-smtp's server on the one
+// client connection until the client quits or disconnects or ctx ends, and
+// always returns a nil Relay.
+//
+// go-smtp's Server only serves listeners, so the connection is handed to it
+// through a listener that yields it once. Serve returns only after go-smtp's
+// connection goroutine has ended and the backend is closed: nothing outlives
+// the session.
+func (Handler) Serve(ctx context.Context, s *protocols.Session) (*protocols.Relay, error) {
+	fc := newFrontConn(s.Conn, commandTimeout, writeTimeout)
+	f := newFront(ctx, s, fc)
+	srv := f.newServer()
+	ln := newOneConnListener(fc)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	<-ln.handedOff // the connection's goroutine is counted: Shutdown waits for it
+	select {
+	case <-fc.closed:
+	case <-ctx.Done():
+		fc.Close()
+	}
+	srv.Shutdown(context.Background()) // closes ln; waits for the connection goroutine
+	<-served
+	f.close()
+	return nil, f.err
+}
+
+// newServer configures go-smtp's server for this one connection. It is
+// per connection because NewSession adjusts SIZE, SMTPUTF8 and DSN to what
+// the chosen backend announces.
+func (f *front) newServer() *gosmtp.Server {
+	s := f.s
+	srv := gosmtp.NewServer(f)
+	srv.Domain = s.Hostname
+	srv.MaxMessageBytes = s.MaxSize
+	srv.EnableSMTPUTF8 = true
+	srv.EnableDSN = true
+	srv.ErrorLog = errorLog{s.Log}
+	f.srv = srv
+	if s.TLSActive {
+		// go-smtp recognises TLS by a *tls.Conn, which the wrapper hides:
+		// no STARTTLS on top, and AUTH is allowed.
+		srv.AllowInsecureAuth = true
+	} else {
+		srv.TLSConfig = s.TLS
+		srv.AllowInsecureAuth = !s.RequireTLS
+	}
+	return srv
+}
+
+// errorLog sends go-smtp's own complaints (connection errors, recovered
+// panics) to the session log. They never carry client data.
+type errorLog struct{ log *slog.Logger }
+
+func (l errorLog) Printf(format string, v ...any) { l.print(fmt.Sprintf(format, v...)) }
+func (l errorLog) Println(v ...any)               { l.print(strings.TrimSuffix(fmt.Sprintln(v...), "\n")) }
+
+func (l errorLog) print(msg string) {
+	if strings.HasPrefix(msg, "panic") {
+		l.log.Error("smtp server panic", "detail", msg)
+		return
+	}
+	l.log.Debug("smtp server", "detail", msg)
+}
