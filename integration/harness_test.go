@@ -21,6 +21,7 @@ import (
 	"mailproxy/demo"
 	"mailproxy/protocols"
 	"mailproxy/protocols/imap"
+	"mailproxy/protocols/pop3"
 	"mailproxy/protocols/smtp"
 	"mailproxy/proxy"
 	mtls "mailproxy/tls"
@@ -29,7 +30,7 @@ import (
 // handlers are the protocol implementations under test, wired as
 // cmd/mailproxy wires them.
 func handlers() map[string]protocols.Handler {
-	return map[string]protocols.Handler{"imap": imap.Handler{}, "smtp": smtp.Handler{}}
+	return map[string]protocols.Handler{"imap": imap.Handler{}, "pop3": pop3.Handler{}, "smtp": smtp.Handler{}}
 }
 
 // env is one running mailproxy under test.

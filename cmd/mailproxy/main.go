@@ -24,6 +24,7 @@ import (
 
 	"mailproxy/protocols"
 	"mailproxy/protocols/imap"
+	"mailproxy/protocols/pop3"
 	"mailproxy/protocols/smtp"
 	"mailproxy/proxy"
 )
@@ -94,7 +95,7 @@ func cmdCheck(args []string, stdout io.Writer) error {
 
 // handlers wires the protocol implementations into the proxy.
 func handlers() map[string]protocols.Handler {
-	return map[string]protocols.Handler{"imap": imap.Handler{}, "smtp": smtp.Handler{}}
+	return map[string]protocols.Handler{"imap": imap.Handler{}, "pop3": pop3.Handler{}, "smtp": smtp.Handler{}}
 }
 
 func newLogger(cfg proxy.LogConfig, w io.Writer) *slog.Logger {

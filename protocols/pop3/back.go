@@ -1,0 +1,187 @@
+package pop3
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"time"
+
+	"mailproxy/protocols"
+	mtls "mailproxy/tls"
+)
+
+// maxBackendLine bounds a backend's response line before login.
+const maxBackendLine = 64 << 10
+
+// maxCapaLines bounds a backend's CAPA list.
+const maxCapaLines = 256
+
+// errBackend is a backend that does not speak POP3 as expected.
+var errBackend = errors.New("unexpected backend response")
+
+// greet is the hello for Session.Dial: read the +OK greeting (kept in
+// b.Greeting; it carries an APOP timestamp and Dovecot's [XCLIENT]) and do
+// STLS when the backend's tls says so.
+func greet(ctx context.Context, b *protocols.Backend) error {
+	line, err := protocols.ReadLine(b.Reader, maxBackendLine)
+	if err != nil {
+		return fmt.Errorf("read greeting: %w", err)
+	}
+	b.Greeting = string(line)
+	if ok, err := status(b.Greeting); !ok || err != nil {
+		return fmt.Errorf("%w: greeting %q", errBackend, truncate(b.Greeting))
+	}
+	if !b.StartTLS {
+		return nil
+	}
+	if line, err := backendCommand(b, "STLS"); err != nil {
+		return fmt.Errorf("stls: %w", err)
+	} else if ok, _ := status(line); !ok {
+		return fmt.Errorf("stls: %w: %q", errBackend, truncate(line))
+	}
+	tc, err := mtls.Handshake(ctx, b.Conn, b.TLS, false)
+	if err != nil {
+		return err
+	}
+	b.SetConn(tc)
+	b.Caps = nil // they change with TLS
+	return nil
+}
+
+// backendCommand sends one command line and reads the one-line response.
+func backendCommand(b *protocols.Backend, line string) (string, error) {
+	if _, err := io.WriteString(b.Conn, line+"\r\n"); err != nil {
+		return "", err
+	}
+	resp, err := protocols.ReadLine(b.Reader, maxBackendLine)
+	if err != nil {
+		return "", err
+	}
+	return string(resp), nil
+}
+
+// prepare gets the backend ready for a login: it asks CAPA (a server of
+// plain RFC 1939 answers -ERR and has no capabilities) and, with
+// forward_client, tells the backend who the client is with XCLIENT.
+func prepare(b *protocols.Backend, s *protocols.Session) error {
+	if b.Caps == nil {
+		line, err := backendCommand(b, "CAPA")
+		if err != nil {
+			return fmt.Errorf("capa: %w", err)
+		}
+		ok, err := status(line)
+		if err != nil {
+			return fmt.Errorf("capa: %w", err)
+		}
+		b.Caps = []string{}
+		if ok {
+			if b.Caps, err = readMulti(b.Reader, maxCapaLines); err != nil {
+				return fmt.Errorf("capa: %w", err)
+			}
+		}
+	}
+	if b.ForwardClient && offersXCLIENT(b) {
+		line, err := backendCommand(b, forwardXCLIENT(s))
+		if err != nil {
+			return fmt.Errorf("xclient: %w", err)
+		}
+		if ok, err := status(line); !ok || err != nil {
+			s.Log.Debug("backend refused XCLIENT", "backend", b.Name, "reply", truncate(line))
+		}
+	}
+	return nil
+}
+
+// offersXCLIENT: Dovecot announces XCLIENT with a [XCLIENT] code in its
+// greeting to trusted networks, and lists nothing in CAPA; other servers
+// may list it in CAPA.
+func offersXCLIENT(b *protocols.Backend) bool {
+	return strings.HasPrefix(b.Greeting, "+OK [XCLIENT]") || hasCap(b.Caps, "XCLIENT", "")
+}
+
+// forwardXCLIENT is the XCLIENT command with the client's address and port.
+func forwardXCLIENT(s *protocols.Session) string {
+	host, port, _ := net.SplitHostPort(s.Conn.RemoteAddr().String())
+	return fmt.Sprintf("XCLIENT ADDR=%s PORT=%s", host, port)
+}
+
+// backendLogin logs in to b with the client's credentials: AUTH PLAIN with
+// the initial response when the backend's CAPA lists SASL PLAIN, USER and
+// PASS otherwise. ok says whether the backend accepted; text is its reply
+// line, for the client. The credentials must have passed safeArg.
+func backendLogin(b *protocols.Backend, creds protocols.Credentials) (ok bool, text string, err error) {
+	if hasCap(b.Caps, "SASL", protocols.MechPlain) {
+		return authPlain(b, creds)
+	}
+	if creds.Authzid != "" {
+		return false, "-ERR [AUTH] Authorization identities are not supported here.", nil
+	}
+	line, err := backendCommand(b, "USER "+creds.Username)
+	if err != nil {
+		return false, "", fmt.Errorf("user: %w", err)
+	}
+	if ok, err := status(line); !ok || err != nil {
+		return false, line, err
+	}
+	if line, err = backendCommand(b, "PASS "+string(creds.Password)); err != nil {
+		return false, "", fmt.Errorf("pass: %w", err)
+	}
+	ok, err = status(line)
+	return ok, line, err
+}
+
+// authPlain is AUTH PLAIN with the initial response (RFC 5034 §4); a
+// backend that asks with "+ " anyway gets the response on the next line.
+func authPlain(b *protocols.Backend, creds protocols.Credentials) (bool, string, error) {
+	ir := base64.StdEncoding.EncodeToString([]byte(creds.Authzid + "\x00" + creds.Username + "\x00" + string(creds.Password)))
+	line, err := backendCommand(b, "AUTH PLAIN "+ir)
+	if err == nil && (line == "+" || strings.HasPrefix(line, "+ ")) {
+		line, err = backendCommand(b, ir)
+	}
+	if err != nil {
+		return false, "", fmt.Errorf("auth plain: %w", err)
+	}
+	ok, err := status(line)
+	return ok, line, err
+}
+
+// backendAPOP sends "APOP " + arg as the client wrote it.
+func backendAPOP(b *protocols.Backend, arg string) (bool, string, error) {
+	line, err := backendCommand(b, "APOP "+arg)
+	if err != nil {
+		return false, "", fmt.Errorf("apop: %w", err)
+	}
+	ok, err := status(line)
+	return ok, line, err
+}
+
+// quit ends a backend connection politely, without waiting long.
+func quit(b *protocols.Backend) {
+	b.SetWriteDeadline(time.Now().Add(time.Second))
+	io.WriteString(b.Conn, "QUIT\r\n")
+	b.Close()
+}
+
+// hasCap reports whether caps has a line whose tag is name and, when arg
+// is not empty, that lists arg among its parameters (as "SASL PLAIN LOGIN").
+func hasCap(caps []string, name, arg string) bool {
+	for _, c := range caps {
+		f := strings.Fields(c)
+		if len(f) == 0 || !strings.EqualFold(f[0], name) {
+			continue
+		}
+		if arg == "" {
+			return true
+		}
+		for _, p := range f[1:] {
+			if strings.EqualFold(p, arg) {
+				return true
+			}
+		}
+	}
+	return false
+}

@@ -1,0 +1,380 @@
+// Package pop3 is mailproxy's POP3: the client dialogue before login
+// (RFC 1939 USER, PASS, APOP and QUIT; CAPA of RFC 2449; STLS of RFC 2595;
+// AUTH of RFC 5034 with PLAIN (RFC 4616) and LOGIN; the response codes of
+// RFC 2449 and RFC 3206), the backend dialogue (greeting, STLS, Dovecot's
+// XCLIENT, login) and the health probe. After login the proxy relays bytes.
+//
+// On a listener with apop = true the backend is picked when the client
+// connects, before the user is known, because an APOP digest can only be
+// checked against the timestamp of the greeting that backend sent.
+package pop3
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+
+	"mailproxy/protocols"
+	mtls "mailproxy/tls"
+)
+
+// maxErrors is how many bad commands and failed logins a client may have
+// before login; the last one closes the connection.
+const maxErrors = 10
+
+// defaultMaxLine bounds a line when the session does not say.
+const defaultMaxLine = 8 << 10
+
+// The replies the proxy itself gives. Backend rejections are relayed as
+// the backend worded them instead.
+const (
+	replyUnavailable = "-ERR [SYS/TEMP] Service unavailable, try again later."
+	replyNeedTLS     = "-ERR [AUTH] Plaintext authentication disallowed on non-secure connections, use STLS first."
+	replyAuthFailed  = "-ERR [AUTH] Authentication failed."
+)
+
+// errTooManyErrors ends a session that kept sending bad commands.
+var errTooManyErrors = errors.New("too many errors before login")
+
+// Handler is the POP3 protocols.Handler. The zero value is ready to use.
+type Handler struct{}
+
+var _ protocols.Handler = Handler{}
+
+// front is the state of one client dialogue before login.
+type front struct {
+	s      *protocols.Session
+	conn   net.Conn
+	r      *bufio.Reader
+	tls    bool
+	errors int
+	user   string             // from USER, waiting for PASS
+	fixed  *protocols.Backend // apop listener: the backend picked at connect
+}
+
+// Serve implements protocols.Handler.
+func (Handler) Serve(ctx context.Context, s *protocols.Session) (relay *protocols.Relay, err error) {
+	f := &front{s: s, tls: s.TLSActive}
+	f.setConn(s.Conn)
+	greeting := "+OK mailproxy ready."
+	if s.APOP {
+		if greeting, err = f.connectFixed(ctx); err != nil {
+			f.reply(replyUnavailable)
+			return nil, err
+		}
+		defer func() {
+			if relay == nil {
+				quit(f.fixed)
+			}
+		}()
+	}
+	if err := f.reply("%s", greeting); err != nil {
+		return nil, err
+	}
+	for {
+		line, err := protocols.ReadLine(f.r, f.maxLine())
+		if errors.Is(err, protocols.ErrLineTooLong) {
+			if err := f.bad("Line too long."); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		cmd, err := parseCommand(line)
+		if err != nil {
+			if err := f.bad(err.Error()); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		relay, done, err := f.dispatch(ctx, cmd)
+		if relay != nil || done || err != nil {
+			return relay, err
+		}
+	}
+}
+
+// connectFixed picks the backend of an APOP listener and returns its
+// greeting, whose timestamp the client's digest is computed over.
+func (f *front) connectFixed(ctx context.Context) (string, error) {
+	b, err := f.s.Dial(ctx, "", greet)
+	if err != nil {
+		f.s.Log.Warn("apop: no backend", "err", err)
+		return "", fmt.Errorf("apop: %w", err)
+	}
+	if err := prepare(b, f.s); err != nil {
+		b.Fail("prepare: " + err.Error())
+		b.Close()
+		f.s.Log.Warn("apop: backend failed", "backend", b.Name, "err", err)
+		return "", fmt.Errorf("apop: backend %s: %w", b.Name, err)
+	}
+	f.fixed = b
+	return b.Greeting, nil
+}
+
+// setConn switches to a new connection (after STLS) with a fresh reader:
+// whatever the client sent before the handshake is dropped here.
+func (f *front) setConn(c net.Conn) {
+	f.conn = c
+	f.r = bufio.NewReaderSize(c, 4096)
+}
+
+func (f *front) maxLine() int {
+	if f.s.MaxLine > 0 {
+		return f.s.MaxLine
+	}
+	return defaultMaxLine
+}
+
+func (f *front) reply(format string, args ...any) error {
+	_, err := fmt.Fprintf(f.conn, format+"\r\n", args...)
+	return err
+}
+
+// bad answers a bad command with -ERR; too many of them end the connection.
+func (f *front) bad(msg string) error {
+	if f.errors++; f.errors >= maxErrors {
+		f.reply("-ERR Too many errors, closing connection.")
+		return errTooManyErrors
+	}
+	return f.reply("-ERR %s", msg)
+}
+
+// rejected sends a failed login's reply, which counts as an error.
+func (f *front) rejected(ctx context.Context, line string) error {
+	f.s.FailDelay(ctx)
+	if err := f.reply("%s", line); err != nil {
+		return err
+	}
+	if f.errors++; f.errors >= maxErrors {
+		return errTooManyErrors
+	}
+	return nil
+}
+
+func (f *front) loginAllowed() bool { return f.tls || !f.s.RequireTLS }
+
+// capabilities lists what a client may use now (RFC 2449 §5): login
+// methods only where a login would be accepted, STLS only before TLS.
+func (f *front) capabilities() []string {
+	caps := []string{"CAPA", "TOP", "UIDL", "RESP-CODES", "PIPELINING", "AUTH-RESP-CODE"}
+	if f.s.TLS != nil && !f.tls {
+		caps = append(caps, "STLS")
+	}
+	if f.loginAllowed() {
+		caps = append(caps, "USER", "SASL "+protocols.MechPlain+" "+protocols.MechLogin)
+	}
+	return append(caps, "IMPLEMENTATION mailproxy")
+}
+
+// dispatch runs one command. done means the client quit.
+func (f *front) dispatch(ctx context.Context, cmd command) (relay *protocols.Relay, done bool, err error) {
+	switch cmd.verb {
+	case "CAPA":
+		err = writeMulti(f.conn, "+OK Capability list follows", f.capabilities())
+	case "QUIT":
+		f.reply("+OK mailproxy signing off.")
+		return nil, true, nil
+	case "STLS":
+		err = f.startTLS(ctx)
+	case "USER":
+		err = f.userCommand(cmd.arg)
+	case "PASS":
+		return f.pass(ctx, cmd.arg)
+	case "AUTH":
+		return f.auth(ctx, cmd.arg)
+	case "APOP":
+		return f.apop(ctx, cmd.arg)
+	case "STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "TOP", "UIDL", "LAST":
+		err = f.bad("Log in first.")
+	default:
+		err = f.bad("Unknown command.")
+	}
+	return nil, false, err
+}
+
+// startTLS is STLS (RFC 2595 §4). Anything pipelined behind it is dropped
+// with the old reader, and a USER given before it is forgotten.
+func (f *front) startTLS(ctx context.Context) error {
+	if f.s.TLS == nil || f.tls {
+		return f.bad("STLS not available.")
+	}
+	if err := f.reply("+OK Begin TLS negotiation now."); err != nil {
+		return err
+	}
+	tc, err := mtls.Handshake(ctx, f.conn, f.s.TLS, true)
+	if err != nil {
+		return err
+	}
+	f.tls, f.user = true, ""
+	f.setConn(tc)
+	return nil
+}
+
+func (f *front) userCommand(arg string) error {
+	switch {
+	case !f.loginAllowed():
+		return f.bad(strings.TrimPrefix(replyNeedTLS, "-ERR "))
+	case arg == "":
+		return f.bad("USER needs a user name.")
+	}
+	f.user = arg
+	return f.reply("+OK")
+}
+
+func (f *front) pass(ctx context.Context, arg string) (*protocols.Relay, bool, error) {
+	if f.user == "" {
+		return nil, false, f.bad("USER first.")
+	}
+	creds := protocols.Credentials{Username: f.user, Password: protocols.Password(arg)}
+	f.user = ""
+	return f.login(ctx, creds)
+}
+
+// auth is AUTH (RFC 5034): with no argument it lists the mechanisms, as
+// many clients ask; otherwise it runs a PLAIN or LOGIN exchange.
+func (f *front) auth(ctx context.Context, arg string) (*protocols.Relay, bool, error) {
+	if !f.loginAllowed() {
+		return nil, false, f.bad(strings.TrimPrefix(replyNeedTLS, "-ERR "))
+	}
+	mech, ir, hasIR := strings.Cut(arg, " ")
+	if mech == "" {
+		return nil, false, writeMulti(f.conn, "+OK", []string{protocols.MechPlain, protocols.MechLogin})
+	}
+	var creds protocols.Credentials
+	srv, err := protocols.NewSASLServer(mech, &creds)
+	if err != nil {
+		return nil, false, f.bad("Unsupported authentication mechanism.")
+	}
+	var resp []byte
+	if hasIR {
+		if resp, err = decodeSASL(ir); err != nil {
+			return nil, false, f.bad("Invalid base64 initial response.")
+		}
+	}
+	for {
+		challenge, done, err := srv.Next(resp)
+		if err != nil {
+			f.s.Log.Info("login failed: bad SASL response", "mechanism", strings.ToUpper(mech))
+			return nil, false, f.rejected(ctx, replyAuthFailed)
+		}
+		if done {
+			return f.login(ctx, creds)
+		}
+		if resp, err = f.saslStep(challenge); err != nil {
+			var syn errSyntax
+			if errors.As(err, &syn) {
+				return nil, false, f.bad(syn.msg)
+			}
+			return nil, false, err
+		}
+	}
+}
+
+// saslStep sends one challenge and reads the client's answer. "*" cancels.
+func (f *front) saslStep(challenge []byte) ([]byte, error) {
+	if err := f.reply("+ %s", base64.StdEncoding.EncodeToString(challenge)); err != nil {
+		return nil, err
+	}
+	line, err := protocols.ReadLine(f.r, f.maxLine())
+	switch {
+	case errors.Is(err, protocols.ErrLineTooLong):
+		return nil, errSyntax{"Response too long."}
+	case err != nil:
+		return nil, err
+	case string(line) == "*":
+		return nil, errSyntax{"Authentication cancelled."}
+	}
+	resp, err := base64.StdEncoding.DecodeString(string(line))
+	if err != nil {
+		return nil, errSyntax{"Invalid base64 response."}
+	}
+	return resp, nil
+}
+
+// decodeSASL decodes an initial response; "=" is the empty response.
+func decodeSASL(s string) ([]byte, error) {
+	if s == "=" {
+		return []byte{}, nil
+	}
+	return base64.StdEncoding.DecodeString(s)
+}
+
+// apop is APOP name digest (RFC 1939 §7), passed to the fixed backend
+// unchanged: only it knows the timestamp and the shared secret.
+func (f *front) apop(ctx context.Context, arg string) (*protocols.Relay, bool, error) {
+	fields := strings.Split(arg, " ")
+	switch {
+	case f.fixed == nil:
+		return nil, false, f.bad("APOP not available.")
+	case !f.loginAllowed():
+		return nil, false, f.bad(strings.TrimPrefix(replyNeedTLS, "-ERR "))
+	case len(fields) != 2 || fields[0] == "" || fields[1] == "":
+		return nil, false, f.bad("APOP needs a user name and a digest.")
+	}
+	f.s.User = fields[0]
+	ok, text, err := backendAPOP(f.fixed, arg)
+	return f.finish(ctx, f.fixed, fields[0], ok, text, err)
+}
+
+// login logs in to the backend the proxy picks for the user (or the fixed
+// one of an APOP listener). A rejection is relayed with the backend's own
+// text and the client may try again.
+func (f *front) login(ctx context.Context, creds protocols.Credentials) (*protocols.Relay, bool, error) {
+	f.s.User = creds.Username
+	if !safeArg(creds.Username) || !safeArg(string(creds.Password)) || !safeArg(creds.Authzid) {
+		f.s.Log.Info("login failed: control characters in credentials", "user", creds.Username)
+		return nil, false, f.rejected(ctx, replyAuthFailed)
+	}
+	b := f.fixed
+	if b == nil {
+		var err error
+		if b, err = f.s.Dial(ctx, creds.Username, greet); err != nil {
+			f.s.Log.Warn("login failed: no backend", "user", creds.Username, "err", err)
+			return nil, false, f.reply(replyUnavailable)
+		}
+		if err := prepare(b, f.s); err != nil {
+			return f.finish(ctx, b, creds.Username, false, "", err)
+		}
+	}
+	ok, text, err := backendLogin(b, creds)
+	return f.finish(ctx, b, creds.Username, ok, text, err)
+}
+
+// finish answers the client after a backend login attempt. A backend that
+// failed is closed; one that rejected is closed too, unless it is the
+// fixed backend of an APOP listener, which the client may retry on.
+func (f *front) finish(ctx context.Context, b *protocols.Backend, user string, ok bool, text string, err error) (*protocols.Relay, bool, error) {
+	switch {
+	case err != nil:
+		b.Fail("login: " + err.Error())
+		b.Close()
+		f.s.Log.Warn("login failed: backend error", "user", user, "backend", b.Name, "err", err)
+		f.reply(replyUnavailable)
+		if b == f.fixed {
+			return nil, false, fmt.Errorf("backend %s: %w", b.Name, err) // nothing left to log in to
+		}
+		return nil, false, nil
+	case !ok:
+		if b != f.fixed {
+			b.Close()
+		}
+		f.s.Log.Info("login rejected by backend", "user", user, "backend", b.Name)
+		return nil, false, f.rejected(ctx, text)
+	}
+	if err := f.reply("%s", text); err != nil {
+		b.Close()
+		return nil, false, err
+	}
+	f.s.Log.Info("login", "user", user, "backend", b.Name)
+	return &protocols.Relay{
+		Client: f.conn, ClientBuf: protocols.Buffered(f.r),
+		Backend: b, BackBuf: protocols.Buffered(b.Reader),
+	}, false, nil
+}

@@ -1,0 +1,26 @@
+package pop3
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+
+	"mailproxy/protocols"
+)
+
+// Probe implements protocols.Handler: the backend must greet with "+OK";
+// the probe then quits politely. The caller sets the deadline.
+func (Handler) Probe(ctx context.Context, conn net.Conn) error {
+	r := bufio.NewReaderSize(conn, 1024)
+	line, err := protocols.ReadLine(r, maxBackendLine)
+	if err != nil {
+		return fmt.Errorf("read greeting: %w", err)
+	}
+	if ok, err := status(string(line)); !ok || err != nil {
+		return fmt.Errorf("%w: greeting %q", errBackend, truncate(string(line)))
+	}
+	io.WriteString(conn, "QUIT\r\n")
+	return nil
+}
