@@ -2,6 +2,8 @@ package realmail
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"fmt"
 	"net"
@@ -45,6 +47,11 @@ func addrs(users ...string) []string {
 // Go's net/smtp: EHLO, STARTTLS, AUTH PLAIN as authUser when set, then the
 // transaction. from is the client's loopback source address ("" = any).
 func (p *mailproxy) sendSMTP(t *testing.T, listener, from, authUser, token string, rcpts ...string) error {
+	return p.sendSMTPBody(t, listener, from, authUser, message(token, addrs(rcpts...)...), rcpts...)
+}
+
+// sendSMTPBody is sendSMTP with the whole message given.
+func (p *mailproxy) sendSMTPBody(t *testing.T, listener, from, authUser, msg string, rcpts ...string) error {
 	d := &net.Dialer{Timeout: 5 * time.Second}
 	if from != "" {
 		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(from)}
@@ -82,7 +89,7 @@ func (p *mailproxy) sendSMTP(t *testing.T, listener, from, authUser, token strin
 	if err != nil {
 		return fmt.Errorf("DATA: %w", err)
 	}
-	if _, err := w.Write([]byte(message(token, addrs(rcpts...)...))); err != nil {
+	if _, err := w.Write([]byte(msg)); err != nil {
 		return fmt.Errorf("DATA: %w", err)
 	}
 	if err := w.Close(); err != nil {
@@ -163,4 +170,66 @@ func TestSMTPToIMAPAndPOP3(t *testing.T) {
 	if n := len(p.logs.find("session end", "listener", "smtp")); n == 0 {
 		t.Errorf("mailproxy logged no SMTP session")
 	}
+}
+
+// TestLargeMessage sends 4 MiB through mailproxy's submission listener
+// (STARTTLS, AUTH) and reads it back byte for byte through IMAPS and
+// POP3S: big transfers both ways through the relay, with TLS on the
+// client side and plain TCP to the servers.
+func TestLargeMessage(t *testing.T) {
+	h := need(t)
+	p := startProxy(t, h, proxyOptions{})
+	p.needProto(t, "smtp")
+	const user = "user80"
+	token := newToken()
+	raw := make([]byte, 3<<20) // 4 MiB once in base64
+	rand.Read(raw)
+	b64 := base64.StdEncoding.EncodeToString(raw)
+	var body strings.Builder
+	for len(b64) > 76 {
+		body.WriteString(b64[:76] + "\r\n")
+		b64 = b64[76:]
+	}
+	body.WriteString(b64 + "\r\n")
+	msg := strings.Replace(message(token, user+"@example.test"), "\r\n\r\n", "\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n", 1)
+	msg = msg[:strings.Index(msg, "\r\n\r\n")+4] + body.String()
+	want := sha256.Sum256([]byte(body.String()))
+	start := time.Now()
+	if err := p.sendSMTPBody(t, "submission", "", user, msg, user); err != nil {
+		t.Fatal(err)
+	}
+	h.delivered(t, token, user)
+	t.Logf("4 MiB sent and delivered in %v", time.Since(start).Round(time.Millisecond))
+
+	bodyOf := func(full string) [32]byte {
+		full = strings.ReplaceAll(full, "\r\n", "\n")
+		_, b, _ := strings.Cut(full, "\n\n")
+		return sha256.Sum256([]byte(strings.ReplaceAll(b, "\n", "\r\n")))
+	}
+	t.Run("imaps", func(t *testing.T) {
+		if got := bodyOf(p.readIMAP(t, "implicit", user, token)); got != want {
+			t.Errorf("body read over IMAPS differs from the one sent")
+		}
+	})
+	t.Run("pop3s", func(t *testing.T) {
+		p.needProto(t, "pop3")
+		c, err := p.dialPOP3(t, "pop3s", false, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.close()
+		if err := c.login(user, "pw"); err != nil {
+			t.Fatal(err)
+		}
+		_, got, err := c.find(token)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bodyOf(got) != want {
+			t.Errorf("body read over POP3S differs from the one sent")
+		}
+		if err := c.quit(); err != nil {
+			t.Fatal(err)
+		}
+	})
 }
