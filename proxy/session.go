@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"runtime/debug"
+	"sync/atomic"
 	"time"
 
 	"mailproxy/protocols"
@@ -225,8 +226,9 @@ func (ss *session) connect(ctx context.Context, lease *routing.Lease, hello func
 	// alive: a dial or greeting cut short because the client left or the
 	// session was killed says nothing about the backend, and counting it
 	// would let one backend going down take others down with it.
+	var killed atomic.Bool // routing ended this attempt (backend down, kick)
 	fail := func(reason string) {
-		if ctx.Err() == nil {
+		if ctx.Err() == nil && !killed.Load() {
 			ss.pool.Observe(rb, ss.proto, false, reason)
 		}
 	}
@@ -253,10 +255,10 @@ func (ss *session) connect(ctx context.Context, lease *routing.Lease, hello func
 	b := protocols.NewBackend(conn, rb.Name, addr, lease.Release)
 	b.TLS, b.StartTLS, b.ForwardClient = info.tls[ss.proto], info.cfg.TLS == "starttls", info.cfg.ForwardClient
 	b.Fail = fail
-	// A kill (kick, backend down) frees the user to move at once, so it
-	// must end the backend dialogue too: a login still running here
-	// would otherwise succeed after the user moved elsewhere.
-	lease.OnKill(func() { ss.cancel(); raw.Close() })
+	// A kill while greeting ends this attempt only: dialBackend then tries
+	// the next backend. Once the backend has greeted, a kill ends the whole
+	// session, login included: the user may already be placed elsewhere.
+	lease.OnKill(func() { killed.Store(true); raw.Close() })
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
 	} else {
@@ -267,6 +269,7 @@ func (ss *session) connect(ctx context.Context, lease *routing.Lease, hello func
 		fail("greeting: " + err.Error())
 		return nil, fmt.Errorf("backend %s: %w", rb.Name, err)
 	}
+	lease.OnKill(func() { ss.cancel(); raw.Close() })
 	return b, nil
 }
 
