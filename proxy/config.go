@@ -125,7 +125,7 @@ type BackendConfig struct {
 	Weight            int    `toml:"weight"`              // default 1; 0 = never chosen by hashing (pins and leases still apply)
 	SendProxyProtocol string `toml:"send_proxy_protocol"` // "" (default) | v1 | v2; not built yet
 	ForwardClient     bool   `toml:"forward_client"`
-	Disabled          bool   `toml:"disabled"` // starts drained
+	Disabled          bool   `toml:"disabled"` // out of service: never checked or chosen; drain/undrain do not change it
 }
 
 // PeerConfig configures the active/standby pair (not built yet).
