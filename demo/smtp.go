@@ -22,6 +22,9 @@ type SMTPOptions struct {
 	RequireAuth bool              // MAIL without AUTH gets 530 5.7.0
 	XCLIENT     bool              // announce XCLIENT and record what it says
 	MaxSize     int64             // the SIZE announced and enforced; 0 = none
+	// Deliver, when set, is called with every accepted message (the demo
+	// puts it into the IMAP and POP3 mailboxes of its recipients).
+	Deliver func(SMTPMessage)
 }
 
 // SMTPMessage is one message an SMTP backend accepted, exactly as received.
@@ -217,6 +220,9 @@ func (ss *smtpSession) Data(r io.Reader) error {
 	s.messages = append(s.messages, *ss.msg)
 	n := len(s.messages)
 	s.mu.Unlock()
+	if s.o.Deliver != nil {
+		s.o.Deliver(*ss.msg)
+	}
 	return &gosmtp.SMTPError{Code: 250, EnhancedCode: gosmtp.EnhancedCode{2, 0, 0}, Message: fmt.Sprintf("%s: queued as %d", s.Name, n)}
 }
 

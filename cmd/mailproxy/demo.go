@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	goimap "github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
 
 	"mailproxy/demo"
 	"mailproxy/proxy"
@@ -21,7 +22,7 @@ const demoConfig = `
 level = %q
 
 [admin]
-listen = ""
+listen = %q
 
 [limits]
 auth_failure_delay = "0s"
@@ -32,30 +33,65 @@ protocol = "imap"
 address = %q
 pool = "demo"
 
+[[listener]]
+name = "pop3"
+protocol = "pop3"
+address = %q
+pool = "demo"
+
+[[listener]]
+name = "smtp"
+protocol = "smtp"
+address = %q
+smtp_auth = "optional"
+pool = "demo"
+
 [[pool]]
 name = "demo"
 %s
 `
 
-// cmdDemo starts two in-memory IMAP backends and mailproxy in front of them
-// on loopback, and prints how to try it.
+// demoSite is two mail servers sharing one mail store, as two IMAP servers
+// share one Maildir over NFS: one in-memory IMAP store behind both IMAP
+// backends, and SMTP backends that deliver into it (and into the POP3
+// backends' mailboxes).
+type demoSite struct {
+	store *imapmemserver.Server
+	users map[string]*imapmemserver.User
+	pop3  []*demo.POP3Server
+}
+
+// cmdDemo starts two in-memory backends and mailproxy in front of them on
+// loopback, and prints how to try it.
 func cmdDemo(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	imapAddr := fs.String("imap", "127.0.0.1:10143", "address of the demo IMAP listener")
+	pop3Addr := fs.String("pop3", "127.0.0.1:10110", "address of the demo POP3 listener")
+	smtpAddr := fs.String("smtp", "127.0.0.1:10025", "address of the demo SMTP listener")
+	adminAddr := fs.String("admin", "127.0.0.1:10080", "address of the admin API (empty: off)")
 	level := fs.String("log-level", "info", "log level")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	site := &demoSite{store: imapmemserver.New(), users: map[string]*imapmemserver.User{}}
+	for u, pw := range demoUsers {
+		user := imapmemserver.NewUser(u, pw)
+		user.Create("INBOX", nil)
+		site.store.AddUser(user)
+		site.users[u] = user
+	}
 	var backends []string
 	for _, name := range []string{"mail1", "mail2"} {
-		addr, err := startDemoIMAP(name)
+		b, err := site.start(name)
 		if err != nil {
 			return err
 		}
-		backends = append(backends, fmt.Sprintf("[[pool.backend]]\nname = %q\nimap = %q\n", name, addr))
+		backends = append(backends, b)
 	}
-	text := fmt.Sprintf(demoConfig, *level, *imapAddr, strings.Join(backends, "\n"))
+	site.deliver("demo@example.org", []string{"alice", "bob", "carol"}, "Welcome to mailproxy",
+		"This message lives in the store both demo backends share.")
+	text := fmt.Sprintf(demoConfig, *level, *adminAddr, *imapAddr, *pop3Addr, *smtpAddr, strings.Join(backends, "\n"))
 	cfg, err := proxy.ParseConfig([]byte(text), "demo")
 	if err != nil {
 		return err
@@ -65,29 +101,64 @@ func cmdDemo(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, `mailproxy demo: IMAP on %[1]s in front of two in-memory backends.
+	fmt.Fprintf(stdout, `mailproxy demo: IMAP on %[1]s, POP3 on %[2]s, SMTP on %[3]s,
+in front of two in-memory mail servers that share one mail store.
 Users: alice / alice-pw, bob / bob-pw, carol / carol-pw (each has one message).
 Try:
   curl --user alice:alice-pw 'imap://%[1]s/INBOX;UID=1'
-  curl --user bob:bob-pw imap://%[1]s/
-Stop with Ctrl-C.
-`, *imapAddr)
+  curl --user bob:bob-pw pop3://%[2]s/1
+  printf 'Subject: hi\r\n\r\nhello\r\n' | curl -s smtp://%[3]s --mail-from me@example.org --mail-rcpt carol@example.org -T -
+  curl --user carol:carol-pw 'imap://%[1]s/INBOX;UID=2'
+`, *imapAddr, *pop3Addr, *smtpAddr)
+	if *adminAddr != "" {
+		fmt.Fprintf(stdout, "  go run ./cmd/mailproxy ctl -admin %s status\n", *adminAddr)
+	}
+	fmt.Fprintln(stdout, "Stop with Ctrl-C.")
 	return serve(srv, cfg, log)
 }
 
-// startDemoIMAP starts one in-memory backend with the demo users on a free
-// loopback port and returns its address.
-func startDemoIMAP(name string) (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
+// start runs one demo mail server (IMAP, POP3, SMTP) on free loopback
+// ports and returns its [[pool.backend]] section.
+func (d *demoSite) start(name string) (string, error) {
+	imap := demo.NewIMAPServer(name, nil, nil)
+	imap.Mem = d.store // the shared store
+	pop3 := demo.NewPOP3Server(name, demoUsers, nil)
+	d.pop3 = append(d.pop3, pop3)
+	smtp := demo.NewSMTPServer(name, demo.SMTPOptions{Users: demoUsers, Deliver: func(m demo.SMTPMessage) {
+		var to []string
+		for _, r := range m.Rcpts {
+			to = append(to, r.To)
+		}
+		d.deliverRaw(to, string(m.Data))
+	}})
+	addrs := make([]string, 3)
+	for i, srv := range []interface{ Serve(net.Listener) error }{imap, pop3, smtp} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", err
+		}
+		addrs[i] = ln.Addr().String()
+		go srv.Serve(ln)
 	}
-	b := demo.NewIMAPServer(name, nil, nil)
-	for u, pw := range demoUsers {
-		user := b.AddUser(u, pw)
-		msg := fmt.Sprintf("From: demo@example.org\r\nTo: %s@example.org\r\nSubject: Welcome to mailproxy\r\n\r\nHello %s, this message lives on backend %s.\r\n", u, u, name)
-		user.Append("INBOX", strings.NewReader(msg), &goimap.AppendOptions{})
+	return fmt.Sprintf("[[pool.backend]]\nname = %q\nimap = %q\npop3 = %q\nsmtp = %q\n", name, addrs[0], addrs[1], addrs[2]), nil
+}
+
+func (d *demoSite) deliver(from string, to []string, subject, body string) {
+	msg := fmt.Sprintf("From: %s\r\nTo: %s\r\nSubject: %s\r\n\r\n%s\r\n", from, strings.Join(to, ", "), subject, body)
+	d.deliverRaw(to, msg)
+}
+
+// deliverRaw puts msg into the mailboxes of the recipients it knows.
+func (d *demoSite) deliverRaw(to []string, msg string) {
+	for _, rcpt := range to {
+		local, _, _ := strings.Cut(rcpt, "@")
+		u := d.users[strings.ToLower(local)]
+		if u == nil {
+			continue
+		}
+		u.Append("INBOX", strings.NewReader(msg), &goimap.AppendOptions{})
+		for _, p := range d.pop3 {
+			p.Add(strings.ToLower(local), msg)
+		}
 	}
-	go b.Serve(ln)
-	return ln.Addr().String(), nil
 }
