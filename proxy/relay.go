@@ -13,9 +13,14 @@ import (
 	"mailproxy/protocols"
 )
 
-// relayChunk bounds one splice call so the idle clock can be advanced while
-// a long transfer runs; big enough that the syscall overhead is noise.
+// relayChunk bounds one copy so the idle clock can be advanced while a
+// long transfer runs; big enough that the syscall overhead is noise.
 const relayChunk = 1 << 20
+
+// relayLinger is how long a direction keeps its splice pipe after its
+// last byte: long enough that a transfer never gives it up between two
+// segments, short enough that idle sessions hold none.
+const relayLinger = time.Second
 
 // halfCloseGrace is how long the other direction may go on after one side
 // ended its half of the connection.
@@ -32,37 +37,57 @@ type relayResult struct {
 // kernel can splice, CloseWrite on EOF, a bounded grace for the other
 // direction, and wait for both copies. The connection closes on ctx.Done.
 // No direction is idle while the other moves data.
+//
+// The session goroutine copies client to backend itself. An idle session
+// is two goroutines parked in the network poller, and the one under
+// serveSession has its stack shrunk to 4 KiB only while it uses less
+// than a quarter of it (plus 800 bytes): so the frames between relay and
+// that wait are kept few and small.
 func relay(ctx context.Context, r *protocols.Relay, idle time.Duration) relayResult {
-	var res relayResult
+	st, err := beginRelay(ctx, r, idle)
+	if err != nil {
+		return relayResult{err: err}
+	}
+	st.dirs[0].pipe()
+	return st.end()
+}
+
+// beginRelay flushes what the protocol read ahead, ties the connections
+// to ctx and starts the backend to client direction.
+func beginRelay(ctx context.Context, r *protocols.Relay, idle time.Duration) (*relayState, error) {
 	client, back := r.Client, r.Backend.Conn
 	if err := writeAll(back, r.ClientBuf); err != nil {
-		return relayResult{err: err}
+		return nil, err
 	}
 	if err := writeAll(client, r.BackBuf); err != nil {
-		return relayResult{err: err}
+		return nil, err
 	}
-	res.up, res.down = int64(len(r.ClientBuf)), int64(len(r.BackBuf))
-	stop := context.AfterFunc(ctx, func() {
+	st := &relayState{idle: idle}
+	st.dirs[0] = direction{st: st, dir: 0, dst: back, src: client, w: newWaiter(back, client), total: int64(len(r.ClientBuf))}
+	st.dirs[1] = direction{st: st, dir: 1, dst: client, src: back, w: newWaiter(client, back), total: int64(len(r.BackBuf))}
+	// The session keeps the Backend for its whole life; its login reader
+	// (4 KiB) was flushed into BackBuf and must not stay reachable.
+	r.ClientBuf, r.BackBuf, r.Backend.Reader = nil, nil, nil
+	st.stop = context.AfterFunc(ctx, func() {
 		client.Close()
 		back.Close()
 	})
-	defer stop()
+	st.wg.Add(1)
+	go st.down()
+	return st, nil
+}
 
-	st := &relayState{idle: idle}
-	var wg sync.WaitGroup
-	var downErr error
-	var up, down int64
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		down, downErr = st.pipe(1, client, back)
-	}()
-	up, upErr := st.pipe(0, back, client)
-	wg.Wait()
-	res.up += up
-	res.down += down
-	res.err = errors.Join(quiet(upErr), quiet(downErr))
-	return res
+func (st *relayState) down() {
+	defer st.wg.Done()
+	st.dirs[1].pipe()
+}
+
+// end waits for the backend to client direction and adds up.
+func (st *relayState) end() relayResult {
+	st.wg.Wait()
+	st.stop()
+	up, down := &st.dirs[0], &st.dirs[1]
+	return relayResult{up: up.total, down: down.total, err: errors.Join(quiet(up.err), quiet(down.err))}
 }
 
 // errIdle ends a relay that saw no traffic either way for the idle timeout.
@@ -80,6 +105,30 @@ type relayState struct {
 	idle       time.Duration
 	quiet      [2]atomic.Bool
 	halfClosed atomic.Bool // one direction has ended
+
+	dirs [2]direction // client to backend, backend to client
+	stop func() bool  // unties the connections from the context
+	wg   sync.WaitGroup
+}
+
+// direction is one way of a relay, owned by the goroutine that copies
+// it; end reads it after that goroutine is done.
+//
+// Between TCP connections on Linux a direction has two phases. Active, it
+// splices chunk after chunk, holding a pipe (two descriptors and, at Go's
+// 1 MiB pipe size, about 16 KiB of kernel memory) from the moment a
+// splice starts until its chunk is full. After relayLinger without a byte
+// it gives the pipe back and waits for the next byte holding nothing, so
+// an idle session costs its two sockets and two parked goroutines only.
+type direction struct {
+	st       *relayState
+	dir      int // index in st.quiet
+	dst, src net.Conn
+	lr       io.LimitedReader
+	w        *waiter // nil unless the kernel can splice src to dst
+	active   bool    // splicing, holding a pipe since the last byte
+	total    int64   // bytes copied, the flushed read-ahead included
+	err      error   // why the copy ended; nil at EOF
 }
 
 // deadline is the next read deadline: the idle timeout, or the bounded
@@ -93,42 +142,74 @@ func (st *relayState) deadline() time.Time {
 
 // pipe copies src to dst until EOF, an error, or idleness, then
 // half-closes dst and cuts the other direction's wait down to the grace.
-// dir (0 or 1) names the direction in st.quiet.
-func (st *relayState) pipe(dir int, dst, src net.Conn) (int64, error) {
-	var total int64
-	lr := &io.LimitedReader{}
-	var err error
+func (d *direction) pipe() {
+	d.err = d.run()
+	d.finish()
+}
+
+// run copies until EOF (nil), idleness or an error.
+func (d *direction) run() error {
+	st := d.st
 	for {
-		src.SetReadDeadline(st.deadline())
-		lr.R, lr.N = src, relayChunk
 		var n int64
-		n, err = copyChunk(dst, lr)
-		total += n
-		st.quiet[dir].Store(n == 0)
-		if err == nil && lr.N > 0 {
-			break // EOF: the chunk ended before its limit
+		var err error
+		if d.w != nil && !d.active {
+			d.src.SetReadDeadline(st.deadline())
+			err = d.w.wait()
+			d.active = err == nil
+		} else {
+			var eof bool
+			if n, eof, err = d.chunk(); eof {
+				return nil
+			}
+		}
+		if n > 0 || errors.Is(err, os.ErrDeadlineExceeded) {
+			st.quiet[d.dir].Store(n == 0)
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) && !st.halfClosed.Load() {
 			if !st.quiet[0].Load() || !st.quiet[1].Load() {
-				err = nil // this side is quiet, the other is not (yet)
-				continue
+				continue // this side is quiet, the other is not (yet)
 			}
-			err = errIdle
+			return errIdle
 		}
 		if err != nil {
-			break
+			return err
 		}
 	}
-	first := !st.halfClosed.Swap(true)
-	if cw, ok := dst.(interface{ CloseWrite() error }); ok && err == nil && first {
+}
+
+// chunk copies one chunk; eof means the source ended. An active splice
+// that lingered without a byte turns back to waiting.
+func (d *direction) chunk() (n int64, eof bool, err error) {
+	deadline := d.st.deadline()
+	if l := time.Now().Add(relayLinger); d.w != nil && l.Before(deadline) {
+		deadline = l
+	}
+	d.src.SetReadDeadline(deadline)
+	d.lr.R, d.lr.N = d.src, relayChunk
+	n, err = copyChunk(d.dst, &d.lr)
+	d.total += n
+	if err == nil && d.lr.N > 0 {
+		return n, true, nil // the chunk ended before its limit
+	}
+	if d.w != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		d.active, err = false, nil
+	}
+	return n, false, err
+}
+
+// finish half-closes dst after EOF, the first direction to end, and
+// closes both connections otherwise.
+func (d *direction) finish() {
+	first := !d.st.halfClosed.Swap(true)
+	if cw, ok := d.dst.(interface{ CloseWrite() error }); ok && d.err == nil && first {
 		cw.CloseWrite()
 		// Wake the other direction so it picks up the grace deadline.
-		dst.SetReadDeadline(time.Now().Add(halfCloseGrace))
+		d.dst.SetReadDeadline(time.Now().Add(halfCloseGrace))
 	} else {
-		dst.Close()
-		src.Close()
+		d.dst.Close()
+		d.src.Close()
 	}
-	return total, err
 }
 
 // copyChunk moves one chunk. When dst is a *net.TCPConn and src a TCP
@@ -139,6 +220,13 @@ func copyChunk(dst net.Conn, lr *io.LimitedReader) (int64, error) {
 			return rf.ReadFrom(lr)
 		}
 	}
+	return copyBuffered(dst, lr)
+}
+
+// copyBuffered moves one chunk through a pooled buffer, for what ReadFrom
+// cannot take (TLS on either side). While it waits for the first byte it
+// holds the buffer: an idle TLS session keeps 16 KiB per direction here.
+func copyBuffered(dst net.Conn, lr *io.LimitedReader) (int64, error) {
 	bufp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bufp)
 	return io.CopyBuffer(onlyWriter{dst}, lr, *bufp)

@@ -1,0 +1,660 @@
+//go:build unix
+
+package integration
+
+// Benchmarks of the product's speed targets. Each comparison has a
+// path=direct and a path=proxy variant on the same backend, so that
+// benchstat puts them side by side with -col /path (bench/run.sh does):
+//
+//	BenchmarkIMAPFetch          MB/s of FETCH BODY[] of 1 MiB, one logged-in session (target: proxy ≥ 0.95× direct);
+//	                            path=forward is the simplest relay Go can do, for scale
+//	BenchmarkIMAPFetchMem       the same with go-imap on both ends, for scale
+//	BenchmarkIMAPLogin          connect + LOGIN + LOGOUT, one client at a time (latency)
+//	BenchmarkIMAPLoginParallel  the same with 16 clients at once (rate; target: proxy ≥ 0.85× direct)
+//	BenchmarkIdleSessionMemory  what an idle session costs the proxy after login (target: ≤ 8 KiB)
+//
+// Everything is on loopback and bounded by -benchtime; without -bench the
+// test run only compiles this file.
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	goimap "github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+
+	"mailproxy/demo"
+	"mailproxy/proxy"
+)
+
+// fetchSize is the message a FETCH benchmark moves per op.
+const fetchSize = 1 << 20
+
+// benchTimeout bounds every read and write of a benchmark client.
+const benchTimeout = 10 * time.Second
+
+// benchConfig is one plain IMAP listener in front of one backend. Logs go
+// nowhere at info level, as a production proxy's would cost; health checks
+// are slow so that no probe lands in a measurement; the per-IP limit is
+// raised because every benchmark client comes from 127.0.0.1.
+const benchConfig = `
+[admin]
+listen = ""
+
+[limits]
+auth_failure_delay = "0s"
+max_connections_per_ip = 100000
+
+[[listener]]
+name = "imap"
+protocol = "imap"
+address = "127.0.0.1:1"
+pool = "main"
+
+[[pool]]
+name = "main"
+
+[pool.health]
+interval = "1h"
+
+[[pool.backend]]
+name = "mail1"
+imap = %q
+`
+
+// startBenchProxy runs mailproxy on 127.0.0.1:0 in front of backend and
+// returns its address. It is startProxy for benchmarks: no debug log kept
+// in memory, which would grow with every session.
+func startBenchProxy(tb testing.TB, backend string) string {
+	tb.Helper()
+	cfg, err := proxy.ParseConfig(fmt.Appendf(nil, benchConfig, backend), tb.Name())
+	if err != nil {
+		tb.Fatalf("config: %v", err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	srv, err := proxy.New(cfg, proxy.Options{Logger: log, Handlers: handlers()})
+	if err != nil {
+		tb.Fatalf("proxy.New: %v", err)
+	}
+	srv.StartBackground()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve("imap", ln) }()
+	tb.Cleanup(func() {
+		srv.Close()
+		if err := <-done; !errors.Is(err, proxy.ErrServerClosed) {
+			tb.Errorf("Serve: %v", err)
+		}
+	})
+	return ln.Addr().String()
+}
+
+// cpuTime is the CPU time this process has used, user and system. Client,
+// proxy and backend all run in it, so CPU per op, direct against proxy,
+// is what the proxy adds: a figure that, unlike the rate, does not
+// depend on how the two cores were shared at the time.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// reportCPU reports the CPU time per op since start.
+func reportCPU(b *testing.B, start time.Duration) {
+	b.ReportMetric(float64(cpuTime()-start)/float64(b.N), "cpu-ns/op")
+}
+
+// paths are the two ways to the same backend that a benchmark compares.
+func paths(direct, proxied string) []struct{ name, addr string } {
+	return []struct{ name, addr string }{{"direct", direct}, {"proxy", proxied}}
+}
+
+// BenchmarkIMAPFetch is one logged-in session fetching a 1 MiB message
+// over and over from a fake backend that answers from memory in one write,
+// read by a client that only looks for the literal's size: what is left
+// to measure is the path between them. path=forward is the same through
+// a bare TCP forwarder (io.Copy both ways, which splices): the floor for
+// any relay written in Go on this machine.
+func BenchmarkIMAPFetch(b *testing.B) {
+	back := startFakeIMAP(b, fetchSize)
+	ps := append(paths(back.addr, startBenchProxy(b, back.addr)), struct{ name, addr string }{"forward", startForwarder(b, back.addr)})
+	for _, p := range ps {
+		b.Run("path="+p.name, func(b *testing.B) {
+			c, err := dialRaw(p.addr, "bench", "pw")
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			b.SetBytes(fetchSize)
+			cpu := cpuTime()
+			for b.Loop() {
+				if err := c.fetch(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			reportCPU(b, cpu)
+		})
+	}
+}
+
+// startForwarder relays every connection on 127.0.0.1:0 to backend with
+// io.Copy both ways until the benchmark ends.
+func startForwarder(tb testing.TB, backend string) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var mu sync.Mutex
+	conns := map[net.Conn]struct{}{}
+	var wg sync.WaitGroup
+	forward := func(c net.Conn) {
+		defer wg.Done()
+		defer c.Close()
+		bc, err := net.DialTimeout("tcp", backend, benchTimeout)
+		if err != nil {
+			return
+		}
+		defer bc.Close()
+		wg.Add(1)
+		go func() { defer wg.Done(); io.Copy(bc, c); bc.Close() }()
+		io.Copy(c, bc)
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns[c] = struct{}{}
+			mu.Unlock()
+			wg.Add(1)
+			go forward(c)
+		}
+	}()
+	tb.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln.Addr().String()
+}
+
+// BenchmarkIMAPFetchMem is BenchmarkIMAPFetch with go-imap's in-memory
+// server and its client: what a user of those would see, where parsing on
+// both ends, not the path, sets the pace.
+func BenchmarkIMAPFetchMem(b *testing.B) {
+	back := startMemIMAP(b)
+	up, err := memClient(back.addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	body := benchMessage(fetchSize)
+	cmd := up.Append("INBOX", int64(len(body)), nil)
+	cmd.Write(body)
+	cmd.Close()
+	if _, err := cmd.Wait(); err != nil {
+		b.Fatalf("append: %v", err)
+	}
+	up.Close()
+	for _, p := range paths(back.addr, startBenchProxy(b, back.addr)) {
+		b.Run("path="+p.name, func(b *testing.B) {
+			c, err := memClient(p.addr)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+				b.Fatalf("select: %v", err)
+			}
+			section := &goimap.FetchItemBodySection{Peek: true}
+			opts := &goimap.FetchOptions{BodySection: []*goimap.FetchItemBodySection{section}}
+			b.SetBytes(fetchSize)
+			cpu := cpuTime()
+			for b.Loop() {
+				msgs, err := c.Fetch(goimap.SeqSetNum(1), opts).Collect()
+				if err != nil || len(msgs) != 1 || len(msgs[0].FindBodySection(section)) != fetchSize {
+					b.Fatalf("fetch: %d messages, %v", len(msgs), err)
+				}
+			}
+			reportCPU(b, cpu)
+		})
+	}
+}
+
+// BenchmarkIMAPLogin is a whole short session, one at a time, with go-imap
+// on both ends: connect, read the greeting, LOGIN, LOGOUT. Its ns/op is
+// the latency a user sees.
+func BenchmarkIMAPLogin(b *testing.B) {
+	back := startMemIMAP(b)
+	for _, p := range paths(back.addr, startBenchProxy(b, back.addr)) {
+		b.Run("path="+p.name, func(b *testing.B) {
+			cpu := cpuTime()
+			for b.Loop() {
+				if err := loginOnce(p.addr); err != nil {
+					b.Fatal(err)
+				}
+			}
+			reportCPU(b, cpu)
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "logins/s")
+		})
+	}
+}
+
+// BenchmarkIMAPLoginParallel is BenchmarkIMAPLogin with 8 clients per
+// core (16 on the 2-core reference machine): the rate the machine
+// sustains, which is what the login target is about. Client, proxy and
+// backend share the cores, so every cycle the proxy spends is one the
+// backend does not get.
+func BenchmarkIMAPLoginParallel(b *testing.B) {
+	back := startMemIMAP(b)
+	for _, p := range paths(back.addr, startBenchProxy(b, back.addr)) {
+		b.Run("path="+p.name, func(b *testing.B) {
+			b.SetParallelism(8)
+			cpu := cpuTime()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if err := loginOnce(p.addr); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			reportCPU(b, cpu)
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "logins/s")
+		})
+	}
+}
+
+// benchMessage is a message of exactly size bytes (at least 64): a header
+// and lines of text.
+func benchMessage(size int) []byte {
+	msg := []byte("Subject: benchmark\r\n\r\n")
+	line := []byte("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd\r\n")
+	for len(msg)+len(line) <= size {
+		msg = append(msg, line...)
+	}
+	msg = append(msg, line[:size-len(msg)]...)
+	return msg
+}
+
+func loginOnce(addr string) error {
+	c, err := memClient(addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return c.Logout().Wait()
+}
+
+// memClient dials addr with go-imap's client and logs in as the user
+// startMemIMAP knows.
+func memClient(addr string) (*imapclient.Client, error) {
+	conn, err := net.DialTimeout("tcp", addr, benchTimeout)
+	if err != nil {
+		return nil, err
+	}
+	conn.SetDeadline(time.Now().Add(benchTimeout))
+	c := imapclient.New(conn, nil)
+	if err := c.Login("bench", "pw").Wait(); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("login: %w", err)
+	}
+	conn.SetDeadline(time.Time{})
+	return c, nil
+}
+
+// memBackend is the demo's in-memory backend, with one user "bench".
+type memBackend struct{ addr string }
+
+func startMemIMAP(tb testing.TB) memBackend {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s := demo.NewIMAPServer("mail1", map[string]string{"bench": "pw"}, nil)
+	done := make(chan struct{})
+	go func() { defer close(done); s.Serve(ln) }()
+	tb.Cleanup(func() { s.Close(); ln.Close(); <-done })
+	return memBackend{ln.Addr().String()}
+}
+
+// BenchmarkIdleSessionMemory measures what one idle session costs the
+// proxy once it is logged in: Go heap and goroutine stacks (the target),
+// goroutines and file descriptors. Kernel memory is not measured (on a
+// shared machine /proc/meminfo is too noisy for it); descriptors stand in
+// for it: beyond the two sockets, each is half a pipe, and a pipe Go sized
+// for splicing holds 10 to 16 KiB of kernel memory. One op is one session;
+// -benchtime 2000x gives the number of sessions. Sessions are opened in
+// batches of at most 2000 (fewer when the descriptor limit is low), and
+// the ns/op, the cost of opening, waiting for and measuring a batch, is
+// not a target.
+//
+// The clients, the proxy and the fake backend all live in this process,
+// so the proxy's share is a difference of two phases of each batch. First
+// n clients log in directly to the backend; then n clients log in
+// through the proxy to the same backend. Each phase starts from a
+// measured quiet state, and each ends after every session has answered a
+// NOOP (so the proxy's relay runs both ways), the relay has given back its
+// splice pipes, and the garbage collector has run several times (stacks
+// shrink by half per cycle, as they would in a long-running proxy). The clients keep nothing but their connection and
+// the backend keeps the same per-connection state either way, so
+//
+//	(growth through the proxy − growth direct) / n
+//
+// is what the proxy holds per session: its two goroutines and their
+// stacks, the session, the lease, the backend struct and whatever the
+// login left reachable.
+func BenchmarkIdleSessionMemory(b *testing.B) {
+	back := startFakeIMAP(b, 0)
+	proxied := startBenchProxy(b, back.addr)
+	batch := idleBatch()
+	var direct, through footprint
+	for left := b.N; left > 0; left -= batch {
+		n := min(left, batch)
+		d, err := idleGrowth(back.addr, n, 2)
+		if err != nil {
+			b.Fatal(err)
+		}
+		p, err := idleGrowth(proxied, n, 4)
+		if err != nil {
+			b.Fatal(err)
+		}
+		direct, through = direct.add(d), through.add(p)
+	}
+	n := float64(b.N)
+	own := through.sub(direct)
+	b.ReportMetric(float64(own.heap+own.stack)/n, "B/session")
+	b.ReportMetric(float64(own.heap)/n, "heap-B/session")
+	b.ReportMetric(float64(own.stack)/n, "stack-B/session")
+	b.ReportMetric(float64(own.goroutines)/n, "goroutines/session")
+	b.ReportMetric(float64(own.fds)/n, "fds/session")
+}
+
+// idleBatch is how many sessions are open at once: each costs up to 8
+// descriptors (client, proxy front and back, backend, and two splice pipes
+// when they are held while idle).
+func idleBatch() int {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 100
+	}
+	return max(1, min(2000, (int(lim.Cur)-500)/8))
+}
+
+// idleGrowth opens n logged-in sessions to addr, lets them become idle,
+// measures the growth over the quiet state before, closes them and waits
+// for the quiet state again. sockets is how many sockets a session has in
+// this process once idle: 2 direct (client, backend), 4 through the proxy.
+func idleGrowth(addr string, n, sockets int) (footprint, error) {
+	before := measure()
+	conns := make([]net.Conn, 0, n)
+	closeAll := func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+	for i := range n {
+		c, err := dialRaw(addr, "idle", "pw")
+		if err == nil {
+			err = c.command("n", "NOOP")
+		}
+		if err != nil {
+			closeAll()
+			return footprint{}, fmt.Errorf("session %d of %d: %w", i+1, n, err)
+		}
+		conns = append(conns, c.conn) // the reader and its buffer become garbage
+	}
+	// A relay direction keeps its splice pipe for a second after its last
+	// byte (relayLinger). An idle session is one past that: wait until
+	// only the sockets are left, or give up after a while and measure
+	// what is there, which then shows in fds/session.
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+		if fds, _ := os.ReadDir("/proc/self/fd"); len(fds) <= before.fds+sockets*n+16 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond) // no event to wait on: another package's timers
+	}
+	after := measure()
+	closeAll()
+	deadline := time.Now().Add(30 * time.Second)
+	for runtime.NumGoroutine() > before.goroutines {
+		if time.Now().After(deadline) {
+			return footprint{}, fmt.Errorf("%d goroutines left after closing, %d before", runtime.NumGoroutine(), before.goroutines)
+		}
+		time.Sleep(10 * time.Millisecond) // no event to wait on: goroutines of other packages ending
+	}
+	return after.sub(before), nil
+}
+
+// footprint is what the process holds at one moment.
+type footprint struct {
+	heap, stack     int64 // runtime.MemStats HeapInuse, StackInuse
+	goroutines, fds int
+}
+
+func measure() footprint {
+	for range 5 {
+		runtime.GC()
+	}
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	fds, _ := os.ReadDir("/proc/self/fd")
+	return footprint{
+		heap: int64(m.HeapInuse), stack: int64(m.StackInuse),
+		goroutines: runtime.NumGoroutine(), fds: len(fds),
+	}
+}
+
+func (f footprint) sub(g footprint) footprint {
+	return footprint{f.heap - g.heap, f.stack - g.stack, f.goroutines - g.goroutines, f.fds - g.fds}
+}
+
+func (f footprint) add(g footprint) footprint {
+	return footprint{f.heap + g.heap, f.stack + g.stack, f.goroutines + g.goroutines, f.fds + g.fds}
+}
+
+// rawIMAP is a client that speaks just enough IMAP for the benchmarks: it
+// finds tagged replies and the size of a literal and parses nothing else,
+// so it costs little and the same with or without the proxy.
+type rawIMAP struct {
+	conn net.Conn
+	r    *bufio.Reader
+	buf  []byte // for literals; large so that reads bypass r's buffer
+}
+
+// dialRaw connects, reads the greeting and logs in.
+func dialRaw(addr, user, password string) (*rawIMAP, error) {
+	conn, err := net.DialTimeout("tcp", addr, benchTimeout)
+	if err != nil {
+		return nil, err
+	}
+	c := &rawIMAP{conn: conn, r: bufio.NewReaderSize(conn, 4096)}
+	conn.SetDeadline(time.Now().Add(benchTimeout))
+	if line, err := c.r.ReadString('\n'); err != nil || !strings.HasPrefix(line, "* OK") {
+		conn.Close()
+		return nil, fmt.Errorf("greeting %q: %v", line, err)
+	}
+	if err := c.command("a", "LOGIN "+user+" "+password); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *rawIMAP) Close() error { return c.conn.Close() }
+
+// command sends one command and reads up to its tagged reply, which must
+// be OK.
+func (c *rawIMAP) command(tag, cmd string) error {
+	c.conn.SetDeadline(time.Now().Add(benchTimeout))
+	if _, err := io.WriteString(c.conn, tag+" "+cmd+"\r\n"); err != nil {
+		return err
+	}
+	return c.tagged(tag)
+}
+
+func (c *rawIMAP) tagged(tag string) error {
+	for {
+		line, err := c.r.ReadString('\n')
+		if err != nil {
+			return fmt.Errorf("reading reply to %s: %w", tag, err)
+		}
+		if rest, ok := strings.CutPrefix(line, tag+" "); ok {
+			if !strings.HasPrefix(rest, "OK") {
+				return fmt.Errorf("%s %s", tag, strings.TrimSpace(rest))
+			}
+			return nil
+		}
+	}
+}
+
+// fetch fetches message 1 and throws its body away.
+func (c *rawIMAP) fetch() error {
+	c.conn.SetDeadline(time.Now().Add(benchTimeout))
+	if _, err := io.WriteString(c.conn, "f FETCH 1 BODY[]\r\n"); err != nil {
+		return err
+	}
+	line, err := c.r.ReadString('\n')
+	if err != nil {
+		return err
+	}
+	open := strings.LastIndexByte(line, '{')
+	n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimRight(line, "\r\n"), "}")[open+1:])
+	if open < 0 || err != nil || n != fetchSize {
+		return fmt.Errorf("unexpected FETCH line %q", line)
+	}
+	if c.buf == nil {
+		c.buf = make([]byte, 256<<10)
+	}
+	for n > 0 {
+		k, err := c.r.Read(c.buf[:min(n, len(c.buf))])
+		if err != nil {
+			return err
+		}
+		n -= k
+	}
+	return c.tagged("f")
+}
+
+// fakeIMAP is an IMAP server for benchmarks that costs next to nothing:
+// every login succeeds, the one mailbox has one message, and a FETCH of
+// any kind returns that message as a literal in one write.
+type fakeIMAP struct {
+	addr  string
+	fetch []byte // the untagged FETCH response, literal included
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+	wg    sync.WaitGroup
+}
+
+// fakeGreeting announces SASL-IR and AUTH=PLAIN so that the proxy logs in
+// with one round trip, and the post-login capabilities come with the OK.
+const fakeGreeting = "* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN] fake ready\r\n"
+
+// startFakeIMAP serves on 127.0.0.1:0 a message of size bytes until the
+// benchmark ends.
+func startFakeIMAP(tb testing.TB, size int) *fakeIMAP {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	resp := fmt.Appendf(nil, "* 1 FETCH (BODY[] {%d}\r\n", size)
+	resp = append(resp, bytes.Repeat([]byte{'x'}, size)...)
+	resp = append(resp, ")\r\n"...)
+	f := &fakeIMAP{addr: ln.Addr().String(), fetch: resp, conns: map[net.Conn]struct{}{}}
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			f.mu.Lock()
+			f.conns[c] = struct{}{}
+			f.mu.Unlock()
+			f.wg.Add(1)
+			go f.serve(c)
+		}
+	}()
+	tb.Cleanup(func() {
+		ln.Close()
+		f.mu.Lock()
+		for c := range f.conns {
+			c.Close()
+		}
+		f.mu.Unlock()
+		f.wg.Wait()
+	})
+	return f
+}
+
+func (f *fakeIMAP) serve(c net.Conn) {
+	defer f.wg.Done()
+	defer func() {
+		f.mu.Lock()
+		delete(f.conns, c)
+		f.mu.Unlock()
+		c.Close()
+	}()
+	r := bufio.NewReaderSize(c, 512)
+	if _, err := io.WriteString(c, fakeGreeting); err != nil {
+		return
+	}
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		tag, rest, _ := strings.Cut(strings.TrimRight(line, "\r\n"), " ")
+		verb, _, _ := strings.Cut(rest, " ")
+		out := net.Buffers{}
+		switch strings.ToUpper(verb) {
+		case "CAPABILITY":
+			out = append(out, []byte("* CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN\r\n"))
+		case "SELECT", "EXAMINE":
+			out = append(out, []byte("* 1 EXISTS\r\n* OK [UIDVALIDITY 1] UIDs valid\r\n"))
+		case "FETCH", "UID":
+			out = append(out, f.fetch)
+		case "LOGOUT":
+			io.WriteString(c, "* BYE\r\n"+tag+" OK LOGOUT completed\r\n")
+			return
+		}
+		switch strings.ToUpper(verb) {
+		case "LOGIN", "AUTHENTICATE":
+			out = append(out, []byte(tag+" OK [CAPABILITY IMAP4rev1] Logged in\r\n"))
+		default:
+			out = append(out, []byte(tag+" OK "+verb+" completed\r\n"))
+		}
+		if _, err := out.WriteTo(c); err != nil {
+			return
+		}
+	}
+}
