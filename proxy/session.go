@@ -27,10 +27,19 @@ type session struct {
 	pool   *routing.Pool
 	proto  routing.Protocol
 	log    *slog.Logger
+	ctx    context.Context
 	cancel context.CancelFunc
+	stop   func() bool // unregisters the close-on-cancel of the accepted conn
 	id     string
+	start  time.Time
 
-	backend *protocols.Backend // the backend of the current login attempt
+	client   net.Conn           // the accepted conn, then TLS, then what the protocol hands back
+	ps       *protocols.Session // what the protocol sees; dropped after login
+	user     string             // the login name, for the end line
+	backend  *protocols.Backend // the backend of the current login attempt
+	loggedIn bool
+	res      relayResult
+	outcome  string // for the end line
 }
 
 // notice holds the few replies the proxy itself sends. It never parses a
@@ -69,91 +78,116 @@ func newID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// serveSession runs one connection from accept to close.
+// serveSession runs one connection from accept to close. Its own frame is
+// kept small: it sits under the relay for the whole life of an idle
+// session, so the login work lives in helpers whose frames are gone by then.
 func (s *Server) serveSession(lc *ListenerConfig, c net.Conn) {
-	start := time.Now()
+	ss := s.newSession(lc, c)
+	defer ss.finish()
+	r := ss.login()
+	if r == nil {
+		return
+	}
+	ss.res = relay(ss.ctx, r, s.cfg.Limits.IdleTimeout.Duration)
+	ss.outcome = ss.relayOutcome()
+}
+
+// newSession registers a session for c and logs its start.
+func (s *Server) newSession(lc *ListenerConfig, c net.Conn) *session {
 	proto, _ := routing.ParseProtocol(lc.Protocol)
 	ctx, cancel := context.WithCancel(context.Background())
-	ss := &session{srv: s, lc: lc, pool: s.pools[lc.Pool], proto: proto, cancel: cancel}
-	ss.id = newID()
+	ss := &session{srv: s, lc: lc, pool: s.pools[lc.Pool], proto: proto, ctx: ctx, cancel: cancel,
+		id: newID(), start: time.Now(), client: c, ps: &protocols.Session{}, outcome: "closed"}
 	ss.log = s.log.With("session", ss.id, "listener", lc.Name, "client", c.RemoteAddr().String())
+	// A kill (kick, backend down) cancels ctx from another goroutine:
+	// close the accepted conn, never ss.client, which this goroutine
+	// replaces after TLS and login.
+	ss.stop = context.AfterFunc(ctx, func() { c.Close() })
 	s.mu.Lock()
 	s.live[ss] = struct{}{}
 	s.mu.Unlock()
-	client := c
-	// A kill (kick, backend down) cancels ctx from another goroutine:
-	// close the accepted conn, never the client variable, which this
-	// goroutine replaces after TLS and login.
-	stop := context.AfterFunc(ctx, func() { c.Close() })
-	ps := &protocols.Session{}
-	var res relayResult
-	outcome := "closed"
-	loggedIn := false
-	defer func() {
-		if r := recover(); r != nil {
-			ss.log.Error("session panic", "panic", r, "stack", string(debug.Stack()))
-			say(client, notices[lc.Protocol].panic)
-			outcome = "panic"
-		}
-		stop()
-		cancel()
-		client.Close()
-		if ss.backend != nil {
-			ss.backend.Close()
-		}
-		s.mu.Lock()
-		delete(s.live, ss)
-		s.mu.Unlock()
-		attrs := []any{"user", ps.User, "bytes_in", res.up, "bytes_out", res.down,
-			"duration", time.Since(start).Round(time.Millisecond).String(), "outcome", outcome}
-		backend := ""
-		if ss.backend != nil {
-			backend = ss.backend.Name
-			attrs = append(attrs, "backend", backend)
-		}
-		s.metrics.sessionEnded(lc, backend, loggedIn, ps.User != "", res)
-		ss.log.Info("session end", attrs...)
-	}()
 	ss.log.Info("session start")
+	return ss
+}
 
-	client.SetDeadline(start.Add(s.cfg.Limits.LoginTimeout.Duration))
-	if lc.TLS == "implicit" {
-		tc, err := mtls.Handshake(ctx, client, s.tlsCfg, true)
-		if err != nil {
-			outcome = "tls handshake failed"
-			ss.log.Debug("tls handshake failed", "err", err)
-			return
-		}
-		client = tc
+// finish tears the session down and writes its end line. It is deferred
+// directly, so its recover catches a panic anywhere in the session.
+func (ss *session) finish() {
+	s, lc := ss.srv, ss.lc
+	if r := recover(); r != nil {
+		ss.log.Error("session panic", "panic", r, "stack", string(debug.Stack()))
+		say(ss.client, notices[lc.Protocol].panic)
+		ss.outcome = "panic"
 	}
-	ps = ss.protoSession(client)
-	relayOut, err := s.handlers[lc.Protocol].Serve(ctx, ps)
-	switch {
-	case err != nil:
-		outcome = classify(err)
-		if outcome == "login timeout" {
-			say(client, notices[lc.Protocol].timeout)
+	ss.stop()
+	ss.cancel()
+	ss.client.Close()
+	if ss.backend != nil {
+		ss.backend.Close()
+	}
+	s.mu.Lock()
+	delete(s.live, ss)
+	s.mu.Unlock()
+	res := ss.res
+	attrs := []any{"user", ss.user, "bytes_in", res.up, "bytes_out", res.down,
+		"duration", time.Since(ss.start).Round(time.Millisecond).String(), "outcome", ss.outcome}
+	backend := ""
+	if ss.backend != nil {
+		backend = ss.backend.Name
+		attrs = append(attrs, "backend", backend)
+	}
+	s.metrics.sessionEnded(lc, backend, ss.loggedIn, ss.user != "", res)
+	ss.log.Info("session end", attrs...)
+}
+
+// login runs TLS and the protocol's dialogue before login under the login
+// deadline. It returns the relay after a successful login, or nil.
+func (ss *session) login() *protocols.Relay {
+	s, lc := ss.srv, ss.lc
+	ss.client.SetDeadline(ss.start.Add(s.cfg.Limits.LoginTimeout.Duration))
+	if lc.TLS == "implicit" {
+		tc, err := mtls.Handshake(ss.ctx, ss.client, s.tlsCfg, true)
+		if err != nil {
+			ss.outcome = "tls handshake failed"
+			ss.log.Debug("tls handshake failed", "err", err)
+			return nil
+		}
+		ss.client = tc
+	}
+	ss.ps = ss.protoSession(ss.client)
+	r, err := s.handlers[lc.Protocol].Serve(ss.ctx, ss.ps)
+	ss.user = ss.ps.User
+	if err != nil {
+		ss.outcome = classify(err)
+		if ss.outcome == "login timeout" {
+			say(ss.client, notices[lc.Protocol].timeout)
 		}
 		ss.log.Debug("session error", "err", err)
-		return
-	case relayOut == nil:
-		return
+		return nil
 	}
-	client = relayOut.Client
-	ss.backend = relayOut.Backend
-	loggedIn = true
-	client.SetDeadline(time.Time{})
-	relayOut.Backend.SetDeadline(time.Time{})
-	res = relay(ctx, relayOut, s.cfg.Limits.IdleTimeout.Duration)
-	outcome = "logout"
+	if r != nil {
+		ss.client, ss.backend, ss.loggedIn = r.Client, r.Backend, true
+		ss.client.SetDeadline(time.Time{})
+		r.Backend.SetDeadline(time.Time{})
+		// Nothing of the login phase stays reachable for the relay's
+		// lifetime: an idle session should cost as little as possible.
+		ss.ps = nil
+		r.Backend.Greeting, r.Backend.Caps = "", nil
+	}
+	return r
+}
+
+// relayOutcome says why the relay ended, for the end line.
+func (ss *session) relayOutcome() string {
 	switch {
-	case ctx.Err() != nil:
-		outcome = "closed by proxy"
-	case errors.Is(res.err, errIdle):
-		outcome = "idle timeout"
-	case res.err != nil:
-		outcome = "relay error: " + res.err.Error()
+	case ss.ctx.Err() != nil:
+		return "closed by proxy"
+	case errors.Is(ss.res.err, errIdle):
+		return "idle timeout"
+	case ss.res.err != nil:
+		return "relay error: " + ss.res.err.Error()
 	}
+	return "logout"
 }
 
 // classify turns a session error into the outcome word of the end line.
