@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"mailproxy/internal/testkit"
 )
 
 // pop3Dialog connects to s and checks each exchange: a command (without
@@ -51,24 +53,13 @@ func apop(greeting, password string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-func startPOP3(t *testing.T, s *POP3Server) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); s.Serve(ln) }()
-	t.Cleanup(func() { s.Close(); <-done })
-	return ln.Addr().String()
-}
-
 func TestPOP3Server(t *testing.T) {
 	s := NewPOP3Server("m1", map[string]string{"alice": "pw", "bob": "pw"}, nil)
 	s.Add("alice", "Subject: a\n\nbody\n.dot\n")
 	s.Add("alice", "Subject: b\r\n\r\n1\r\n2\r\n3\r\n")
 	tr := NewTracker()
 	s.Tracker = tr
-	addr := startPOP3(t, s)
+	addr := testkit.Serve(t, s)
 	pop3Dialog(t, addr, [][]string{
 		{"", `\+OK m1 ready\. <\d+\.\d+@m1>`},
 		{"CAPA", `\+OK`, "CAPA", "TOP", "UIDL", "RESP-CODES", "PIPELINING", "AUTH-RESP-CODE", "USER", "SASL PLAIN", `\.`},
@@ -98,7 +89,7 @@ func TestPOP3Server(t *testing.T) {
 func TestPOP3ServerLogins(t *testing.T) {
 	s := NewPOP3Server("m1", map[string]string{"alice": "pw"}, nil)
 	s.XCLIENT = true
-	addr := startPOP3(t, s)
+	addr := testkit.Serve(t, s)
 	plain := base64.StdEncoding.EncodeToString([]byte("\x00alice\x00pw"))
 	pop3Dialog(t, addr, [][]string{
 		{"", `\+OK \[XCLIENT\] m1 ready\. <.*>`},
@@ -124,7 +115,7 @@ func TestPOP3ServerLogins(t *testing.T) {
 
 func TestPOP3ServerInUse(t *testing.T) {
 	s := NewPOP3Server("m1", map[string]string{"alice": "pw"}, nil)
-	addr := startPOP3(t, s)
+	addr := testkit.Serve(t, s)
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)

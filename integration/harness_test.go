@@ -5,7 +5,6 @@ package integration
 
 import (
 	"bufio"
-	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"mailproxy/demo"
+	"mailproxy/internal/testkit"
 	"mailproxy/protocols"
 	"mailproxy/protocols/imap"
 	"mailproxy/protocols/pop3"
@@ -38,9 +38,9 @@ type env struct {
 	t     *testing.T
 	Srv   *proxy.Server
 	Cfg   *proxy.Config
-	Addr  map[string]string // listener name -> real address
-	Logs  *syncBuffer       // everything logged, at debug level
-	Roots *x509.CertPool    // trusts the proxy's certificate
+	Addr  map[string]string   // listener name -> real address
+	Logs  *testkit.SyncBuffer // everything logged, at debug level
+	Roots *x509.CertPool      // trusts the proxy's certificate
 	Cert  tls.Certificate
 }
 
@@ -77,7 +77,7 @@ func startProxy(t *testing.T, config string) *env {
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	e := &env{t: t, Cfg: cfg, Addr: map[string]string{}, Logs: &syncBuffer{}, Roots: tc.roots, Cert: tc.cert}
+	e := &env{t: t, Cfg: cfg, Addr: map[string]string{}, Logs: &testkit.SyncBuffer{}, Roots: tc.roots, Cert: tc.cert}
 	log := slog.New(slog.NewTextHandler(e.Logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	e.Srv, err = proxy.New(cfg, proxy.Options{Logger: log, Handlers: handlers(), Certs: mtls.StaticCertStore(tc.cert)})
 	if err != nil {
@@ -118,15 +118,8 @@ func (e *env) ClientTLS() *tls.Config {
 // 127.0.0.1:0 and returns it with its address. tlsCfg enables STARTTLS.
 func imapBackend(t *testing.T, name string, users map[string]string, tlsCfg *tls.Config) (*demo.IMAPServer, string) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	b := demo.NewIMAPServer(name, users, tlsCfg)
-	done := make(chan struct{})
-	go func() { defer close(done); b.Serve(ln) }()
-	t.Cleanup(func() { b.Close(); ln.Close(); <-done })
-	return b, ln.Addr().String()
+	return b, testkit.Serve(t, b)
 }
 
 // waitFor polls cond until it holds or the deadline passes. It is for
@@ -140,24 +133,6 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // script is a raw protocol conversation with a deadline on every read.

@@ -19,6 +19,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 
 	"mailproxy/demo"
+	"mailproxy/internal/testkit"
 )
 
 // pop3Config is a pool "main" with the given backends (name, pop3 address
@@ -67,18 +68,11 @@ name = "main"
 // 127.0.0.1:0; opts (may be nil) adjusts it before it serves.
 func pop3Backend(t *testing.T, name string, users map[string]string, opts func(*demo.POP3Server)) (*demo.POP3Server, string) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	s := demo.NewPOP3Server(name, users, nil)
 	if opts != nil {
 		opts(s)
 	}
-	done := make(chan struct{})
-	go func() { defer close(done); s.Serve(ln) }()
-	t.Cleanup(func() { s.Close(); <-done })
-	return s, ln.Addr().String()
+	return s, testkit.Serve(t, s)
 }
 
 // pop3Client is a tiny POP3 client with a deadline on every read. Its
@@ -620,16 +614,10 @@ name = "main"
 
 // trackedIMAPBackend is imapBackend with a tracker set before it serves.
 func trackedIMAPBackend(t *testing.T, name string, users map[string]string, tr *demo.Tracker) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	t.Helper()
 	b := demo.NewIMAPServer(name, users, nil)
 	b.Tracker = tr
-	done := make(chan struct{})
-	go func() { defer close(done); b.Serve(ln) }()
-	t.Cleanup(func() { b.Close(); ln.Close(); <-done })
-	return ln.Addr().String()
+	return testkit.Serve(t, b)
 }
 
 // onlyBackend returns the one backend user has sessions on.

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bufio"
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/pem"
@@ -10,7 +9,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -20,6 +18,8 @@ import (
 	gosmtp "github.com/emersion/go-smtp"
 
 	"mailproxy/demo"
+	"mailproxy/internal/testkit"
+	"mailproxy/internal/transcript"
 )
 
 // smtpListeners are the three classic SMTP front doors: MX on 25 (no
@@ -71,15 +71,8 @@ func smtpConfig(listeners string, backs ...smtpBack) string {
 // smtpBackend starts a fake SMTP backend on 127.0.0.1:0.
 func smtpBackend(t *testing.T, name string, o demo.SMTPOptions) (*demo.SMTPServer, string) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	b := demo.NewSMTPServer(name, o)
-	done := make(chan struct{})
-	go func() { defer close(done); b.Serve(ln) }()
-	t.Cleanup(func() { b.Close(); <-done })
-	return b, ln.Addr().String()
+	return b, testkit.Serve(t, b)
 }
 
 // dialSMTP connects go-smtp's client to a listener the way its tls says
@@ -737,13 +730,7 @@ func TestSMTPNoSmuggling(t *testing.T) {
 // TestSMTPNoBackend: with every backend down the client gets 421 at EHLO
 // and the connection ends.
 func TestSMTPNoBackend(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().String()
-	ln.Close()
-	e := startProxy(t, smtpConfig(smtpListeners, smtpBack{"dead", dead, ""}))
+	e := startProxy(t, smtpConfig(smtpListeners, smtpBack{"dead", deadAddr(t), ""}))
 	s := dialScript(t, e.Addr["smtp"])
 	s.expect("220 ")
 	s.send("EHLO client.example\r\n")
@@ -812,9 +799,9 @@ func readSMTPReply(s *script) string {
 // mailproxy and wants the same reply codes Postfix gave, reply for reply.
 // The STARTTLS flows continue in TLS with EHLO and QUIT.
 func TestSMTPClientTranscripts(t *testing.T) {
-	files, _ := filepath.Glob("../protocols/smtp/testdata/transcripts/*-smtp.txt")
-	if len(files) == 0 {
-		t.Fatal("no transcripts")
+	conns, err := transcript.Load("*-smtp.txt")
+	if err != nil {
+		t.Fatal(err)
 	}
 	back, addr := smtpBackend(t, "mail1", demo.SMTPOptions{Users: map[string]string{"user860": "pw"}})
 	listener := `
@@ -828,18 +815,12 @@ pool = "mx"
 `
 	e := startProxy(t, smtpConfig(listener, smtpBack{"mail1", addr, ""}))
 	messages := 0
-	for _, file := range files {
-		conns, err := parseTranscript(file)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for i, conn := range conns {
-			t.Run(fmt.Sprintf("%s/%d", filepath.Base(file), i), func(t *testing.T) {
-				if replayTranscript(t, e, conn) {
-					messages++
-				}
-			})
-		}
+	for _, conn := range conns {
+		t.Run(conn.String(), func(t *testing.T) {
+			if replayTranscript(t, e, conn) {
+				messages++
+			}
+		})
 	}
 	if messages == 0 {
 		t.Error("no transcript delivered a message")
@@ -849,124 +830,42 @@ pool = "mx"
 	}
 }
 
-// turn is a run of one side's reads in a transcript.
-type turn struct {
-	client bool
-	data   []byte
-	tls    bool // the client starts TLS here
-}
-
-// parseTranscript reads a transcript file (format: the README beside it)
-// into connections of alternating turns.
-func parseTranscript(path string) ([][]turn, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var conns [][]turn
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, "# ---- connection") {
-			conns = append(conns, nil)
-			continue
-		}
-		fields := strings.SplitN(strings.TrimLeft(line, " "), " ", 3)
-		if len(conns) == 0 || len(fields) < 3 || len(fields[1]) != 2 || (fields[1][0] != 'C' && fields[1][0] != 'S') {
-			continue
-		}
-		client := fields[1][0] == 'C'
-		cur := &conns[len(conns)-1]
-		if n := len(*cur); n == 0 || (*cur)[n-1].client != client {
-			*cur = append(*cur, turn{client: client})
-		}
-		t := &(*cur)[len(*cur)-1]
-		if strings.HasPrefix(fields[2], "(TLS handshake starts") {
-			t.tls = true
-			continue
-		}
-		data, err := unescapeTranscript(fields[2])
-		if err != nil {
-			return nil, fmt.Errorf("%s: %q: %w", path, line, err)
-		}
-		t.data = append(t.data, data...)
-	}
-	return conns, sc.Err()
-}
-
-func unescapeTranscript(s string) ([]byte, error) {
-	var out []byte
-	for i := 0; i < len(s); i++ {
-		if s[i] != '\\' {
-			out = append(out, s[i])
-			continue
-		}
-		if i+1 >= len(s) {
-			return nil, errors.New("trailing backslash")
-		}
-		i++
-		switch s[i] {
-		case 'r':
-			out = append(out, '\r')
-		case 'n':
-			out = append(out, '\n')
-		case 't':
-			out = append(out, '\t')
-		case '\\':
-			out = append(out, '\\')
-		case 'x':
-			if i+2 >= len(s) {
-				return nil, errors.New("short \\x")
-			}
-			v, err := strconv.ParseUint(s[i+1:i+3], 16, 8)
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, byte(v))
-			i += 2
-		default:
-			return nil, fmt.Errorf("unknown escape \\%c", s[i])
-		}
-	}
-	return out, nil
-}
-
 // replayTranscript sends the client's turns and checks that each server
-// turn's reply codes come back. It says whether a message was delivered.
-func replayTranscript(t *testing.T, e *env, conn []turn) bool {
+// turn's reply codes come back; a STARTTLS flow goes on in TLS with EHLO
+// and QUIT. It says whether a message was delivered.
+func replayTranscript(t *testing.T, e *env, conn transcript.Conn) bool {
 	s := dialScript(t, e.Addr["smtp"])
 	delivered := false
-	for _, tn := range conn {
-		switch {
-		case tn.client && tn.tls:
-			s.upgrade(e.ClientTLS())
-			s.send("EHLO client.example\r\n")
-			if r := readSMTPReply(s); !strings.HasPrefix(r, "250") {
-				t.Fatalf("EHLO after STARTTLS: %q", r)
-			}
-			s.send("QUIT\r\n")
-			s.expect("221 ")
-			return false
-		case tn.client:
-			s.send(string(tn.data))
-		default:
-			for _, want := range transcriptCodes(tn.data) {
-				got := readSMTPReply(s)
-				if !strings.HasPrefix(got, want) {
-					t.Fatalf("Postfix said %s, mailproxy %q", want, got)
-				}
-				delivered = delivered || (want == "250" && strings.Contains(got, "queued as"))
-			}
+	for _, tn := range conn.Turns() {
+		if tn.Client {
+			s.send(tn.Data)
+			continue
 		}
+		for _, want := range transcriptCodes(tn.Data) {
+			got := readSMTPReply(s)
+			if !strings.HasPrefix(got, want) {
+				t.Fatalf("Postfix said %s, mailproxy %q", want, got)
+			}
+			delivered = delivered || (want == "250" && strings.Contains(got, "queued as"))
+		}
+	}
+	if conn.TLS {
+		s.upgrade(e.ClientTLS())
+		s.send("EHLO client.example\r\n")
+		if r := readSMTPReply(s); !strings.HasPrefix(r, "250") {
+			t.Fatalf("EHLO after STARTTLS: %q", r)
+		}
+		s.send("QUIT\r\n")
+		s.expect("221 ")
+		return false
 	}
 	return delivered
 }
 
 // transcriptCodes lists the code of every reply in a server turn.
-func transcriptCodes(data []byte) []string {
+func transcriptCodes(data string) []string {
 	var codes []string
-	for _, l := range strings.SplitAfter(string(data), "\r\n") {
+	for _, l := range strings.SplitAfter(data, "\r\n") {
 		if len(l) >= 4 && l[3] == ' ' {
 			codes = append(codes, l[:3])
 		}

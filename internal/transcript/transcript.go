@@ -1,55 +1,111 @@
-// Package transcript reads the wire transcripts of real mail clients in
-// shared/testdata/transcripts (see its README) for tests and fuzz seeds.
+// Package transcript reads the wire transcripts of real mail clients kept
+// in the repository's testdata/transcripts (format and provenance: the
+// README there). Tests replay them through mailproxy, and fuzz targets take
+// them as seeds. It is the one reader of that format in the repository.
 package transcript
 
 import (
 	"bufio"
+	"errors"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 )
 
-// Chunk is one read or write seen on the wire.
+// Chunk is a piece of what one side sent: one record of a transcript, or
+// in Turns a run of them.
 type Chunk struct {
-	Client bool   // sent by the client (C:), else by the server (S:)
+	Client bool   // sent by the client (C), else by the server (S)
 	Data   string // the bytes, unescaped
 }
 
-// Conn is one recorded connection.
+// Conn is one recorded connection, up to the client's TLS handshake if it
+// started one.
 type Conn struct {
-	File, Section string
-	Chunks        []Chunk
+	File    string  // the transcript's base name, e.g. "curl-pop3.txt"
+	Section string  // the client configuration, e.g. "curl, stls"
+	Label   string  // the connection within its section: "connection 1 of 1"
+	Chunks  []Chunk // every plaintext record in order
+	TLS     bool    // the client started a TLS handshake after the last chunk
 }
 
-// Dir finds the transcripts folder from a package directory inside the
-// repository (it sits beside the checkout, in ../shared). It returns ""
-// when the folder is not there.
-func Dir() string {
-	wd, _ := os.Getwd()
-	for d := wd; d != filepath.Dir(d); d = filepath.Dir(d) {
-		p := filepath.Join(filepath.Dir(d), "shared", "testdata", "transcripts")
-		if st, err := os.Stat(p); err == nil && st.IsDir() {
-			return p
+// String names the connection for test names and messages:
+// "curl-pop3.txt: curl, stls, connection 1 of 1".
+func (c Conn) String() string {
+	return c.File + ": " + c.Section + ", " + c.Label
+}
+
+// ClientBytes is everything the client sent on c before any TLS, in order.
+func (c Conn) ClientBytes() string { return c.bytes(true) }
+
+// ServerBytes is everything the server sent on c before any TLS, in order.
+func (c Conn) ServerBytes() string { return c.bytes(false) }
+
+func (c Conn) bytes(client bool) string {
+	var b strings.Builder
+	for _, ch := range c.Chunks {
+		if ch.Client == client {
+			b.WriteString(ch.Data)
 		}
 	}
-	return ""
+	return b.String()
 }
 
-// Load reads every transcript whose name matches pattern (e.g. "*-imap.txt")
-// and returns its connections. A missing folder yields none.
+// Turns joins consecutive chunks from the same side, so that the result
+// alternates between client and server: a command (or a pipelined
+// batch), then its reply.
+func (c Conn) Turns() []Chunk {
+	var turns []Chunk
+	for _, ch := range c.Chunks {
+		if n := len(turns); n > 0 && turns[n-1].Client == ch.Client {
+			turns[n-1].Data += ch.Data
+			continue
+		}
+		turns = append(turns, ch)
+	}
+	return turns
+}
+
+// Dir is the repository's testdata/transcripts: it walks up from the
+// working directory (a package directory under go test) to the directory
+// that holds go.mod.
+func Dir() (string, error) {
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for d := wd; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return filepath.Join(d, "testdata", "transcripts"), nil
+		}
+		if filepath.Dir(d) == d {
+			return "", fmt.Errorf("no go.mod in %s or above", wd)
+		}
+	}
+}
+
+// Load reads every transcript in Dir whose name matches pattern (e.g.
+// "*-pop3.txt"), in name order, and returns their connections. A pattern
+// that matches no file is an error: a test must not pass on no data.
 func Load(pattern string) ([]Conn, error) {
-	dir := Dir()
-	if dir == "" {
-		return nil, nil
+	dir, err := Dir()
+	if err != nil {
+		return nil, err
 	}
 	files, err := filepath.Glob(filepath.Join(dir, pattern))
 	if err != nil {
 		return nil, err
 	}
+	if len(files) == 0 {
+		return nil, fmt.Errorf("no transcript in %s matches %q", dir, pattern)
+	}
 	var out []Conn
-	for _, f := range files {
-		conns, err := parse(f)
+	for _, file := range files {
+		conns, err := parseFile(file)
 		if err != nil {
 			return nil, err
 		}
@@ -58,46 +114,105 @@ func Load(pattern string) ([]Conn, error) {
 	return out, nil
 }
 
-func parse(path string) ([]Conn, error) {
+func parseFile(path string) ([]Conn, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	var out []Conn
-	var cur *Conn
-	section := ""
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		switch {
-		case strings.HasPrefix(line, "# ==== section: "):
-			section = strings.TrimSuffix(strings.TrimPrefix(line, "# ==== section: "), " ====")
-		case strings.HasPrefix(line, "# ---- connection"):
-			out = append(out, Conn{File: filepath.Base(path), Section: section})
-			cur = &out[len(out)-1]
-		case cur != nil:
-			fields := strings.SplitN(strings.TrimLeft(line, " "), " ", 3)
-			if len(fields) < 3 || (fields[1] != "C:" && fields[1] != "S:") || strings.HasPrefix(fields[2], "(") {
-				continue
-			}
-			cur.Chunks = append(cur.Chunks, Chunk{Client: fields[1] == "C:", Data: unescape(fields[2])})
-		}
-	}
-	return out, sc.Err()
+	return parse(filepath.Base(path), f)
 }
 
-// unescape turns the transcript's \r, \n, \t, \\ and \xNN back into bytes.
-func unescape(s string) string {
+var (
+	sectionRE = regexp.MustCompile(`^# ==== section: (.*) ====$`)
+	connRE    = regexp.MustCompile(`^# ---- (connection \d+ of \d+) ----$`)
+	// A record: seconds since accept, a marker (C: C+ S: S+, or "E " for
+	// an event) and the payload.
+	recordRE = regexp.MustCompile(`^ *\d+\.\d+ ([CS][:+]|E ) (.*)$`)
+)
+
+// tlsStarts begins the client record that stands for the ClientHello.
+const tlsStarts = "(TLS handshake starts"
+
+// parse reads one transcript; file names it in the connections and errors.
+// Anything that is not a comment, a blank line or a well-formed record is
+// an error, so that a damaged file cannot quietly lose data.
+func parse(file string, r io.Reader) ([]Conn, error) {
+	var out []Conn
+	section := ""
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for n := 1; sc.Scan(); n++ {
+		line := sc.Text()
+		if err := parseLine(file, &section, &out, line); err != nil {
+			return nil, fmt.Errorf("%s:%d: %w", file, n, err)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	return out, nil
+}
+
+func parseLine(file string, section *string, conns *[]Conn, line string) error {
+	if m := sectionRE.FindStringSubmatch(line); m != nil {
+		*section = m[1]
+		return nil
+	}
+	if m := connRE.FindStringSubmatch(line); m != nil {
+		*conns = append(*conns, Conn{File: file, Section: *section, Label: m[1]})
+		return nil
+	}
+	if line == "" || line[0] == '#' {
+		return nil
+	}
+	m := recordRE.FindStringSubmatch(line)
+	switch {
+	case m == nil:
+		return fmt.Errorf("not a record: %q", line)
+	case len(*conns) == 0:
+		return errors.New("record before the first connection")
+	}
+	cur := &(*conns)[len(*conns)-1]
+	marker, payload := m[1], m[2]
+	switch {
+	case marker[0] == 'E':
+		return nil
+	case cur.TLS:
+		return fmt.Errorf("plaintext record after the TLS handshake: %q", line)
+	case marker == "C:" && strings.HasPrefix(payload, tlsStarts):
+		cur.TLS = true
+		return nil
+	}
+	data, err := Unescape(payload)
+	if err != nil {
+		return err
+	}
+	cur.Chunks = append(cur.Chunks, Chunk{Client: marker[0] == 'C', Data: data})
+	return nil
+}
+
+// Unescape turns a record's payload back into the bytes on the wire:
+// `\\`, `\r`, `\n`, `\t` and `\xHH` are escapes, printable ASCII stands
+// for itself, and anything else is an error.
+func Unescape(s string) (string, error) {
 	var b strings.Builder
+	b.Grow(len(s))
 	for i := 0; i < len(s); i++ {
-		if s[i] != '\\' || i+1 == len(s) {
-			b.WriteByte(s[i])
+		c := s[i]
+		if c < ' ' || c > '~' {
+			return "", fmt.Errorf("raw byte %#02x in %q", c, s)
+		}
+		if c != '\\' {
+			b.WriteByte(c)
 			continue
 		}
-		i++
+		if i++; i == len(s) {
+			return "", fmt.Errorf("trailing backslash in %q", s)
+		}
 		switch s[i] {
+		case '\\':
+			b.WriteByte('\\')
 		case 'r':
 			b.WriteByte('\r')
 		case 'n':
@@ -105,28 +220,18 @@ func unescape(s string) string {
 		case 't':
 			b.WriteByte('\t')
 		case 'x':
-			if i+2 < len(s) {
-				if v, err := strconv.ParseUint(s[i+1:i+3], 16, 8); err == nil {
-					b.WriteByte(byte(v))
-					i += 2
-					continue
-				}
+			if i+2 >= len(s) {
+				return "", fmt.Errorf("short \\x escape in %q", s)
 			}
-			b.WriteString(`\x`)
+			v, err := strconv.ParseUint(s[i+1:i+3], 16, 8)
+			if err != nil {
+				return "", fmt.Errorf("bad \\x escape in %q", s)
+			}
+			b.WriteByte(byte(v))
+			i += 2
 		default:
-			b.WriteByte(s[i])
+			return "", fmt.Errorf("unknown escape \\%c in %q", s[i], s)
 		}
 	}
-	return b.String()
-}
-
-// ClientBytes is everything the client sent on c, in order.
-func (c Conn) ClientBytes() string {
-	var b strings.Builder
-	for _, ch := range c.Chunks {
-		if ch.Client {
-			b.WriteString(ch.Data)
-		}
-	}
-	return b.String()
+	return b.String(), nil
 }

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"testing"
 
-	"mailproxy/internal/transcript"
 	"mailproxy/protocols"
 )
 
@@ -51,10 +50,7 @@ func TestFrontNoBackend(t *testing.T) {
 }
 
 func FuzzFront(f *testing.F) {
-	conns, _ := transcript.Load("*-imap.txt")
-	for _, c := range conns {
-		f.Add(c.ClientBytes())
-	}
+	addTranscripts(f)
 	f.Add("a AUTHENTICATE LOGIN\r\nYQ==\r\nYg==\r\n")
 	f.Add("a AUTHENTICATE PLAIN\r\n*\r\nb LOGIN {3+}\r\nabc x\r\n")
 	f.Fuzz(func(t *testing.T, in string) {

@@ -34,7 +34,7 @@ const (
 func FuzzFront(f *testing.F) {
 	for _, tr := range loadTranscripts(f) {
 		for _, flags := range []uint8{0, fuzzBackendSASL, fuzzHasTLS | fuzzRequireTLS, fuzzAPOP | fuzzForward} {
-			f.Add(tr.client, flags)
+			f.Add([]byte(tr.ClientBytes()), flags)
 		}
 	}
 	for _, s := range []string{
@@ -190,8 +190,8 @@ func (b *fuzzBackend) answer(line string) string {
 // has an upper-case keyword and gives back the line it came from.
 func FuzzParseCommand(f *testing.F) {
 	for _, tr := range loadTranscripts(f) {
-		for _, l := range bytes.Split(tr.client, []byte("\r\n")) {
-			f.Add(l)
+		for _, l := range strings.Split(tr.ClientBytes(), "\r\n") {
+			f.Add([]byte(l))
 		}
 	}
 	f.Fuzz(func(t *testing.T, line []byte) {

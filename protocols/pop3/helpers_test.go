@@ -2,7 +2,6 @@ package pop3
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"mailproxy/demo"
+	"mailproxy/internal/testkit"
 	"mailproxy/protocols"
 	mtls "mailproxy/tls"
 )
@@ -70,18 +70,11 @@ func listen(t *testing.T, fn func(net.Conn)) string {
 // demoBackend runs a demo POP3 server with users on 127.0.0.1:0.
 func demoBackend(t *testing.T, users map[string]string, opts func(*demo.POP3Server)) (*demo.POP3Server, string) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	s := demo.NewPOP3Server("fake", users, nil)
 	if opts != nil {
 		opts(s)
 	}
-	done := make(chan struct{})
-	go func() { defer close(done); s.Serve(ln) }()
-	t.Cleanup(func() { s.Close(); <-done })
-	return s, ln.Addr().String()
+	return s, testkit.Serve(t, s)
 }
 
 // scripted is a raw backend: it greets with greeting and answers each line
@@ -130,7 +123,7 @@ func scriptedBackend(t *testing.T, greeting string, answer func(line string) str
 type env struct {
 	t       *testing.T
 	backend string
-	logs    *syncBuffer
+	logs    *testkit.SyncBuffer
 	dials   atomic.Int32
 	fails   atomic.Int32
 	mod     func(*protocols.Session)
@@ -139,7 +132,7 @@ type env struct {
 }
 
 func newEnv(t *testing.T, backend string) *env {
-	return &env{t: t, backend: backend, logs: &syncBuffer{}}
+	return &env{t: t, backend: backend, logs: &testkit.SyncBuffer{}}
 }
 
 func (e *env) dial(ctx context.Context, login string, hello func(context.Context, *protocols.Backend) error) (*protocols.Backend, error) {
@@ -330,23 +323,6 @@ func wait(t *testing.T, done <-chan result) result {
 		t.Fatal("Serve did not return")
 	}
 	return result{}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func netDial(addr string) (net.Conn, error) {

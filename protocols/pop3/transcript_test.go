@@ -3,110 +3,26 @@ package pop3
 import (
 	"bufio"
 	"fmt"
-	"os"
-	"path/filepath"
-	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"mailproxy/internal/transcript"
 )
 
-// The transcripts in testdata/transcripts are what real POP3 clients sent
-// to Dovecot (see their README in the shared testdata): the client side is
+// The transcripts in the repository's testdata/transcripts are what real
+// POP3 clients sent to Dovecot (see the README there): the client side is
 // replayed against mailproxy's front, and the replies compared.
 
-// transcript is one recorded connection.
-type transcript struct {
-	name   string // file, section and connection
-	client []byte // what the client sent before any TLS handshake
-	server []byte // what the server sent before it
-	stls   bool   // the client went on to a TLS handshake
-}
-
-var (
-	recordRE  = regexp.MustCompile(`^\s*\d+\.\d+ ([CSE])[:+ ] (.*)$`)
-	sectionRE = regexp.MustCompile(`^# ==== section: (.*) ====$`)
-	connRE    = regexp.MustCompile(`^# ---- (connection \d+ of \d+) ----$`)
-)
-
-// loadTranscripts reads every testdata/transcripts/*-pop3.txt.
-func loadTranscripts(tb testing.TB) []*transcript {
+// loadTranscripts reads every recorded POP3 connection.
+func loadTranscripts(tb testing.TB) []transcript.Conn {
 	tb.Helper()
-	files, err := filepath.Glob("testdata/transcripts/*-pop3.txt")
-	if err != nil || len(files) == 0 {
-		tb.Fatalf("no transcripts: %v", err)
+	conns, err := transcript.Load("*-pop3.txt")
+	if err != nil {
+		tb.Fatal(err)
 	}
-	var out []*transcript
-	for _, file := range files {
-		data, err := os.ReadFile(file)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		out = append(out, parseTranscript(tb, filepath.Base(file), string(data))...)
-	}
-	return out
-}
-
-func parseTranscript(tb testing.TB, file, text string) []*transcript {
-	var out []*transcript
-	var section string
-	var cur *transcript
-	for _, line := range strings.Split(text, "\n") {
-		if m := sectionRE.FindStringSubmatch(line); m != nil {
-			section = m[1]
-			continue
-		}
-		if m := connRE.FindStringSubmatch(line); m != nil {
-			cur = &transcript{name: file + ": " + section + ", " + m[1]}
-			out = append(out, cur)
-			continue
-		}
-		m := recordRE.FindStringSubmatch(line)
-		if m == nil || cur == nil || cur.stls {
-			continue
-		}
-		switch {
-		case m[1] == "C" && strings.HasPrefix(m[2], "(TLS handshake starts"):
-			cur.stls = true
-		case m[1] == "C":
-			cur.client = append(cur.client, unescape(tb, m[2])...)
-		case m[1] == "S":
-			cur.server = append(cur.server, unescape(tb, m[2])...)
-		}
-	}
-	return out
-}
-
-// unescape undoes the transcript payload escaping: \\ \r \n \t \xHH.
-func unescape(tb testing.TB, s string) []byte {
-	var b []byte
-	for i := 0; i < len(s); i++ {
-		if s[i] != '\\' || i+1 == len(s) {
-			b = append(b, s[i])
-			continue
-		}
-		i++
-		switch s[i] {
-		case 'r':
-			b = append(b, '\r')
-		case 'n':
-			b = append(b, '\n')
-		case 't':
-			b = append(b, '\t')
-		case 'x':
-			v, err := strconv.ParseUint(s[i+1:i+3], 16, 8)
-			if err != nil {
-				tb.Fatalf("bad escape in %q", s)
-			}
-			b = append(b, byte(v))
-			i += 2
-		default:
-			b = append(b, s[i])
-		}
-	}
-	return b
+	return conns
 }
 
 // seedMessage is the 164-octet message every transcript user had.
@@ -164,7 +80,7 @@ func TestTranscripts(t *testing.T) {
 		users[fmt.Sprintf("user%d", i)] = "pw"
 	}
 	for _, tr := range loadTranscripts(t) {
-		t.Run(tr.name, func(t *testing.T) {
+		t.Run(tr.String(), func(t *testing.T) {
 			srv, addr := demoBackend(t, users, nil)
 			for u := range users {
 				srv.Add(u, seedMessage(u))
@@ -176,13 +92,13 @@ func TestTranscripts(t *testing.T) {
 
 // replay sends the transcript's client lines one by one and compares each
 // reply with the recorded one.
-func replay(t *testing.T, e *env, tr *transcript) {
+func replay(t *testing.T, e *env, tr transcript.Conn) {
 	c, _ := e.connect()
 	c.line() // our greeting, not Dovecot's
-	recorded := bufio.NewReader(strings.NewReader(string(tr.server)))
+	recorded := bufio.NewReader(strings.NewReader(tr.ServerBytes()))
 	recorded.ReadString('\n')
 	loggedIn, sasl := false, false
-	lines := strings.SplitAfter(string(tr.client), "\r\n")
+	lines := strings.SplitAfter(tr.ClientBytes(), "\r\n")
 	for _, raw := range lines {
 		if raw == "" {
 			continue
@@ -206,12 +122,12 @@ func replay(t *testing.T, e *env, tr *transcript) {
 		if !loggedIn && got.first == "+OK Logged in." {
 			loggedIn = true
 		}
-		if strings.EqualFold(cmd, "STLS") && tr.stls {
+		if strings.EqualFold(cmd, "STLS") && tr.TLS {
 			afterSTLS(t, c)
 			return
 		}
 	}
-	if strings.HasSuffix(string(tr.client), "QUIT\r\n") {
+	if strings.HasSuffix(tr.ClientBytes(), "QUIT\r\n") {
 		c.closed()
 	}
 }
@@ -273,7 +189,7 @@ func TestTranscriptsLoaded(t *testing.T) {
 	trs := loadTranscripts(t)
 	var stls, plain int
 	for _, tr := range trs {
-		if tr.stls {
+		if tr.TLS {
 			stls++
 		} else {
 			plain++

@@ -4,74 +4,29 @@ import (
 	"bufio"
 	"bytes"
 	"net"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+
+	"mailproxy/internal/transcript"
 )
 
 // serverTurns returns, from the recorded transcripts, every run of server
 // reads (one reply or several): what real Postfix sent.
-func serverTurns(t testing.TB) [][]byte {
-	files, _ := filepath.Glob("testdata/transcripts/*-smtp.txt")
-	if len(files) == 0 {
-		t.Fatal("no transcripts in testdata")
+func serverTurns(tb testing.TB) [][]byte {
+	conns, err := transcript.Load("*-smtp.txt")
+	if err != nil {
+		tb.Fatal(err)
 	}
 	var turns [][]byte
-	for _, file := range files {
-		text, err := os.ReadFile(file)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var cur []byte
-		for _, line := range strings.Split(string(text), "\n") {
-			f := strings.SplitN(strings.TrimLeft(line, " "), " ", 3)
-			if len(f) < 3 || len(f[1]) != 2 || (f[1][0] != 'S' && f[1][0] != 'C') {
-				continue
+	for _, c := range conns {
+		for _, tn := range c.Turns() {
+			if !tn.Client {
+				turns = append(turns, []byte(tn.Data))
 			}
-			if f[1][0] == 'C' {
-				if cur != nil {
-					turns = append(turns, cur)
-				}
-				cur = nil
-				continue
-			}
-			cur = append(cur, unescape(f[2])...)
-		}
-		if cur != nil {
-			turns = append(turns, cur)
 		}
 	}
 	return turns
-}
-
-// unescape undoes the transcripts' escapes (\r \n \t \\ \xHH).
-func unescape(s string) []byte {
-	var out []byte
-	for i := 0; i < len(s); i++ {
-		if s[i] != '\\' || i+1 >= len(s) {
-			out = append(out, s[i])
-			continue
-		}
-		i++
-		switch s[i] {
-		case 'r':
-			out = append(out, '\r')
-		case 'n':
-			out = append(out, '\n')
-		case 't':
-			out = append(out, '\t')
-		case 'x':
-			if v, err := strconv.ParseUint(s[i+1:min(i+3, len(s))], 16, 8); err == nil && i+2 < len(s) {
-				out = append(out, byte(v))
-				i += 2
-			}
-		default:
-			out = append(out, s[i])
-		}
-	}
-	return out
 }
 
 // TestTranscriptReplies: every reply Postfix gave the real clients parses.

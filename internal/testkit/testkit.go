@@ -1,0 +1,53 @@
+// Package testkit holds the few helpers that the tests of several packages
+// share: serving a fake backend on loopback for the length of a test, and a
+// buffer that concurrent loggers write while the test reads it.
+package testkit
+
+import (
+	"bytes"
+	"net"
+	"sync"
+	"testing"
+)
+
+// Server is a backend with net/http's shape, as the demo servers have.
+type Server interface {
+	Serve(net.Listener) error
+	Close() error
+}
+
+// Serve runs srv on a new 127.0.0.1:0 listener and returns its address.
+// When the test ends it closes srv and the listener (srv may not have
+// taken it yet) and waits for Serve to return.
+func Serve(tb testing.TB, srv Server) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); srv.Serve(ln) }()
+	tb.Cleanup(func() { srv.Close(); ln.Close(); <-done })
+	return ln.Addr().String()
+}
+
+// SyncBuffer is a bytes.Buffer safe for concurrent writers, such as the
+// handler of a logger that many sessions share. The zero value is empty.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+// Write appends p; it never fails.
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// String is everything written so far.
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
