@@ -103,10 +103,16 @@ func offersXCLIENT(b *protocols.Backend) bool {
 	return strings.HasPrefix(b.Greeting, "+OK [XCLIENT]") || hasCap(b.Caps, "XCLIENT", "")
 }
 
-// forwardXCLIENT is the XCLIENT command with the client's address and port.
+// forwardXCLIENT is the XCLIENT command with the client's address and
+// port, and mailproxy's session id (Dovecot logs it as session=<id>, so one
+// id finds the session in both logs).
 func forwardXCLIENT(s *protocols.Session) string {
 	host, port, _ := net.SplitHostPort(s.Conn.RemoteAddr().String())
-	return fmt.Sprintf("XCLIENT ADDR=%s PORT=%s", host, port)
+	cmd := fmt.Sprintf("XCLIENT ADDR=%s PORT=%s", host, port)
+	if s.ID != "" {
+		cmd += " SESSION=" + s.ID
+	}
+	return cmd
 }
 
 // backendLogin logs in to b with the client's credentials: AUTH PLAIN with

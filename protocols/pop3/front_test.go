@@ -464,7 +464,7 @@ func TestForwardClient(t *testing.T) {
 			c.cmd("PASS pw")
 			c.cmd("NOOP")
 			lines := sc.Lines()
-			xclient := regexp.MustCompile(`^XCLIENT ADDR=127\.0\.0\.1 PORT=\d+$`)
+			xclient := regexp.MustCompile(`^XCLIENT ADDR=127\.0\.0\.1 PORT=\d+( SESSION=\w+)?$`)
 			got := slices.ContainsFunc(lines, xclient.MatchString)
 			if got != tt.want {
 				t.Fatalf("XCLIENT sent = %v, want %v: %q", got, tt.want, lines)
