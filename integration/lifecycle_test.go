@@ -4,11 +4,15 @@ import (
 	"context"
 	"errors"
 	"net"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-imap/v2/imapclient"
+
+	"mailproxy/demo"
 )
 
 // TestSessionLogLines: one start and one end line per session, with the
@@ -141,4 +145,27 @@ func TestShutdownGraceRunsOut(t *testing.T) {
 		t.Fatal("client connection still open after the grace ran out")
 	}
 	_ = imapclient.Options{}
+}
+
+// TestSMTPSessionLogCountsBytes: SMTP has no relay phase, yet its end line
+// says how much went each way.
+func TestSMTPSessionLogCountsBytes(t *testing.T) {
+	_, addr := smtpBackend(t, "mail1", demo.SMTPOptions{})
+	e := startProxy(t, smtpConfig(smtpListeners, smtpBack{"mail1", addr, ""}))
+	c := dialSMTP(t, e, "smtp")
+	if _, err := sendSMTP(c, "a@example.org", nil, []string{"b@example.org"}, nil, testMessage); err != nil {
+		t.Fatal(err)
+	}
+	c.Quit()
+	waitFor(t, 5*time.Second, "session end line", func() bool { return strings.Contains(e.Logs.String(), "session end") })
+	m := regexp.MustCompile(`session end.*bytes_in=(\d+) bytes_out=(\d+)`).FindStringSubmatch(e.Logs.String())
+	if m == nil {
+		t.Fatalf("no byte counts in the end line:\n%s", e.Logs.String())
+	}
+	if in, _ := strconv.Atoi(m[1]); in < len(testMessage) {
+		t.Errorf("bytes_in=%s, the message alone is %d bytes", m[1], len(testMessage))
+	}
+	if out, _ := strconv.Atoi(m[2]); out == 0 {
+		t.Error("bytes_out=0")
+	}
 }

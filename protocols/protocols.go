@@ -71,6 +71,9 @@ type Session struct {
 
 	// User is the login name of the last login attempt, for the session log.
 	User string
+	// BytesIn and BytesOut are what the client sent and was sent, filled
+	// in by a protocol with no relay phase (SMTP) for the session log.
+	BytesIn, BytesOut int64
 }
 
 // FailDelay waits the auth failure delay, or until ctx ends.

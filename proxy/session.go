@@ -157,6 +157,7 @@ func (ss *session) login() *protocols.Relay {
 	ss.ps = ss.protoSession(ss.client)
 	r, err := s.handlers[lc.Protocol].Serve(ss.ctx, ss.ps)
 	ss.user = ss.ps.User
+	ss.res.up, ss.res.down = ss.ps.BytesIn, ss.ps.BytesOut
 	if err != nil {
 		ss.outcome = classify(err)
 		if ss.outcome == "login timeout" {

@@ -19,6 +19,7 @@ type frontConn struct {
 	closed     chan struct{}
 	closeOnce  sync.Once
 	closeAfter atomic.Bool
+	in, out    atomic.Int64 // bytes read and written, for the session log
 }
 
 func newFrontConn(c net.Conn, read, write time.Duration) *frontConn {
@@ -27,12 +28,15 @@ func newFrontConn(c net.Conn, read, write time.Duration) *frontConn {
 
 func (c *frontConn) Read(p []byte) (int, error) {
 	c.Conn.SetReadDeadline(time.Now().Add(c.readTimeout))
-	return c.Conn.Read(p)
+	n, err := c.Conn.Read(p)
+	c.in.Add(int64(n))
+	return n, err
 }
 
 func (c *frontConn) Write(p []byte) (int, error) {
 	c.Conn.SetWriteDeadline(time.Now().Add(c.writeTimeout))
 	n, err := c.Conn.Write(p)
+	c.out.Add(int64(n))
 	if c.closeAfter.Load() {
 		c.Close()
 	}

@@ -64,6 +64,7 @@ func (Handler) Serve(ctx context.Context, s *protocols.Session) (*protocols.Rela
 	srv.Shutdown(context.Background()) // closes ln; waits for the connection goroutine
 	<-served
 	f.close()
+	s.BytesIn, s.BytesOut = fc.in.Load(), fc.out.Load()
 	return nil, f.err
 }
 
