@@ -83,7 +83,14 @@ type ListenerConfig struct {
 	TLS           string `toml:"tls"`      // none (default) | starttls | implicit
 	RequireTLS    bool   `toml:"require_tls"`
 	Pool          string `toml:"pool"`           // required; a [[pool]] name
-	ProxyProtocol bool   `toml:"proxy_protocol"` // true is not built yet
+	ProxyProtocol bool   `toml:"proxy_protocol"` // a balancer's PROXY v1/v2 header names the client
+
+	// ProxyProtocolTrusted are the networks (CIDR) and addresses allowed to
+	// connect when ProxyProtocol is on: the balancers. A connection from
+	// anywhere else is closed before anything is read, so nobody else can
+	// claim a client address. Default loopback ("127.0.0.0/8", "::1").
+	ProxyProtocolTrusted []string `toml:"proxy_protocol_trusted"`
+
 	// Extensions.
 	SMTPAuth string `toml:"smtp_auth"` // smtp only: off | optional | required; default off
 	APOP     bool   `toml:"apop"`      // pop3 only: pick the backend at connect and relay its APOP greeting
@@ -123,7 +130,7 @@ type BackendConfig struct {
 	TLSSkipVerify     bool   `toml:"tls_skip_verify"`
 	TLSCA             string `toml:"tls_ca"`
 	Weight            int    `toml:"weight"`              // default 1; 0 = never chosen by hashing (pins and leases still apply)
-	SendProxyProtocol string `toml:"send_proxy_protocol"` // "" (default) | v1 | v2; not built yet
+	SendProxyProtocol string `toml:"send_proxy_protocol"` // "" (default) | v1 | v2: PROXY header first, on sessions and health checks
 	ForwardClient     bool   `toml:"forward_client"`
 	Disabled          bool   `toml:"disabled"` // out of service: never checked or chosen; drain/undrain do not change it
 }
@@ -189,18 +196,6 @@ func (c *Config) Unbuilt() []string {
 	if c.Auth.BackendLogin == "master" {
 		ck.add("auth.backend_login", `"master" is not built yet; use "user"`)
 	}
-	for i, l := range c.Listeners {
-		if l.ProxyProtocol {
-			ck.add(fmt.Sprintf("listener[%d].proxy_protocol", i), "accepting a PROXY header is not built yet (listener %q)", l.Name)
-		}
-	}
-	for i, p := range c.Pools {
-		for j, b := range p.Backends {
-			if b.SendProxyProtocol != "" {
-				ck.add(fmt.Sprintf("pool[%d].backend[%d].send_proxy_protocol", i, j), "sending a PROXY header is not built yet (backend %q)", b.Name)
-			}
-		}
-	}
 	return problemMessages(ck.problems)
 }
 
@@ -209,6 +204,13 @@ func (c *Config) Warnings() []string {
 	ck := &cfgChecker{lines: c.lines}
 	if idle := c.Limits.IdleTimeout.Duration; c.hasProtocol("imap") && idle >= time.Minute && idle < 29*time.Minute {
 		ck.add("limits.idle_timeout", "%v is below 29m: IMAP clients in IDLE may be cut off (RFC 9051 §5.4)", idle)
+	}
+	for i, l := range c.Listeners {
+		for j, n := range l.ProxyProtocolTrusted {
+			if p, err := parseTrusted(n); err == nil && p.Bits() == 0 && l.ProxyProtocol {
+				ck.add(fmt.Sprintf("listener[%d].proxy_protocol_trusted[%d]", i, j), "%q trusts every address: any client can claim to be any other", n)
+			}
+		}
 	}
 	for i, p := range c.Pools {
 		for j, b := range p.Backends {
@@ -408,6 +410,7 @@ func (c *Config) checkListeners(ck *cfgChecker, pools map[string]*PoolConfig) {
 		}
 		c.checkListenerTLS(ck, key, l)
 		c.checkListenerExtensions(ck, key, l)
+		checkProxyProtocol(ck, key, l)
 		switch p := pools[l.Pool]; {
 		case l.Pool == "":
 			ck.add(key+".pool", "missing")
@@ -446,6 +449,47 @@ func (c *Config) checkListenerExtensions(ck *cfgChecker, key string, l *Listener
 	case l.MaxSize > 0 && l.Protocol != "smtp":
 		ck.add(key+".max_size", "only for smtp listeners")
 	}
+}
+
+// checkProxyProtocol checks the balancers a listener trusts with a PROXY
+// header.
+func checkProxyProtocol(ck *cfgChecker, key string, l *ListenerConfig) {
+	switch {
+	case !l.ProxyProtocol && len(l.ProxyProtocolTrusted) > 0:
+		ck.add(key+".proxy_protocol_trusted", "has no effect without proxy_protocol = true")
+		return
+	case l.ProxyProtocol && len(l.ProxyProtocolTrusted) == 0:
+		ck.add(key+".proxy_protocol_trusted", "is empty: every connection would be refused")
+	}
+	for j, n := range l.ProxyProtocolTrusted {
+		p, err := parseTrusted(n)
+		switch {
+		case err != nil:
+			ck.add(fmt.Sprintf("%s.proxy_protocol_trusted[%d]", key, j), "%q is not an address or a network such as \"192.0.2.0/24\"", n)
+		case p != p.Masked():
+			ck.add(fmt.Sprintf("%s.proxy_protocol_trusted[%d]", key, j), "%q has host bits set: write %q", n, p.Masked().String())
+		}
+	}
+}
+
+// parseTrusted reads a network ("192.0.2.0/24") or a single address
+// ("192.0.2.10", a /32 or /128). IPv4-mapped IPv6 is taken as IPv4.
+func parseTrusted(s string) (netip.Prefix, error) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		if a.Zone() != "" {
+			return netip.Prefix{}, fmt.Errorf("%q: zones are not allowed", s)
+		}
+		a = a.Unmap()
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	if p.Addr().Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	return p, nil
 }
 
 func (c *Config) checkPeer(ck *cfgChecker) {

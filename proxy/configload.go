@@ -429,6 +429,9 @@ func (c *Config) applyDefaults(md *toml.MetaData, raw map[string]any) {
 		l, m := &c.Listeners[i], rawTable(raw, "listener", i)
 		defStr(&l.TLS, "none", rawHas(m, "tls"))
 		defStr(&l.SMTPAuth, "off", rawHas(m, "smtp_auth"))
+		if l.ProxyProtocol && !rawHas(m, "proxy_protocol_trusted") {
+			l.ProxyProtocolTrusted = []string{"127.0.0.0/8", "::1"} // a balancer on this host
+		}
 	}
 	for i := range c.Pools {
 		p, m := &c.Pools[i], rawTable(raw, "pool", i)

@@ -85,6 +85,10 @@ func (s *Server) probe(ctx context.Context, b *routing.Backend, proto routing.Pr
 	raw.SetDeadline(time.Now().Add(timeout))
 	stop := context.AfterFunc(ctx, func() { raw.Close() })
 	defer stop()
+	// A backend port that wants a PROXY header refuses a probe without one.
+	if err := writeProxyHeader(tctx, raw, info.cfg.SendProxyProtocol, nil, nil, ""); err != nil {
+		return err
+	}
 	if info.cfg.TLS == "implicit" {
 		tc, err := mtls.Handshake(tctx, conn, info.tls[proto], false)
 		if err != nil {

@@ -312,14 +312,26 @@ func (s *Server) untrack(ln *net.Listener) {
 }
 
 // accept applies the connection limits and starts the session goroutine.
+// On a proxy_protocol listener only trusted balancers get in, and the
+// per-IP limit waits for the header to name the client (admitProxied).
 func (s *Server) accept(lc *ListenerConfig, c net.Conn) {
 	ip := remoteIP(c)
+	if lc.ProxyProtocol {
+		if !fromBalancer(lc, c) {
+			s.log.Warn("connection refused: not a trusted PROXY protocol sender", "listener", lc.Name, "client", c.RemoteAddr().String())
+			c.Close()
+			return
+		}
+		ip = ""
+	}
 	s.mu.Lock()
 	over := s.conns.Load() >= int64(s.cfg.Limits.MaxConnections) ||
-		s.perIP[ip] >= s.cfg.Limits.MaxConnectionsPerIP
+		ip != "" && s.perIP[ip] >= s.cfg.Limits.MaxConnectionsPerIP
 	if !over {
 		s.conns.Add(1)
-		s.perIP[ip]++
+		if ip != "" {
+			s.perIP[ip]++
+		}
 		s.wg.Add(1)
 	}
 	s.mu.Unlock()
@@ -336,11 +348,18 @@ func (s *Server) accept(lc *ListenerConfig, c net.Conn) {
 		defer func() {
 			s.mu.Lock()
 			s.conns.Add(-1)
-			if s.perIP[ip]--; s.perIP[ip] <= 0 {
-				delete(s.perIP, ip)
+			if ip != "" { // "": a balancer's connection whose header named no client
+				if s.perIP[ip]--; s.perIP[ip] <= 0 {
+					delete(s.perIP, ip)
+				}
 			}
 			s.mu.Unlock()
 		}()
+		if lc.ProxyProtocol {
+			if c, ip = s.admitProxied(lc, c); c == nil {
+				return
+			}
+		}
 		s.serveSession(lc, c)
 	}()
 }

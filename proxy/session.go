@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"mailproxy/protocols"
+	"mailproxy/proxy/proxyproto"
 	"mailproxy/routing"
 	mtls "mailproxy/tls"
 )
@@ -106,7 +107,7 @@ func (s *Server) newSession(lc *ListenerConfig, c net.Conn) *session {
 	s.mu.Lock()
 	s.live[ss] = struct{}{}
 	s.mu.Unlock()
-	ss.log.Info("session start")
+	ss.log.Info("session start", viaAttrs(c)...)
 	return ss
 }
 
@@ -167,6 +168,7 @@ func (ss *session) login() *protocols.Relay {
 		return nil
 	}
 	if r != nil {
+		r.Client = proxyproto.Unwrap(r.Client) // a bare TCP conn, so the relay can splice
 		ss.client, ss.backend, ss.loggedIn = r.Client, r.Backend, true
 		ss.client.SetDeadline(time.Time{})
 		r.Backend.SetDeadline(time.Time{})
@@ -277,6 +279,12 @@ func (ss *session) connect(ctx context.Context, lease *routing.Lease, hello func
 		return nil, fmt.Errorf("dial backend %s: %w", rb.Name, err)
 	}
 	raw := conn
+	if err := writeProxyHeader(dctx, conn, info.cfg.SendProxyProtocol, ss.client.RemoteAddr(), ss.client.LocalAddr(), ss.clientTLS()); err != nil {
+		conn.Close()
+		lease.Release()
+		fail(err.Error())
+		return nil, fmt.Errorf("backend %s: %w", rb.Name, err)
+	}
 	if info.cfg.TLS == "implicit" {
 		tc, err := mtls.Handshake(dctx, conn, info.tls[ss.proto], false)
 		if err != nil {
