@@ -135,18 +135,20 @@ type BackendConfig struct {
 	Disabled          bool   `toml:"disabled"` // out of service: never checked or chosen; drain/undrain do not change it
 }
 
-// PeerConfig configures the active/standby pair (not built yet).
+// PeerConfig configures the active/standby pair; package proxy/peer runs
+// it. Both instances send each other HMAC-authenticated UDP heartbeats;
+// the active one holds the client listeners open, the standby none.
 type PeerConfig struct {
-	Node       string   `toml:"node"`
-	Listen     string   `toml:"listen"`
-	Address    string   `toml:"address"`
-	SecretFile string   `toml:"secret_file"`
-	Priority   int      `toml:"priority"`
-	Interval   Duration `toml:"interval"`   // default 200ms
-	DeadAfter  Duration `toml:"dead_after"` // default 1s
-	Preempt    bool     `toml:"preempt"`
-	OnActive   []string `toml:"on_active"`
-	OnStandby  []string `toml:"on_standby"`
+	Node       string   `toml:"node"`        // this instance's name, unique in the pair; required
+	Listen     string   `toml:"listen"`      // UDP host:port for heartbeats; required
+	Address    string   `toml:"address"`     // the other instance's UDP host:port; required
+	SecretFile string   `toml:"secret_file"` // shared HMAC-SHA256 key, white space trimmed; required
+	Priority   int      `toml:"priority"`    // the higher one is active when both are alive; ties: the lower node name
+	Interval   Duration `toml:"interval"`    // between heartbeats; default 200ms
+	DeadAfter  Duration `toml:"dead_after"`  // silence that makes the peer lost; default 1s; > interval
+	Preempt    bool     `toml:"preempt"`     // true: on return, take over from a lower-ranked active peer
+	OnActive   []string `toml:"on_active"`   // `sh -c` commands run on becoming active, before the listeners open
+	OnStandby  []string `toml:"on_standby"`  // `sh -c` commands run on becoming standby (and at start), after they close
 }
 
 // Duration is a time.Duration written in TOML as a Go duration string
@@ -187,9 +189,6 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.Duration.Strin
 // entry when its feature lands.
 func (c *Config) Unbuilt() []string {
 	ck := &cfgChecker{lines: c.lines}
-	if c.Peer != nil {
-		ck.add("peer", "the active/standby pair is not built yet; remove the [peer] table")
-	}
 	if c.Auth.Mode == "verify" {
 		ck.add("auth.mode", `"verify" is not built yet; use "passthrough"`)
 	}

@@ -547,14 +547,13 @@ secret_file = "peer.secret"
 	for _, w := range []struct{ key, at string }{
 		{"auth.mode", "verify"},
 		{"auth.backend_login", "backend_login"},
-		{"peer", "[peer]"},
 	} {
 		if cfgWant := fmt.Sprintf("line %d: %s: ", cfgLineOf(t, doc, w.at), w.key); !strings.Contains(got, cfgWant) {
 			t.Errorf("Unbuilt lacks %q:\n%s", cfgWant, got)
 		}
 	}
-	if n := len(c.Unbuilt()); n != 3 {
-		t.Errorf("got %d unbuilt entries, cfgWant 3 (PROXY protocol is built):\n%s", n, got)
+	if n := len(c.Unbuilt()); n != 2 {
+		t.Errorf("got %d unbuilt entries, cfgWant 2 (PROXY protocol and [peer] are built):\n%s", n, got)
 	}
 }
 

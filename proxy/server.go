@@ -34,6 +34,9 @@ type Options struct {
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Certs overrides [tls] cert/key (tests hand in a generated certificate).
 	Certs *mtls.CertStore
+	// Listen opens the client listeners in ListenAndServe and
+	// OpenListeners; default net.Listen.
+	Listen func(network, addr string) (net.Listener, error)
 }
 
 // Server runs the listeners of one config.
@@ -42,6 +45,7 @@ type Server struct {
 	log      *slog.Logger
 	handlers map[string]protocols.Handler
 	dial     func(ctx context.Context, network, addr string) (net.Conn, error)
+	listen   func(network, addr string) (net.Listener, error)
 	certs    *mtls.CertStore
 	tlsCfg   *tls.Config
 	pools    map[string]*routing.Pool
@@ -57,6 +61,7 @@ type Server struct {
 	closed atomic.Bool
 	bgStop context.CancelFunc
 	bgDone sync.WaitGroup
+	opened *listenerSet // by OpenListeners (standby.go); guarded by mu
 }
 
 // backendInfo is what the proxy keeps per backend as routing.Backend.Data.
@@ -69,7 +74,7 @@ type backendInfo struct {
 // New builds a server from a validated config. It does not listen yet.
 func New(cfg *Config, opts Options) (*Server, error) {
 	s := &Server{
-		cfg: cfg, log: opts.Logger, handlers: opts.Handlers, dial: opts.Dial, certs: opts.Certs,
+		cfg: cfg, log: opts.Logger, handlers: opts.Handlers, dial: opts.Dial, listen: opts.Listen, certs: opts.Certs,
 		pools: make(map[string]*routing.Pool), perIP: make(map[string]int),
 		lns: make(map[*net.Listener]string), live: make(map[*session]struct{}),
 	}
@@ -79,6 +84,9 @@ func New(cfg *Config, opts Options) (*Server, error) {
 	if s.dial == nil {
 		var d net.Dialer
 		s.dial = d.DialContext
+	}
+	if s.listen == nil {
+		s.listen = net.Listen
 	}
 	s.metrics = newMetrics(s)
 	if err := s.setupTLS(); err != nil {
@@ -233,16 +241,9 @@ func (s *Server) Listeners() []ListenerStatus {
 // Shutdown or Close. It returns ErrServerClosed after a shutdown, or the
 // first listen error (having closed what it opened).
 func (s *Server) ListenAndServe() error {
-	var lns []net.Listener
-	for _, l := range s.cfg.Listeners {
-		ln, err := net.Listen("tcp", l.Address)
-		if err != nil {
-			for _, o := range lns {
-				o.Close()
-			}
-			return fmt.Errorf("listener %s: %w", l.Name, err)
-		}
-		lns = append(lns, ln)
+	lns, err := s.listenAll()
+	if err != nil {
+		return err
 	}
 	errc := make(chan error, len(lns))
 	for i, ln := range lns {

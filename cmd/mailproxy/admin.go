@@ -11,17 +11,21 @@ import (
 
 	"mailproxy/proxy"
 	"mailproxy/proxy/admin"
+	"mailproxy/proxy/peer"
 )
 
 // startAdmin serves the admin API on [admin] listen, when it is not off,
 // and returns the function that stops it. The API is wired here rather
 // than in proxy.Server so that admin imports proxy and not the other way
-// round.
-func startAdmin(srv *proxy.Server, cfg *proxy.Config, log *slog.Logger) (stop func(), err error) {
+// round. It runs in both roles of a pair; node is nil without [peer].
+func startAdmin(srv *proxy.Server, node *peer.Node, cfg *proxy.Config, log *slog.Logger) (stop func(), err error) {
 	if cfg.Admin.Listen == "" {
 		return func() {}, nil
 	}
 	opts := admin.Options{Logger: log, Metrics: srv.MetricsHandler()}
+	if node != nil {
+		opts.Peer = node.Status
+	}
 	if cfg.Admin.TokenFile != "" {
 		if opts.Token, err = admin.ReadToken(cfg.Admin.TokenFile); err != nil {
 			return nil, fmt.Errorf("admin: %w", err)

@@ -27,6 +27,7 @@ import (
 	"mailproxy/protocols/pop3"
 	"mailproxy/protocols/smtp"
 	"mailproxy/proxy"
+	"mailproxy/proxy/peer"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -108,6 +109,15 @@ func newLogger(cfg proxy.LogConfig, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
+// newPeer builds the active/standby node when [peer] is set, switching
+// srv's listeners with its role; nil without [peer].
+func newPeer(srv *proxy.Server, cfg *proxy.Config, log *slog.Logger) (*peer.Node, error) {
+	if cfg.Peer == nil {
+		return nil, nil
+	}
+	return peer.New(cfg.Peer, peer.Options{Logger: log, Service: srv})
+}
+
 func cmdRun(args []string, stderr io.Writer) error {
 	path, err := configFlag("run", args, stderr)
 	if err != nil {
@@ -134,17 +144,29 @@ func cmdRun(args []string, stderr io.Writer) error {
 }
 
 // serve runs srv until SIGTERM or SIGINT, then shuts down gracefully.
-// SIGHUP reloads the TLS certificate.
+// SIGHUP reloads the TLS certificate. With [peer], the pair's node opens
+// and closes the listeners with its role instead of ListenAndServe.
 func serve(srv *proxy.Server, cfg *proxy.Config, log *slog.Logger) error {
+	node, err := newPeer(srv, cfg, log)
+	if err != nil {
+		return err
+	}
 	srv.StartBackground()
-	stopAdmin, err := startAdmin(srv, cfg, log)
+	stopAdmin, err := startAdmin(srv, node, cfg, log)
 	if err != nil {
 		srv.Close()
 		return err
 	}
 	defer stopAdmin()
 	errc := make(chan error, 1)
-	go func() { errc <- srv.ListenAndServe() }()
+	stopPeer := func() {}
+	if node != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		stopPeer = func() { cancel(); <-errc }
+		go func() { errc <- node.Run(ctx) }()
+	} else {
+		go func() { errc <- srv.ListenAndServe() }()
+	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
@@ -164,6 +186,7 @@ func serve(srv *proxy.Server, cfg *proxy.Config, log *slog.Logger) error {
 			}
 			grace := cfg.Limits.ShutdownGrace.Duration
 			log.Info("shutting down", "signal", sig.String(), "grace", grace.String())
+			stopPeer() // the peer takes over now; our live sessions get the grace
 			ctx, cancel := context.WithTimeout(context.Background(), grace)
 			err := srv.Shutdown(ctx)
 			cancel()

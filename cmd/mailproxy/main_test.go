@@ -49,7 +49,7 @@ lingr = "60s"
 }
 
 func TestRunRefusesUnbuilt(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "peer.toml")
+	path := filepath.Join(t.TempDir(), "verify.toml")
 	cfg := `[admin]
 listen = ""
 
@@ -65,20 +65,18 @@ name = "main"
   name = "mail1"
   imap = "127.0.0.1:20143"
 
-[peer]
-node = "lb1"
-listen = "127.0.0.1:7946"
-address = "127.0.0.1:7947"
-secret_file = "peer.secret"
+[auth]
+mode = "verify"
+users_file = "users.passwd"
 `
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	var out, errOut bytes.Buffer
 	if code := run([]string{"run", "-config", path}, &out, &errOut); code == 0 {
-		t.Fatal("run started with an unbuilt [peer] section")
+		t.Fatal(`run started with the unbuilt auth.mode = "verify"`)
 	}
-	if !strings.Contains(errOut.String(), "peer") {
+	if !strings.Contains(errOut.String(), "auth.mode") {
 		t.Errorf("refusal does not name the section: %q", errOut.String())
 	}
 }

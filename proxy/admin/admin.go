@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"mailproxy/proxy"
+	"mailproxy/proxy/peer"
 	"mailproxy/routing"
 )
 
@@ -45,6 +46,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Metrics serves GET /metrics; default 404.
 	Metrics http.Handler
+	// Peer reports the active/standby pair ([peer]); when set, /status
+	// takes the node name and role from it and shows the peer. Nil: no
+	// pair, always active.
+	Peer func() peer.Status
 }
 
 // API is the admin HTTP API of one proxy.Server. Its methods are safe for
@@ -134,6 +139,10 @@ func ReadToken(path string) (string, error) {
 
 func (a *API) status(w http.ResponseWriter, r *http.Request) {
 	st := Status{Node: a.opts.Node, Role: "active", Listeners: a.srv.Listeners(), Pools: []PoolStatus{}}
+	if a.opts.Peer != nil {
+		ps := a.opts.Peer()
+		st.Node, st.Role, st.RoleReason, st.Peer = ps.Node, ps.Role, ps.Reason, &ps.Peer
+	}
 	for _, p := range a.srv.Pools() {
 		st.Pools = append(st.Pools, PoolStatus{Name: p.Name, Backends: p.Status()})
 	}

@@ -8,6 +8,9 @@ import (
 	"slices"
 	"strings"
 	"text/tabwriter"
+	"time"
+
+	"mailproxy/proxy/peer"
 )
 
 // ErrUsage marks a ctl command line that is wrong; the caller prints the
@@ -65,7 +68,11 @@ func Ctl(ctx context.Context, c *Client, args []string, w io.Writer) error {
 }
 
 func printStatus(w io.Writer, st *Status) error {
-	fmt.Fprintf(w, "node %s, %s\n\n", orDash(st.Node), st.Role)
+	fmt.Fprintf(w, "node %s, %s\n", orDash(st.Node), st.Role)
+	if st.Peer != nil {
+		fmt.Fprintf(w, "%s\n", peerLine(st.RoleReason, st.Peer))
+	}
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "LISTENER\tPROTOCOL\tADDRESS\tTLS\tPOOL")
 	for _, l := range st.Listeners {
@@ -91,6 +98,27 @@ func printStatus(w io.Writer, st *Status) error {
 		}
 	}
 	return tw.Flush()
+}
+
+// peerLine is "peer lb2 (192.0.2.2:7946): active, priority 100, heard 120ms ago; role: lb2 is active".
+func peerLine(reason string, p *peer.PeerStatus) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "peer %s (%s): ", orDash(p.Node), p.Address)
+	switch {
+	case p.Node == "":
+		b.WriteString("never heard")
+	case p.Alive:
+		fmt.Fprintf(&b, "%s, priority %d, heard %v ago", p.Role, p.Priority, time.Since(p.LastHeard).Round(time.Millisecond))
+	default:
+		fmt.Fprintf(&b, "lost, last heard %v ago as %s", time.Since(p.LastHeard).Round(time.Millisecond), p.Role)
+	}
+	if p.Rejected > 0 {
+		fmt.Fprintf(&b, "; %d datagrams rejected, last: %s", p.Rejected, p.LastError)
+	}
+	if reason != "" {
+		fmt.Fprintf(&b, "; role: %s", reason)
+	}
+	return b.String()
 }
 
 // health is "imap=up pop3=down (connect: ... refused)": a reason only

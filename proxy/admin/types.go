@@ -2,15 +2,18 @@ package admin
 
 import (
 	"mailproxy/proxy"
+	"mailproxy/proxy/peer"
 	"mailproxy/routing"
 )
 
 // Status is the answer to GET /status.
 type Status struct {
-	Node      string                 `json:"node"` // the host name until [peer] names the node
-	Role      string                 `json:"role"` // active | standby; always active without [peer]
-	Listeners []proxy.ListenerStatus `json:"listeners"`
-	Pools     []PoolStatus           `json:"pools"`
+	Node       string                 `json:"node"`                  // [peer] node, else the host name
+	Role       string                 `json:"role"`                  // active | standby; always active without [peer]
+	RoleReason string                 `json:"role_reason,omitempty"` // why, as the pair's election said
+	Peer       *peer.PeerStatus       `json:"peer,omitempty"`        // the other instance; nil without [peer]
+	Listeners  []proxy.ListenerStatus `json:"listeners"`
+	Pools      []PoolStatus           `json:"pools"`
 }
 
 // PoolStatus is one pool in Status.

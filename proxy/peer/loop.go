@@ -1,0 +1,300 @@
+package peer
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync/atomic"
+	"time"
+)
+
+// logEvery is how often a repeating complaint (rejected heartbeats, failed
+// sends) is logged; the ones in between are counted in the next line.
+const logEvery = 10 * time.Second
+
+// discardWindow is how long Run's start waits for the socket's queue.
+const discardWindow = time.Millisecond
+
+// datagram is one read from the heartbeat socket.
+type datagram struct {
+	b    []byte
+	from net.Addr
+}
+
+// loop is the state of one Run. Its goroutine (run) owns everything but
+// to, which the resolver fills, and want, which the switcher drains.
+type loop struct {
+	n     *Node
+	conn  net.PacketConn
+	to    atomic.Pointer[net.UDPAddr] // the peer, once resolved
+	guard *guard
+	role  Role
+	peer  view
+	epoch int64
+	seq   uint64
+	dead  *time.Timer
+	want  chan Role // the latest elected role; capacity 1, newest wins
+	buf   []byte
+
+	rejects, sendErrs rateLog
+}
+
+func newLoop(n *Node, conn net.PacketConn) *loop {
+	return &loop{n: n, conn: conn, guard: newGuard(n.cfg.Node, n.opts.MaxSkew, n.cfg.DeadAfter.Duration),
+		epoch: time.Now().UnixNano(), want: make(chan Role, 1), buf: make([]byte, 0, MaxDatagram),
+		rejects: rateLog{every: logEvery}, sendErrs: rateLog{every: logEvery}}
+}
+
+// run is the heartbeat loop: send every interval, take what arrives, and
+// elect again on every change. A node that just started waits dead_after
+// for its peer before it claims the active role.
+func (l *loop) run(ctx context.Context, pkts <-chan datagram) {
+	tick := time.NewTicker(l.n.cfg.Interval.Duration)
+	defer tick.Stop()
+	l.dead = time.NewTimer(l.n.cfg.DeadAfter.Duration)
+	defer l.dead.Stop()
+	l.send(false)
+	for {
+		select {
+		case <-ctx.Done():
+			l.leave()
+			return
+		case <-tick.C:
+			l.send(false)
+		case d := <-pkts:
+			l.receive(d, time.Now())
+		case <-l.dead.C:
+			l.lost()
+		}
+	}
+}
+
+// receive handles one datagram: refused unless authentic, fresh and not
+// ours; otherwise it is the peer's news.
+func (l *loop) receive(d datagram, now time.Time) {
+	m, err := Decode(d.b, l.n.secret)
+	if err == nil {
+		err = l.guard.check(m, now)
+	}
+	if err != nil {
+		l.reject(d.from, err, now)
+		return
+	}
+	was := l.peer.alive
+	l.peer = view{member: member{node: m.Node, priority: m.Priority}, role: m.Role, alive: !m.Leaving}
+	l.n.setStatus(func(st *Status) {
+		st.Peer.Node, st.Peer.Role, st.Peer.Priority = m.Node, m.Role.String(), int(m.Priority)
+		st.Peer.Alive, st.Peer.LastHeard = l.peer.alive, now
+		st.Peer.Heard++
+	})
+	switch {
+	case m.Leaving:
+		l.dead.Stop()
+		if was {
+			l.n.log.Info("peer leaving", "peer", m.Node, "peer_role", m.Role.String())
+		}
+	case !was:
+		l.n.log.Info("peer heard", "peer", m.Node, "peer_role", m.Role.String(), "peer_priority", m.Priority, "from", d.from.String())
+		l.dead.Reset(l.n.cfg.DeadAfter.Duration)
+	default:
+		l.dead.Reset(l.n.cfg.DeadAfter.Duration)
+	}
+	if !l.elect() && !was && l.peer.alive {
+		l.send(false) // a returning peer learns our role now, not in an interval
+	}
+}
+
+func (l *loop) reject(from net.Addr, err error, now time.Time) {
+	l.n.setStatus(func(st *Status) { st.Peer.Rejected++; st.Peer.LastError = err.Error() })
+	if ok, skipped := l.rejects.allow(now); ok {
+		l.n.log.Warn("peer heartbeat rejected", "from", addrString(from), "err", err, "suppressed", skipped)
+	}
+}
+
+// lost is dead_after without a heartbeat.
+func (l *loop) lost() {
+	if l.peer.alive {
+		l.n.log.Warn("peer lost", "peer", l.peer.node, "silent_for", l.n.cfg.DeadAfter.String())
+	} else if l.peer.node == "" {
+		l.n.log.Info("no peer heard since start", "waited", l.n.cfg.DeadAfter.String())
+	}
+	l.peer.alive = false
+	l.n.setStatus(func(st *Status) { st.Peer.Alive = false })
+	l.elect()
+}
+
+// elect runs the election and, on a change, announces the new role at once
+// and hands it to the switcher. It reports whether the role changed.
+func (l *loop) elect() bool {
+	r, why := decide(l.n.self, l.n.cfg.Preempt, l.role, l.peer)
+	if r == l.role {
+		l.n.setStatus(func(st *Status) { st.Reason = why })
+		return false
+	}
+	l.role = r
+	l.n.log.Info("role "+r.String(), "reason", why)
+	l.n.setStatus(func(st *Status) { st.Role, st.Reason, st.Since = r.String(), why, time.Now() })
+	l.send(false)
+	select {
+	case <-l.want: // not applied yet: the newer role replaces it
+	default:
+	}
+	l.want <- r
+	return true
+}
+
+// leave says goodbye: the peer takes over without waiting for dead_after.
+// It is sent twice, as UDP may lose one.
+func (l *loop) leave() {
+	l.role = Standby
+	l.n.setStatus(func(st *Status) { st.Role, st.Reason, st.Since = Standby.String(), "stopping", time.Now() })
+	l.send(true)
+	l.send(true)
+}
+
+// send sends one heartbeat, unless the peer's address is not known yet.
+func (l *loop) send(leaving bool) {
+	to := l.to.Load()
+	if to == nil {
+		return
+	}
+	l.seq++
+	m := Message{Node: l.n.cfg.Node, Priority: l.n.self.priority, Role: l.role, Leaving: leaving,
+		Epoch: l.epoch, Seq: l.seq, Sent: time.Now()}
+	b, err := m.Encode(l.buf[:0], l.n.secret)
+	if err == nil {
+		_, err = l.conn.WriteTo(b, to)
+	}
+	if err != nil {
+		if ok, skipped := l.sendErrs.allow(time.Now()); ok {
+			l.n.log.Warn("peer heartbeat not sent", "to", to.String(), "err", err, "suppressed", skipped)
+		}
+	}
+}
+
+// discard drops what the socket queued before Run started reading (a conn
+// handed in early): heartbeats sent before this node ran say nothing of
+// now, and a stale "standby" from a peer that has since become active
+// would win us a role we must not take.
+func (l *loop) discard() {
+	// A deadline already past would fail the reads before they look; one
+	// just ahead returns what is queued, then times out.
+	if l.conn.SetReadDeadline(time.Now().Add(discardWindow)) != nil {
+		return
+	}
+	buf := make([]byte, MaxDatagram+1)
+	for range 1000 { // bounded, even under a flood
+		if _, _, err := l.conn.ReadFrom(buf); err != nil {
+			break
+		}
+	}
+	l.conn.SetReadDeadline(time.Time{})
+}
+
+// read copies datagrams to the loop until the socket closes.
+func (l *loop) read(out chan<- datagram, done <-chan struct{}) {
+	buf := make([]byte, MaxDatagram+1) // one more, so an oversized datagram shows
+	for {
+		k, from, err := l.conn.ReadFrom(buf)
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+		if err != nil { // transient (an ICMP error on some systems): not in a hot loop
+			select {
+			case <-done:
+				return
+			case <-time.After(l.n.cfg.Interval.Duration):
+			}
+			continue
+		}
+		select {
+		case out <- datagram{b: bytes.Clone(buf[:k]), from: from}:
+		case <-done:
+			return
+		}
+	}
+}
+
+// resolve looks up [peer] address once; heartbeats go out from then on.
+// Run calls it before the loop starts, so the first heartbeat is not lost,
+// and resolveLater if that failed. The address is looked up only until it
+// resolves: a peer that moves to another address needs a restart.
+func (l *loop) resolve(ctx context.Context) error {
+	a, err := resolveUDP(ctx, l.n.cfg.Address, l.conn.LocalAddr())
+	if err == nil {
+		l.to.Store(a)
+	}
+	return err
+}
+
+// resolveLater retries resolve every second until it succeeds.
+func (l *loop) resolveLater(ctx context.Context, err error) {
+	l.n.log.Error("peer address does not resolve; retrying every second", "peer", l.n.cfg.Address, "err", err)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+		if l.resolve(ctx) == nil {
+			l.n.log.Info("peer address resolved", "peer", l.n.cfg.Address, "ip", l.to.Load().String())
+			return
+		}
+	}
+}
+
+// resolveUDP resolves host:port, preferring an IPv4 address when we listen
+// on one (such a socket cannot send to IPv6).
+func resolveUDP(ctx context.Context, addr string, local net.Addr) (*net.UDPAddr, error) {
+	host, portText, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	port, err := strconv.ParseUint(portText, 10, 16)
+	if err != nil {
+		return nil, err
+	}
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return nil, err
+	}
+	ip := ips[0]
+	if la, ok := local.(*net.UDPAddr); ok && la.IP.To4() != nil && len(la.IP) == net.IPv4len {
+		for _, c := range ips {
+			if c.Unmap().Is4() {
+				ip = c.Unmap()
+				break
+			}
+		}
+	}
+	return net.UDPAddrFromAddrPort(netip.AddrPortFrom(ip, uint16(port))), nil
+}
+
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
+}
+
+// rateLog lets one line through per period and counts the rest.
+type rateLog struct {
+	every      time.Duration
+	next       time.Time
+	suppressed int
+}
+
+// allow reports whether to log now, and how many lines were held back
+// since the last one.
+func (r *rateLog) allow(now time.Time) (bool, int) {
+	if now.Before(r.next) {
+		r.suppressed++
+		return false, 0
+	}
+	n := r.suppressed
+	r.suppressed, r.next = 0, now.Add(r.every)
+	return true, n
+}

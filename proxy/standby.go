@@ -1,0 +1,105 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+)
+
+// This file is the server's side of the active/standby pair (proxy/peer):
+// an active instance serves its listeners, a standby one holds none open
+// (DESIGN.md), so the listeners open and close with the role while the
+// server, its health checks and its admin API keep running.
+
+// listenerSet is what one OpenListeners opened.
+type listenerSet struct {
+	lns     []net.Listener
+	serving sync.WaitGroup // one per listener, until its Serve returns
+}
+
+// OpenListeners opens every configured listener and serves each on its own
+// goroutine, as ListenAndServe does but without blocking. It does nothing
+// when they are open already. When one cannot be opened, it closes the
+// others and returns the error: a standby that becomes active retries (the
+// old active one may still hold the port for a moment). After Shutdown or
+// Close it returns ErrServerClosed.
+func (s *Server) OpenListeners() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed.Load() {
+		return ErrServerClosed
+	}
+	if s.opened != nil {
+		return nil
+	}
+	lns, err := s.listenAll()
+	if err != nil {
+		return err
+	}
+	set := &listenerSet{lns: lns}
+	for i, ln := range lns {
+		name := s.cfg.Listeners[i].Name
+		// Tracked here as well as by Serve, so that Listeners reports it
+		// serving as soon as we return, and Shutdown closes it even if
+		// Serve has not started yet.
+		s.lns[&set.lns[i]] = name
+		set.serving.Go(func() {
+			if err := s.Serve(name, ln); !errors.Is(err, ErrServerClosed) {
+				s.log.Error("listener stopped", "listener", name, "err", err)
+			}
+		})
+	}
+	s.opened = set
+	return nil
+}
+
+// CloseListeners closes what OpenListeners opened and waits until they no
+// longer accept, so Listeners reports them as not serving. Live sessions go
+// on; CloseSessions ends them.
+func (s *Server) CloseListeners() {
+	s.mu.Lock()
+	set := s.opened
+	s.opened = nil
+	if set != nil {
+		for i := range set.lns {
+			delete(s.lns, &set.lns[i])
+		}
+	}
+	s.mu.Unlock()
+	if set == nil {
+		return
+	}
+	for _, ln := range set.lns {
+		ln.Close()
+	}
+	set.serving.Wait()
+}
+
+// CloseSessions ends every live session at once, as Close does, but keeps
+// the server running. It returns how many sessions there were.
+func (s *Server) CloseSessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for ss := range s.live {
+		ss.cancel()
+	}
+	return len(s.live)
+}
+
+// listenAll opens every configured listener, in config order; on an error
+// it closes those it opened.
+func (s *Server) listenAll() ([]net.Listener, error) {
+	lns := make([]net.Listener, 0, len(s.cfg.Listeners))
+	for _, l := range s.cfg.Listeners {
+		ln, err := s.listen("tcp", l.Address)
+		if err != nil {
+			for _, o := range lns {
+				o.Close()
+			}
+			return nil, fmt.Errorf("listener %s: %w", l.Name, err)
+		}
+		lns = append(lns, ln)
+	}
+	return lns, nil
+}
