@@ -211,7 +211,7 @@ func startPPBackends(t *testing.T) *ppBackends {
 func ppConfig(b *ppBackends, version, limits, listenerExtra string) string {
 	var s strings.Builder
 	fmt.Fprintf(&s, "[limits]\nauth_failure_delay = \"0s\"\n%s\n", limits)
-	for i, l := range [][3]string{{"imap", "imap", "none"}, {"imaps", "imap", "implicit"}, {"pop3", "pop3", "none"}, {"smtp", "smtp", "none"}} {
+	for i, l := range [][3]string{{"imap", "imap", "starttls"}, {"imaps", "imap", "implicit"}, {"pop3", "pop3", "none"}, {"smtp", "smtp", "none"}} {
 		fmt.Fprintf(&s, "[[listener]]\nname = %q\nprotocol = %q\naddress = \"127.0.0.1:%d\"\ntls = %q\npool = \"main\"\n%s\n", l[0], l[1], i+1, l[2], listenerExtra)
 	}
 	fmt.Fprintf(&s, `[[pool]]
@@ -309,6 +309,17 @@ func TestProxyProtocolToBackends(t *testing.T) {
 			}
 			if want := map[int]string{1: "", 2: "TLSv1.3"}[v]; hs[1].TLSVersion != want {
 				t.Errorf("IMAPS session's v%d header says TLS %q, want %q", v, hs[1].TLSVersion, want)
+			}
+			// And after STARTTLS too.
+			s = dialScript(t, e.Addr["imap"])
+			s.expect("* OK")
+			s.send("t STARTTLS\r\n")
+			s.expect("t OK")
+			s.upgrade(e.ClientTLS())
+			s.imapLogin()
+			hs, _, _ = b.imap.sessions()
+			if want := map[int]string{1: "", 2: "TLSv1.3"}[v]; len(hs) != 3 || hs[2].TLSVersion != want {
+				t.Errorf("STARTTLS session's v%d headers %+v, want the last to say TLS %q", v, hs, want)
 			}
 
 			p, err := dialPOP3(e.Addr["pop3"], nil)

@@ -46,7 +46,7 @@ type Credentials struct {
 // It is owned by the session's goroutine.
 type Session struct {
 	ID   string
-	Conn net.Conn // the client connection; already TLS on an implicit-TLS listener
+	Conn net.Conn // the client connection; already TLS on an implicit-TLS listener, replaced by the protocol after STARTTLS
 	Log  *slog.Logger
 
 	TLS        *tls.Config // server config for STARTTLS; nil when the listener has tls = none

@@ -147,6 +147,7 @@ func (f *front) startTLS(ctx context.Context, cmd *command) error {
 	}
 	f.tls = true
 	f.setConn(tc)
+	f.s.Conn = tc // so the proxy sees the TLS state (PROXY v2 headers)
 	return nil
 }
 

@@ -214,6 +214,7 @@ func (f *front) startTLS(ctx context.Context) error {
 	}
 	f.tls, f.user = true, ""
 	f.setConn(tc)
+	f.s.Conn = tc // so the proxy sees the TLS state (PROXY v2 headers)
 	return nil
 }
 
