@@ -69,6 +69,15 @@ type Session struct {
 	// one is tried where the routing rules allow.
 	Dial func(ctx context.Context, login string, hello func(context.Context, *Backend) error) (*Backend, error)
 
+	// Authenticate, when not nil, checks a client's credentials before any
+	// backend is contacted for its login, and returns the credentials to
+	// log in to the backend with: the client's own, or a master user's
+	// with the client's name as Authzid. An error is a failed login: the
+	// protocol logs it and gives its usual failed-login reply after
+	// FailDelay. Dial still gets the client's user name, which routes.
+	// nil (passthrough): the backend checks the client's credentials.
+	Authenticate func(ctx context.Context, c Credentials) (Credentials, error)
+
 	// User is the login name of the last login attempt, for the session log.
 	User string
 	// BytesIn and BytesOut are what the client sent and was sent, filled
@@ -87,6 +96,21 @@ func (s *Session) FailDelay(ctx context.Context) {
 	case <-t.C:
 	case <-ctx.Done():
 	}
+}
+
+// BackendCredentials runs Authenticate, when set, on a client's
+// credentials and returns the ones to log in to the backend with; without
+// it, c itself. A refusal is logged here, so each protocol only answers it.
+func (s *Session) BackendCredentials(ctx context.Context, c Credentials) (Credentials, error) {
+	if s.Authenticate == nil {
+		return c, nil
+	}
+	back, err := s.Authenticate(ctx, c)
+	if err != nil {
+		s.Log.Info("login failed: refused by mailproxy", "user", c.Username, "err", err)
+		return Credentials{}, err
+	}
+	return back, nil
 }
 
 // Backend is a connection to one backend server, from Session.Dial.

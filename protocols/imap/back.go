@@ -79,7 +79,8 @@ func readTagged(b *protocols.Backend, tag string) (string, []string, error) {
 	}
 }
 
-// backendLogin logs in to b with the client's credentials. ok says whether
+// backendLogin logs in to b with creds: AUTHENTICATE PLAIN when the
+// backend has it, else LOGIN, which cannot carry an Authzid. ok says whether
 // the backend accepted; text is the tagged response to give the client
 // without its tag ("OK [CAPABILITY ...] Logged in" or the backend's NO).
 func backendLogin(ctx context.Context, b *protocols.Backend, creds protocols.Credentials, s *protocols.Session, client net.Addr, id []string) (ok bool, text string, err error) {
@@ -100,6 +101,10 @@ func backendLogin(ctx context.Context, b *protocols.Backend, creds protocols.Cre
 	switch {
 	case hasCap(b.Caps, "AUTH=PLAIN"):
 		resp, untagged, err = authPlain(b, creds)
+	case creds.Authzid != "":
+		// LOGIN cannot carry it: logging in as the authcid instead would
+		// open the master user's own mailbox, or the wrong one.
+		return false, "", fmt.Errorf("%w: backend has no AUTH=PLAIN, which a login with an authorisation identity (backend_login = \"master\") needs", errBackend)
 	case hasCap(b.Caps, "LOGINDISABLED"):
 		return false, "", fmt.Errorf("%w: backend has LOGINDISABLED and no AUTH=PLAIN (set its tls)", errBackend)
 	default:

@@ -222,19 +222,25 @@ func decodeSASL(s string) ([]byte, error) {
 	return base64.StdEncoding.DecodeString(s)
 }
 
-// login logs in to the backend the proxy picks for the user. A rejection
-// is relayed with the backend's own text and the client may try again.
+// login logs in to the backend the proxy picks for the user, with the
+// credentials Session.BackendCredentials gives. A rejection is relayed with
+// the backend's own text and the client may try again.
 func (f *front) login(ctx context.Context, tag string, creds protocols.Credentials) (*protocols.Relay, bool, error) {
 	f.s.User = creds.Username
 	if !f.loginAllowed() {
 		return nil, false, f.reply("%s NO [PRIVACYREQUIRED] Use STARTTLS first.", tag)
+	}
+	back, err := f.s.BackendCredentials(ctx, creds)
+	if err != nil {
+		f.s.FailDelay(ctx)
+		return nil, false, f.reply("%s NO [AUTHENTICATIONFAILED] Invalid credentials.", tag)
 	}
 	b, err := f.s.Dial(ctx, creds.Username, greet)
 	if err != nil {
 		f.s.Log.Warn("login failed: no backend", "user", creds.Username, "err", err)
 		return nil, false, f.reply("%s NO [UNAVAILABLE] Server unavailable, try again later.", tag)
 	}
-	ok, text, err := backendLogin(ctx, b, creds, f.s, f.conn.RemoteAddr(), f.id)
+	ok, text, err := backendLogin(ctx, b, back, f.s, f.conn.RemoteAddr(), f.id)
 	if err != nil {
 		b.Close()
 		f.s.Log.Warn("login failed: backend error", "user", creds.Username, "backend", b.Name, "err", err)

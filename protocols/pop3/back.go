@@ -23,6 +23,10 @@ const maxCapaLines = 256
 // errBackend is a backend that does not speak POP3 as expected.
 var errBackend = errors.New("unexpected backend response")
 
+// errNoPlain is a login with an authorisation identity (a master user's)
+// to a backend without SASL PLAIN: USER and PASS cannot carry it.
+var errNoPlain = errors.New(`backend has no SASL PLAIN, which a login with an authorisation identity (backend_login = "master") needs`)
+
 // greet is the hello for Session.Dial: read the +OK greeting (kept in
 // b.Greeting; it carries an APOP timestamp and Dovecot's [XCLIENT]) and do
 // STLS when the backend's tls says so.
@@ -115,16 +119,17 @@ func forwardXCLIENT(s *protocols.Session) string {
 	return cmd
 }
 
-// backendLogin logs in to b with the client's credentials: AUTH PLAIN with
-// the initial response when the backend's CAPA lists SASL PLAIN, USER and
-// PASS otherwise. ok says whether the backend accepted; text is its reply
-// line, for the client. The credentials must have passed safeArg.
+// backendLogin logs in to b with creds: AUTH PLAIN with the initial
+// response when the backend's CAPA lists SASL PLAIN, USER and PASS
+// otherwise (errNoPlain for credentials with an Authzid). ok says whether
+// the backend accepted; text is its reply line, for the client. The
+// credentials must have passed safeArg.
 func backendLogin(b *protocols.Backend, creds protocols.Credentials) (ok bool, text string, err error) {
 	if hasCap(b.Caps, "SASL", protocols.MechPlain) {
 		return authPlain(b, creds)
 	}
 	if creds.Authzid != "" {
-		return false, "-ERR [AUTH] Authorization identities are not supported here.", nil
+		return false, "", errNoPlain
 	}
 	line, err := backendCommand(b, "USER "+creds.Username)
 	if err != nil {

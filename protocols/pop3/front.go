@@ -312,7 +312,7 @@ func decodeSASL(s string) ([]byte, error) {
 func (f *front) apop(ctx context.Context, arg string) (*protocols.Relay, bool, error) {
 	fields := strings.Split(arg, " ")
 	switch {
-	case f.fixed == nil:
+	case f.fixed == nil, f.s.Authenticate != nil: // mailproxy cannot check a digest
 		return nil, false, f.bad("APOP not available.")
 	case !f.loginAllowed():
 		return nil, false, f.bad(strings.TrimPrefix(replyNeedTLS, "-ERR "))
@@ -325,12 +325,17 @@ func (f *front) apop(ctx context.Context, arg string) (*protocols.Relay, bool, e
 }
 
 // login logs in to the backend the proxy picks for the user (or the fixed
-// one of an APOP listener). A rejection is relayed with the backend's own
-// text and the client may try again.
+// one of an APOP listener) with the credentials Session.BackendCredentials
+// gives. A rejection is relayed with the backend's own text and the client
+// may try again.
 func (f *front) login(ctx context.Context, creds protocols.Credentials) (*protocols.Relay, bool, error) {
 	f.s.User = creds.Username
 	if !safeArg(creds.Username) || !safeArg(string(creds.Password)) || !safeArg(creds.Authzid) {
 		f.s.Log.Info("login failed: control characters in credentials", "user", creds.Username)
+		return nil, false, f.rejected(ctx, replyAuthFailed)
+	}
+	back, err := f.s.BackendCredentials(ctx, creds)
+	if err != nil {
 		return nil, false, f.rejected(ctx, replyAuthFailed)
 	}
 	b := f.fixed
@@ -344,7 +349,7 @@ func (f *front) login(ctx context.Context, creds protocols.Credentials) (*protoc
 			return f.finish(ctx, b, creds.Username, false, "", err)
 		}
 	}
-	ok, text, err := backendLogin(b, creds)
+	ok, text, err := backendLogin(b, back)
 	return f.finish(ctx, b, creds.Username, ok, text, err)
 }
 
@@ -354,7 +359,9 @@ func (f *front) login(ctx context.Context, creds protocols.Credentials) (*protoc
 func (f *front) finish(ctx context.Context, b *protocols.Backend, user string, ok bool, text string, err error) (*protocols.Relay, bool, error) {
 	switch {
 	case err != nil:
-		b.Fail("login: " + err.Error())
+		if !errors.Is(err, errNoPlain) { // a setting, not the backend's health
+			b.Fail("login: " + err.Error())
+		}
 		b.Close()
 		f.s.Log.Warn("login failed: backend error", "user", user, "backend", b.Name, "err", err)
 		f.reply(replyUnavailable)

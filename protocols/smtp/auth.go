@@ -10,6 +10,10 @@ import (
 	"mailproxy/protocols"
 )
 
+// errNoPlain is a login with an authorisation identity (a master user's)
+// to a backend without AUTH PLAIN: AUTH LOGIN cannot carry it.
+var errNoPlain = errors.New(`backend has no AUTH PLAIN, which a login with an authorisation identity (backend_login = "master") needs`)
+
 // AuthMechanisms implements gosmtp.AuthSession. smtp_auth = "off" offers
 // none; go-smtp offers none before TLS when require_tls is set.
 func (f *front) AuthMechanisms() []string {
@@ -20,7 +24,8 @@ func (f *front) AuthMechanisms() []string {
 }
 
 // Auth implements gosmtp.AuthSession. The exchange is decoded here and
-// the credentials are tried on the backend (passthrough).
+// the credentials are checked (Session.Authenticate) and tried on the
+// backend.
 func (f *front) Auth(mech string) (sasl.Server, error) {
 	if f.s.SMTPAuth == "off" {
 		return nil, gosmtp.ErrAuthUnsupported
@@ -54,9 +59,11 @@ func (a *authServer) Next(resp []byte) ([]byte, bool, error) {
 	return nil, true, a.f.login(a.creds)
 }
 
-// login logs in to the backend with the client's credentials. A refusal is
-// the backend's reply verbatim (535 5.7.8 ...), after the failure delay; the
-// client may try again. A backend connection found gone is replaced once.
+// login logs in to the backend with the credentials that
+// Session.BackendCredentials gives for the client's. A refusal by mailproxy
+// is 535 5.7.8, one by the backend its reply verbatim (535 5.7.8 ...), both
+// after the failure delay; the client may try again. A backend connection
+// found gone is replaced once.
 func (f *front) login(creds protocols.Credentials) error {
 	if !f.mu.TryLock() {
 		return errAuthInTx // a BDAT transfer is in progress
@@ -66,19 +73,27 @@ func (f *front) login(creds protocols.Credentials) error {
 	if f.inTx {
 		return errAuthInTx
 	}
+	back, err := f.s.BackendCredentials(f.ctx, creds)
+	if err != nil {
+		f.s.FailDelay(f.ctx)
+		return errAuthInvalid
+	}
 	for retry := true; ; retry = false {
 		if f.back == nil {
 			if err := f.open(); err != nil {
 				return errAuthTemp
 			}
 		}
-		err := f.back.auth(creds)
+		err := f.back.auth(back)
 		var se *gosmtp.SMTPError
 		switch {
 		case err == nil:
-			f.creds = &creds
+			f.creds = &back
 			f.s.Log.Info("login", "user", creds.Username, "backend", f.back.b.Name)
 			return nil
+		case errors.Is(err, errNoPlain):
+			f.s.Log.Warn("login failed: backend error", "user", creds.Username, "backend", f.back.b.Name, "err", err)
+			return errAuthTemp
 		case errors.As(err, &se) && se.Code != 421:
 			f.s.Log.Info("login rejected by backend", "user", creds.Username, "backend", f.back.b.Name)
 			f.s.FailDelay(f.ctx)

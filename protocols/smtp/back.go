@@ -134,9 +134,10 @@ func forward(b *protocols.Backend, helo string, xattrs []attr, greeting reply, l
 	return greeting, nil
 }
 
-// auth logs in to the backend with the client's credentials: AUTH PLAIN
-// with an initial response (RFC 4954, 4616), or AUTH LOGIN for a backend
-// that offers only that. A refusal comes back as the backend's *SMTPError.
+// auth logs in to the backend with creds: AUTH PLAIN with an initial
+// response (RFC 4954, 4616), or AUTH LOGIN for a backend that offers only
+// that, unless creds has an Authzid (errNoPlain). A refusal comes back as
+// the backend's *SMTPError.
 //
 // It speaks on the raw connection, not through go-smtp's client, whose Auth
 // answers a refusal with "*", which Postfix takes for an attack and hangs
@@ -150,7 +151,10 @@ func (bk *backend) auth(creds protocols.Credentials) error {
 	b64 := base64.StdEncoding.EncodeToString
 	var rep reply
 	var err error
-	if !bk.c.SupportsAuth("PLAIN") && bk.c.SupportsAuth("LOGIN") && creds.Authzid == "" {
+	if creds.Authzid != "" && !bk.c.SupportsAuth("PLAIN") {
+		return errNoPlain // AUTH LOGIN cannot carry it
+	}
+	if !bk.c.SupportsAuth("PLAIN") && bk.c.SupportsAuth("LOGIN") {
 		rep, err = saslSteps(b, "AUTH LOGIN", b64([]byte(creds.Username)), b64([]byte(creds.Password)))
 	} else {
 		ir := b64([]byte(creds.Authzid + "\x00" + creds.Username + "\x00" + string(creds.Password)))
