@@ -66,13 +66,13 @@ type LimitsConfig struct {
 
 // AuthConfig says how logins are verified and turned into routing keys.
 type AuthConfig struct {
-	Mode               string `toml:"mode"`          // passthrough (default) | verify (needs users_file; not built yet)
+	Mode               string `toml:"mode"`          // passthrough (default) | verify (needs users_file)
 	UsernameCase       string `toml:"username_case"` // lower (default) | keep
 	DefaultDomain      string `toml:"default_domain"`
-	UsersFile          string `toml:"users_file"`
-	BackendLogin       string `toml:"backend_login"` // user (default) | master (needs master_user, master_password_file; not built yet)
+	UsersFile          string `toml:"users_file"`    // verify: Dovecot passwd-file, read at start and on SIGHUP
+	BackendLogin       string `toml:"backend_login"` // user (default) | master (needs mode verify, master_user, master_password_file)
 	MasterUser         string `toml:"master_user"`
-	MasterPasswordFile string `toml:"master_password_file"`
+	MasterPasswordFile string `toml:"master_password_file"` // read at start and on SIGHUP, white space trimmed
 }
 
 // ListenerConfig is one [[listener]].
@@ -189,12 +189,6 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.Duration.Strin
 // entry when its feature lands.
 func (c *Config) Unbuilt() []string {
 	ck := &cfgChecker{lines: c.lines}
-	if c.Auth.Mode == "verify" {
-		ck.add("auth.mode", `"verify" is not built yet; use "passthrough"`)
-	}
-	if c.Auth.BackendLogin == "master" {
-		ck.add("auth.backend_login", `"master" is not built yet; use "user"`)
-	}
 	return problemMessages(ck.problems)
 }
 
@@ -301,6 +295,9 @@ func (c *Config) checkGlobal(ck *cfgChecker) {
 		ck.add("auth.users_file", `missing: auth.mode = "verify" needs it`)
 	}
 	if a.BackendLogin == "master" {
+		if a.Mode != "verify" {
+			ck.add("auth.backend_login", `"master" needs auth.mode = "verify": otherwise anyone could log in as anyone`)
+		}
 		if a.MasterUser == "" {
 			ck.add("auth.master_user", `missing: auth.backend_login = "master" needs it`)
 		}
@@ -441,6 +438,8 @@ func (c *Config) checkListenerExtensions(ck *cfgChecker, key string, l *Listener
 	}
 	if l.APOP && l.Protocol != "pop3" {
 		ck.add(key+".apop", "only for pop3 listeners")
+	} else if l.APOP && c.Auth.Mode == "verify" {
+		ck.add(key+".apop", `not with auth.mode = "verify": mailproxy cannot check an APOP digest against a password hash`)
 	}
 	switch {
 	case l.MaxSize < 0:

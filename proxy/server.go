@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"mailproxy/auth"
 	"mailproxy/protocols"
 	"mailproxy/routing"
 	mtls "mailproxy/tls"
@@ -62,6 +63,8 @@ type Server struct {
 	bgStop context.CancelFunc
 	bgDone sync.WaitGroup
 	opened *listenerSet // by OpenListeners (standby.go); guarded by mu
+
+	auth *auth.Authenticator // auth.mode = "verify"; nil in passthrough (auth.go)
 }
 
 // backendInfo is what the proxy keeps per backend as routing.Backend.Data.
@@ -90,6 +93,9 @@ func New(cfg *Config, opts Options) (*Server, error) {
 	}
 	s.metrics = newMetrics(s)
 	if err := s.setupTLS(); err != nil {
+		return nil, err
+	}
+	if err := s.setupAuth(); err != nil {
 		return nil, err
 	}
 	for _, l := range cfg.Listeners {

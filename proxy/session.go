@@ -216,13 +216,17 @@ func (ss *session) protoSession(c net.Conn) *protocols.Session {
 	if host == "" {
 		host, _ = os.Hostname()
 	}
-	return &protocols.Session{
+	ps := &protocols.Session{
 		ID: ss.id, Conn: c, Log: ss.log, TLS: tlsCfg, TLSActive: lc.TLS == "implicit",
 		RequireTLS: lc.RequireTLS, Hostname: host,
 		SMTPAuth: lc.SMTPAuth, APOP: lc.APOP, MaxSize: lc.MaxSize,
 		MaxLine: 8 << 10, AuthFailureDelay: s.cfg.Limits.AuthFailureDelay.Duration,
 		Dial: ss.dialBackend,
 	}
+	if s.auth != nil {
+		ps.Authenticate = s.auth.Authenticate
+	}
+	return ps
 }
 
 // dialBackend picks, connects and greets a backend for login, trying the

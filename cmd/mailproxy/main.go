@@ -87,6 +87,9 @@ func cmdCheck(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := proxy.CheckAuthFiles(cfg); err != nil {
+		return err
+	}
 	fmt.Fprintf(stdout, "%s: ok (%d listeners, %d pools)\n", path, len(cfg.Listeners), len(cfg.Pools))
 	for _, u := range cfg.Unbuilt() {
 		fmt.Fprintf(stdout, "%s: note: %s\n", path, u)
@@ -144,7 +147,8 @@ func cmdRun(args []string, stderr io.Writer) error {
 }
 
 // serve runs srv until SIGTERM or SIGINT, then shuts down gracefully.
-// SIGHUP reloads the TLS certificate. With [peer], the pair's node opens
+// SIGHUP reloads the TLS certificate and, with auth.mode = "verify", the
+// users file and master password. With [peer], the pair's node opens
 // and closes the listeners with its role instead of ListenAndServe.
 func serve(srv *proxy.Server, cfg *proxy.Config, log *slog.Logger) error {
 	node, err := newPeer(srv, cfg, log)
@@ -181,6 +185,9 @@ func serve(srv *proxy.Server, cfg *proxy.Config, log *slog.Logger) error {
 					log.Error("certificate reload failed", "err", err)
 				} else {
 					log.Info("certificate reloaded")
+				}
+				if err := srv.ReloadAuth(); err != nil {
+					log.Error("users reload failed, the users loaded before stay in use", "err", err)
 				}
 				continue
 			}

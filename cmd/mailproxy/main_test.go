@@ -48,8 +48,12 @@ lingr = "60s"
 	}
 }
 
-func TestRunRefusesUnbuilt(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "verify.toml")
+// auth.mode = "verify": check reads the users file only when it is there;
+// run needs it.
+func TestVerifyUsersFile(t *testing.T) {
+	dir := t.TempDir()
+	users := filepath.Join(dir, "users.passwd")
+	path := filepath.Join(dir, "verify.toml")
 	cfg := `[admin]
 listen = ""
 
@@ -67,17 +71,25 @@ name = "main"
 
 [auth]
 mode = "verify"
-users_file = "users.passwd"
+users_file = "` + users + `"
 `
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	var out, errOut bytes.Buffer
-	if code := run([]string{"run", "-config", path}, &out, &errOut); code == 0 {
-		t.Fatal(`run started with the unbuilt auth.mode = "verify"`)
+	if code := run([]string{"check", "-config", path}, &out, &errOut); code != 0 {
+		t.Errorf("check without the users file exited %d: %s", code, errOut.String())
 	}
-	if !strings.Contains(errOut.String(), "auth.mode") {
-		t.Errorf("refusal does not name the section: %q", errOut.String())
+	errOut.Reset()
+	if code := run([]string{"run", "-config", path}, &out, &errOut); code == 0 || !strings.Contains(errOut.String(), "users.passwd") {
+		t.Errorf("run without the users file: exit %d, %q", code, errOut.String())
+	}
+	if err := os.WriteFile(users, []byte("alice:{PLAIN}pw\nbob:{MD4}x\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	errOut.Reset()
+	if code := run([]string{"check", "-config", path}, &out, &errOut); code == 0 || !strings.Contains(errOut.String(), "users.passwd:2: ") {
+		t.Errorf("check of a bad users file: exit %d, %q", code, errOut.String())
 	}
 }
 
