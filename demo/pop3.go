@@ -28,6 +28,10 @@ type POP3Server struct {
 	TLSConfig *tls.Config // enables STLS when not nil
 	SASL      bool        // CAPA lists SASL PLAIN and AUTH PLAIN works; NewPOP3Server sets it
 	XCLIENT   bool        // the greeting carries [XCLIENT] and XCLIENT is accepted, as Dovecot does for trusted networks
+	// Masters are master users (name -> password) who may log in as any
+	// user with AUTH PLAIN, that user as the authorisation identity, as
+	// Dovecot's master users do. Set before Serve.
+	Masters map[string]string
 
 	// RejectLogins makes every login fail with "-ERR [SYS/PERM] ...", even
 	// with the right password.
@@ -331,7 +335,8 @@ func (p *pop3Conn) authorization(verb, arg string) bool {
 }
 
 // auth is AUTH PLAIN with or without the initial response; AUTH alone
-// lists the mechanisms.
+// lists the mechanisms. An authorisation identity other than the user
+// needs a master user's password.
 func (p *pop3Conn) auth(arg string) {
 	mech, ir, hasIR := strings.Cut(arg, " ")
 	switch {
@@ -356,8 +361,16 @@ func (p *pop3Conn) auth(arg string) {
 	}
 	raw, err := base64.StdEncoding.DecodeString(ir)
 	parts := strings.Split(string(raw), "\x00")
-	if err != nil || len(parts) != 3 || (parts[0] != "" && parts[0] != parts[1]) {
+	if err != nil || len(parts) != 3 {
 		p.reply("-ERR [AUTH] Invalid authentication data.")
+		return
+	}
+	if authzid := parts[0]; authzid != "" && authzid != parts[1] {
+		if pw, ok := p.s.Masters[parts[1]]; !ok || pw != parts[2] {
+			p.reply("-ERR [AUTH] Authentication failed.")
+			return
+		}
+		p.login(authzid, func(string) bool { return true })
 		return
 	}
 	p.login(parts[1], func(pw string) bool { return pw == parts[2] })

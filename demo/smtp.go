@@ -19,6 +19,7 @@ import (
 type SMTPOptions struct {
 	TLS         *tls.Config       // enables STARTTLS; not together with XCLIENT
 	Users       map[string]string // AUTH PLAIN accounts (name -> password); nil offers no AUTH
+	Masters     map[string]string // master users (name -> password) who may AUTH PLAIN as any of Users, named as authzid
 	RequireAuth bool              // MAIL without AUTH gets 530 5.7.0
 	XCLIENT     bool              // announce XCLIENT and record what it says
 	MaxSize     int64             // the SIZE announced and enforced; 0 = none
@@ -166,9 +167,18 @@ func (ss *smtpSession) Auth(mech string) (sasl.Server, error) {
 		return nil, gosmtp.ErrAuthUnknownMechanism
 	}
 	return sasl.NewPlainServer(func(identity, username, password string) error {
-		if pw, ok := ss.srv.o.Users[username]; !ok || pw != password || identity != "" && identity != username {
-			return &gosmtp.SMTPError{Code: 535, EnhancedCode: gosmtp.EnhancedCode{5, 7, 8},
-				Message: fmt.Sprintf("%s: authentication failed for %s", ss.srv.Name, username)}
+		failed := &gosmtp.SMTPError{Code: 535, EnhancedCode: gosmtp.EnhancedCode{5, 7, 8},
+			Message: fmt.Sprintf("%s: authentication failed for %s", ss.srv.Name, username)}
+		if identity != "" && identity != username {
+			_, exists := ss.srv.o.Users[identity]
+			if pw, ok := ss.srv.o.Masters[username]; !ok || pw != password || !exists {
+				return failed
+			}
+			ss.user = identity
+			return nil
+		}
+		if pw, ok := ss.srv.o.Users[username]; !ok || pw != password {
+			return failed
 		}
 		ss.user = username
 		return nil
