@@ -145,45 +145,9 @@ type masterIMAP struct {
 	master, masterPW string
 	noPlain          bool
 
+	testkit.ConnServer
 	mu     sync.Mutex
 	logins []string // "authzid=X authcid=Y" of each login it accepted
-	ln     net.Listener
-	conns  map[net.Conn]struct{}
-	closed bool
-}
-
-func (s *masterIMAP) Serve(ln net.Listener) error {
-	s.mu.Lock()
-	s.ln, s.conns = ln, map[net.Conn]struct{}{}
-	s.mu.Unlock()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return err
-		}
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
-			c.Close()
-			return net.ErrClosed
-		}
-		s.conns[c] = struct{}{}
-		s.mu.Unlock()
-		go s.serve(c)
-	}
-}
-
-func (s *masterIMAP) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.closed = true
-	for c := range s.conns {
-		c.Close()
-	}
-	if s.ln != nil {
-		return s.ln.Close()
-	}
-	return nil
 }
 
 func (s *masterIMAP) accepted() []string {
@@ -200,12 +164,6 @@ func (s *masterIMAP) caps() string {
 }
 
 func (s *masterIMAP) serve(c net.Conn) {
-	defer func() {
-		s.mu.Lock()
-		delete(s.conns, c)
-		s.mu.Unlock()
-		c.Close()
-	}()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	r := bufio.NewReader(c)
 	fmt.Fprintf(c, "* OK [CAPABILITY %s] masterimap ready\r\n", s.caps())
@@ -291,6 +249,7 @@ type authBackends struct {
 func startAuthBackends(t *testing.T, users map[string]string, noPlain bool) *authBackends {
 	b := &authBackends{tracker: demo.NewTracker()}
 	b.imap = &masterIMAP{users: users, master: "proxy", masterPW: "proxypw", noPlain: noPlain}
+	b.imap.Handle = b.imap.serve
 	b.imapRec, b.imapAddr = serveRecorded(t, b.imap)
 	b.pop3 = demo.NewPOP3Server("mail1", users, nil)
 	b.pop3.Masters, b.pop3.Tracker, b.pop3.SASL = map[string]string{"proxy": "proxypw"}, b.tracker, !noPlain

@@ -114,41 +114,9 @@ func (c *teeConn) Read(p []byte) (int, error) {
 // idIMAP is a scripted IMAP backend that, like Dovecot and unlike the
 // demo server, answers ID (RFC 2971): AUTHENTICATE PLAIN logs anyone in,
 // LOGOUT ends, anything else is OK.
-type idIMAP struct {
-	mu     sync.Mutex
-	ln     net.Listener
-	conns  map[net.Conn]struct{}
-	closed bool
-}
-
-func (s *idIMAP) Serve(ln net.Listener) error {
-	s.mu.Lock()
-	s.ln, s.conns = ln, map[net.Conn]struct{}{}
-	s.mu.Unlock()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return err
-		}
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
-			c.Close()
-			return net.ErrClosed
-		}
-		s.conns[c] = struct{}{}
-		s.mu.Unlock()
-		go s.serve(c)
-	}
-}
+type idIMAP struct{ testkit.ConnServer }
 
 func (s *idIMAP) serve(c net.Conn) {
-	defer func() {
-		s.mu.Lock()
-		delete(s.conns, c)
-		s.mu.Unlock()
-		c.Close()
-	}()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	r := bufio.NewReader(c)
 	io.WriteString(c, "* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN ID] idimap ready\r\n")
@@ -173,19 +141,6 @@ func (s *idIMAP) serve(c net.Conn) {
 	}
 }
 
-func (s *idIMAP) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.closed = true
-	for c := range s.conns {
-		c.Close()
-	}
-	if s.ln != nil {
-		return s.ln.Close()
-	}
-	return nil
-}
-
 // ppBackends are an IMAP (with ID), a POP3 (with XCLIENT) and an SMTP
 // (with XCLIENT) fake backend that all require a PROXY header.
 type ppBackends struct {
@@ -197,7 +152,9 @@ type ppBackends struct {
 
 func startPPBackends(t *testing.T) *ppBackends {
 	var b ppBackends
-	b.imap, b.imapAddr = servePP(t, &idIMAP{})
+	id := &idIMAP{}
+	id.Handle = id.serve
+	b.imap, b.imapAddr = servePP(t, id)
 	b.pop3Srv = demo.NewPOP3Server("mail1", map[string]string{"alice": "pw"}, nil)
 	b.pop3Srv.XCLIENT = true
 	b.pop3, b.pop3Addr = servePP(t, b.pop3Srv)

@@ -51,3 +51,60 @@ func (s *SyncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// ConnServer is the plumbing of a scripted fake backend: it runs Handle on
+// each accepted connection in its own goroutine, closes the connection when
+// Handle returns, and on Close closes the listener and every open
+// connection. Set Handle before Serve.
+type ConnServer struct {
+	Handle func(net.Conn)
+
+	mu     sync.Mutex
+	ln     net.Listener
+	conns  map[net.Conn]struct{}
+	closed bool
+}
+
+// Serve accepts on ln until Close.
+func (s *ConnServer) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	s.ln, s.conns = ln, map[net.Conn]struct{}{}
+	s.mu.Unlock()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			c.Close()
+			return net.ErrClosed
+		}
+		s.conns[c] = struct{}{}
+		s.mu.Unlock()
+		go func() {
+			defer func() {
+				s.mu.Lock()
+				delete(s.conns, c)
+				s.mu.Unlock()
+				c.Close()
+			}()
+			s.Handle(c)
+		}()
+	}
+}
+
+// Close stops the server and closes its connections.
+func (s *ConnServer) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	for c := range s.conns {
+		c.Close()
+	}
+	if s.ln != nil {
+		return s.ln.Close()
+	}
+	return nil
+}
