@@ -347,7 +347,7 @@ func startMemIMAP(tb testing.TB) memBackend {
 // proxy once it is logged in: Go heap and goroutine stacks (the target),
 // goroutines and file descriptors. Kernel memory is not measured (on a
 // shared machine /proc/meminfo is too noisy for it); descriptors stand in
-// for it: beyond the two sockets, each is half a pipe, and a pipe Go sized
+// for it: beyond the two sockets, each is half a pipe, and a pipe sized
 // for splicing holds 10 to 16 KiB of kernel memory. One op is one session;
 // -benchtime 2000x gives the number of sessions. Sessions are opened in
 // batches of at most 2000 (fewer when the descriptor limit is low), and
@@ -359,10 +359,15 @@ func startMemIMAP(tb testing.TB) memBackend {
 // n clients log in directly to the backend; then n clients log in
 // through the proxy to the same backend. Each phase starts from a
 // measured quiet state, and each ends after every session has answered a
-// NOOP (so the proxy's relay runs both ways), the relay has given back its
-// splice pipes, and the garbage collector has run several times (stacks
-// shrink by half per cycle, as they would in a long-running proxy). The clients keep nothing but their connection and
-// the backend keeps the same per-connection state either way, so
+// NOOP (so the proxy's relay runs both ways), the descriptors have been
+// counted as they are (fds-nogc/session: a proxy that is idle runs a GC
+// only every two minutes, so anything released only by GC, such as
+// pipes in a sync.Pool, shows there), and then the garbage collector has
+// run several times (stacks shrink by half per cycle, as they would in a
+// long-running proxy) before the memory and the descriptors
+// (fds/session) are counted again. The clients keep nothing but their
+// connection and the backend keeps the same per-connection state either
+// way, so
 //
 //	(growth through the proxy − growth direct) / n
 //
@@ -393,11 +398,12 @@ func BenchmarkIdleSessionMemory(b *testing.B) {
 	b.ReportMetric(float64(own.stack)/n, "stack-B/session")
 	b.ReportMetric(float64(own.goroutines)/n, "goroutines/session")
 	b.ReportMetric(float64(own.fds)/n, "fds/session")
+	b.ReportMetric(float64(own.fdsNoGC)/n, "fds-nogc/session")
 }
 
 // idleBatch is how many sessions are open at once: each costs up to 8
 // descriptors (client, proxy front and back, backend, and two splice pipes
-// when they are held while idle).
+// if the relay held them while idle).
 func idleBatch() int {
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
@@ -429,12 +435,14 @@ func idleGrowth(addr string, n, sockets int) (footprint, error) {
 		}
 		conns = append(conns, c.conn) // the reader and its buffer become garbage
 	}
-	// A relay direction keeps its splice pipe for a second after its last
-	// byte (relayLinger). An idle session is one past that: wait until
-	// only the sockets are left, or give up after a while and measure
-	// what is there, which then shows in fds/session.
+	// A relay direction that spliced keeps its pipe for a second after
+	// its last byte (relayLinger), and a NOOP should not splice at all. An
+	// idle session is one past that: wait until only the sockets are
+	// left, or give up after a while and measure what is there, which then
+	// shows in fds-nogc/session (and in fds/session if GC does not
+	// release it either). Nothing here runs a GC before the first count.
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
-		if fds, _ := os.ReadDir("/proc/self/fd"); len(fds) <= before.fds+sockets*n+16 {
+		if countFDs() <= before.fds+sockets*n+16 {
 			break
 		}
 		time.Sleep(50 * time.Millisecond) // no event to wait on: another package's timers
@@ -454,28 +462,55 @@ func idleGrowth(addr string, n, sockets int) (footprint, error) {
 // footprint is what the process holds at one moment.
 type footprint struct {
 	heap, stack     int64 // runtime.MemStats HeapInuse, StackInuse
-	goroutines, fds int
+	goroutines, fds int   // after the forced GCs
+	fdsNoGC         int   // before them
 }
 
+// measure counts the descriptors, forces five GCs, then counts everything.
 func measure() footprint {
+	noGC := countFDs()
 	for range 5 {
 		runtime.GC()
 	}
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
-	fds, _ := os.ReadDir("/proc/self/fd")
 	return footprint{
 		heap: int64(m.HeapInuse), stack: int64(m.StackInuse),
-		goroutines: runtime.NumGoroutine(), fds: len(fds),
+		goroutines: runtime.NumGoroutine(), fds: countFDs(), fdsNoGC: noGC,
 	}
 }
 
+// countFDs counts this process's descriptors. It allocates little (one
+// short string per descriptor), so that waiting on it does not itself run
+// the GC that would close what a sync.Pool holds.
+func countFDs() int {
+	f, err := os.Open("/proc/self/fd")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	buf := make([]byte, 32<<10)
+	var names []string
+	n := -1 // f itself
+	for {
+		k, err := syscall.ReadDirent(int(f.Fd()), buf)
+		if err != nil || k <= 0 {
+			return n
+		}
+		_, _, names = syscall.ParseDirent(buf[:k], -1, names[:0])
+		n += len(names)
+	}
+}
+
+// sub is the growth from g to f. The descriptors before GC grow from g's
+// count after GC: g is the quiet state, and what a previous phase left for
+// the GC to close is not part of it.
 func (f footprint) sub(g footprint) footprint {
-	return footprint{f.heap - g.heap, f.stack - g.stack, f.goroutines - g.goroutines, f.fds - g.fds}
+	return footprint{f.heap - g.heap, f.stack - g.stack, f.goroutines - g.goroutines, f.fds - g.fds, f.fdsNoGC - g.fds}
 }
 
 func (f footprint) add(g footprint) footprint {
-	return footprint{f.heap + g.heap, f.stack + g.stack, f.goroutines + g.goroutines, f.fds + g.fds}
+	return footprint{f.heap + g.heap, f.stack + g.stack, f.goroutines + g.goroutines, f.fds + g.fds, f.fdsNoGC + g.fdsNoGC}
 }
 
 // rawIMAP is a client that speaks just enough IMAP for the benchmarks: it

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -13,14 +14,21 @@ import (
 	"mailproxy/protocols"
 )
 
-// relayChunk bounds one copy so the idle clock can be advanced while a
-// long transfer runs; big enough that the syscall overhead is noise.
-const relayChunk = 1 << 20
-
-// relayLinger is how long a direction keeps its splice pipe after its
-// last byte: long enough that a transfer never gives it up between two
-// segments, short enough that idle sessions hold none.
+// relayLinger is how long a direction that is moving a bulk burst keeps
+// its splice pipe (or, where the kernel cannot splice, its large buffer)
+// after its last byte: long enough that a transfer never gives it up
+// between two segments, short enough that idle sessions hold none.
 const relayLinger = time.Second
+
+// Buffer sizes. A burst is first read into a small buffer: an IMAP or POP3
+// command or response, a LOGOUT exchange, fits, and never goes near a
+// pipe. Only a read that fills it makes the rest of the burst bulk: spliced
+// between TCP connections, copied through the large buffer otherwise (one
+// full TLS record).
+const (
+	smallBuf = 4 << 10
+	largeBuf = 16 << 10
+)
 
 // halfCloseGrace is how long the other direction may go on after one side
 // ended its half of the connection.
@@ -63,8 +71,8 @@ func beginRelay(ctx context.Context, r *protocols.Relay, idle time.Duration) (*r
 		return nil, err
 	}
 	st := &relayState{idle: idle}
-	st.dirs[0] = direction{st: st, dir: 0, dst: back, src: client, w: newWaiter(back, client), total: int64(len(r.ClientBuf))}
-	st.dirs[1] = direction{st: st, dir: 1, dst: client, src: back, w: newWaiter(client, back), total: int64(len(r.BackBuf))}
+	st.dirs[0] = newDirection(st, 0, back, client, len(r.ClientBuf))
+	st.dirs[1] = newDirection(st, 1, client, back, len(r.BackBuf))
 	// The session keeps the Backend for its whole life; its login reader
 	// (4 KiB) was flushed into BackBuf and must not stay reachable.
 	r.ClientBuf, r.BackBuf, r.Backend.Reader = nil, nil, nil
@@ -95,12 +103,13 @@ var errIdle = errors.New("idle timeout")
 
 // relayState is what the two directions of one relay share.
 //
-// Splicing hides progress until a chunk ends, so idleness is decided at
-// chunk ends: each read runs under a deadline of one idle period, and a
-// direction whose period passed without a byte marks itself quiet. The
-// relay is idle only when both directions are quiet, so a long one-way
-// transfer (a big FETCH, IDLE updates) keeps the silent side alive, and a
-// dead session ends within two idle periods.
+// Idleness is decided between bursts: each wait for the first byte of a
+// burst runs under a deadline of one idle period, and a direction whose
+// period passed without a byte marks itself quiet; the first byte of a
+// burst marks it busy again until its next wait runs out. The relay is
+// idle only when both directions are quiet, so a long one-way transfer (a
+// big FETCH, IDLE updates) keeps the silent side alive, and a dead
+// session ends within two idle periods.
 type relayState struct {
 	idle       time.Duration
 	quiet      [2]atomic.Bool
@@ -114,21 +123,34 @@ type relayState struct {
 // direction is one way of a relay, owned by the goroutine that copies
 // it; end reads it after that goroutine is done.
 //
-// Between TCP connections on Linux a direction has two phases. Active, it
-// splices chunk after chunk, holding a pipe (two descriptors and, at Go's
-// 1 MiB pipe size, about 16 KiB of kernel memory) from the moment a
-// splice starts until its chunk is full. After relayLinger without a byte
-// it gives the pipe back and waits for the next byte holding nothing, so
-// an idle session costs its two sockets and two parked goroutines only.
+// A direction waits for the first byte of a burst holding nothing, takes
+// a small pooled buffer only to read what has arrived and write it on,
+// and gives it back before it waits again. A read that fills the buffer
+// makes the rest of the burst bulk: between TCP connections on Linux it
+// is spliced in the kernel through a pipe the direction creates for the
+// burst and closes relayLinger after its last byte (two descriptors and,
+// at 1 MiB, about 10 KiB of kernel memory while it lives); elsewhere it
+// is copied through a large pooled buffer, given back after the same
+// linger. An idle session costs its two sockets and two parked
+// goroutines only.
 type direction struct {
 	st       *relayState
 	dir      int // index in st.quiet
 	dst, src net.Conn
-	lr       io.LimitedReader
-	w        *waiter // nil unless the kernel can splice src to dst
-	active   bool    // splicing, holding a pipe since the last byte
+	w        *waiter // waits for src to be readable; nil unless src is TCP on Linux
+	splice   bool    // src and dst are TCP on Linux: bulk is spliced
+	ahead    bool    // src is TLS: a wait reads one byte, the rest of its record is at hand
+	first    [1]byte // the byte such a wait read
 	total    int64   // bytes copied, the flushed read-ahead included
 	err      error   // why the copy ended; nil at EOF
+}
+
+func newDirection(st *relayState, dir int, dst, src net.Conn, flushed int) direction {
+	d := direction{st: st, dir: dir, dst: dst, src: src, w: newWaiter(src), total: int64(flushed)}
+	_, tcp := dst.(*net.TCPConn)
+	d.splice = d.w != nil && tcp
+	_, d.ahead = src.(*tls.Conn)
+	return d
 }
 
 // deadline is the next read deadline: the idle timeout, or the bounded
@@ -140,6 +162,15 @@ func (st *relayState) deadline() time.Time {
 	return time.Now().Add(st.idle)
 }
 
+// lingerDeadline is the read deadline inside a bulk burst: relayLinger
+// from now, or the idle deadline if that comes first.
+func (st *relayState) lingerDeadline(now time.Time) time.Time {
+	if d, l := st.deadline(), now.Add(relayLinger); d.Before(l) {
+		return d
+	}
+	return now.Add(relayLinger)
+}
+
 // pipe copies src to dst until EOF, an error, or idleness, then
 // half-closes dst and cuts the other direction's wait down to the grace.
 func (d *direction) pipe() {
@@ -147,30 +178,49 @@ func (d *direction) pipe() {
 	d.finish()
 }
 
-// run copies until EOF (nil), idleness or an error.
+// run copies burst after burst until EOF (nil), idleness or an error.
 func (d *direction) run() error {
 	st := d.st
 	for {
-		var n int64
+		d.src.SetReadDeadline(st.deadline())
 		var err error
-		if d.w != nil && !d.active {
-			d.src.SetReadDeadline(st.deadline())
-			err = d.w.wait()
-			d.active = err == nil
+		if d.w != nil {
+			err = d.w.wait() // called here, not in wait: one frame less under an idle session
 		} else {
-			var eof bool
-			if n, eof, err = d.chunk(); eof {
-				return nil
-			}
+			err = d.wait()
 		}
-		if n > 0 || errors.Is(err, os.ErrDeadlineExceeded) {
-			st.quiet[d.dir].Store(n == 0)
+		if err == nil {
+			err = d.burst()
 		}
-		if errors.Is(err, os.ErrDeadlineExceeded) && !st.halfClosed.Load() {
-			if !st.quiet[0].Load() || !st.quiet[1].Load() {
+		switch {
+		case err == nil:
+		case err == io.EOF:
+			return nil
+		case errors.Is(err, os.ErrDeadlineExceeded) && !st.halfClosed.Load():
+			st.quiet[d.dir].Store(true)
+			if !st.quiet[1-d.dir].Load() {
 				continue // this side is quiet, the other is not (yet)
 			}
 			return errIdle
+		default:
+			return err
+		}
+	}
+}
+
+// wait waits for the first byte of a burst from a source that is not TCP
+// (those wait in the network poller, d.w), holding no buffer: for TLS, in
+// a one-byte read (TLS decrypts the whole record into its own buffer).
+// Any other source is not waited for: its burst blocks in a read with the
+// large buffer.
+func (d *direction) wait() error {
+	if !d.ahead {
+		return nil
+	}
+	for {
+		n, err := d.src.Read(d.first[:])
+		if n > 0 {
+			return nil // an error comes again with the next read
 		}
 		if err != nil {
 			return err
@@ -178,24 +228,103 @@ func (d *direction) run() error {
 	}
 }
 
-// chunk copies one chunk; eof means the source ended. An active splice
-// that lingered without a byte turns back to waiting.
-func (d *direction) chunk() (n int64, eof bool, err error) {
-	deadline := d.st.deadline()
-	if l := time.Now().Add(relayLinger); d.w != nil && l.Before(deadline) {
-		deadline = l
+// burst moves what arrived after a wait through a pooled buffer, and the
+// rest of the burst in bulk if that filled it.
+func (d *direction) burst() error {
+	pool := &largePool
+	if d.splice {
+		pool = &smallPool
 	}
-	d.src.SetReadDeadline(deadline)
-	d.lr.R, d.lr.N = d.src, relayChunk
-	n, err = copyChunk(d.dst, &d.lr)
-	d.total += n
-	if err == nil && d.lr.N > 0 {
-		return n, true, nil // the chunk ended before its limit
+	bp := pool.Get().(*[]byte)
+	buf := *bp
+	n, err := d.readNow(buf)
+	if n > 0 {
+		d.st.quiet[d.dir].Store(false)
+		if werr := d.write(buf[:n]); werr != nil {
+			err = werr
+		}
 	}
-	if d.w != nil && errors.Is(err, os.ErrDeadlineExceeded) {
-		d.active, err = false, nil
+	bulk := err == nil && n == len(buf)
+	if bulk && !d.splice {
+		err = d.copyBulk(buf)
 	}
-	return n, false, err
+	pool.Put(bp)
+	if bulk && d.splice {
+		if err = d.spliceBulk(); err == errNoPipe {
+			err = d.copyBulkPooled()
+		}
+	}
+	return err
+}
+
+// errNoPipe is spliceBulk's way of saying it moved nothing and could
+// not splice (no pipe to be had): the burst goes through a buffer.
+var errNoPipe = errors.New("no splice pipe")
+
+func (d *direction) copyBulkPooled() error {
+	bp := largePool.Get().(*[]byte)
+	defer largePool.Put(bp)
+	return d.copyBulk(*bp)
+}
+
+// readNow reads what the wait found, without waiting for more unless the
+// source has no wait of its own.
+func (d *direction) readNow(buf []byte) (int, error) {
+	if !d.ahead {
+		n, err := d.src.Read(buf)
+		if d.w != nil && n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+			err = nil // the deadline passed after the wait: the byte is still there
+		}
+		return n, err
+	}
+	// What TLS has decrypted or received whole is read with a deadline
+	// in the past, which never touches the socket: no read blocks while
+	// holding bytes that dst has not been sent.
+	buf[0] = d.first[0]
+	n := 1
+	d.src.SetReadDeadline(time.Unix(1, 0))
+	for n < len(buf) {
+		k, err := d.src.Read(buf[n:])
+		n += k
+		if errors.Is(err, os.ErrDeadlineExceeded) || (k == 0 && err == nil) {
+			break
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// copyBulk copies the rest of a bulk burst through buf until the source
+// pauses for relayLinger, ends or fails.
+func (d *direction) copyBulk(buf []byte) error {
+	var renew time.Time
+	for {
+		if now := time.Now(); now.After(renew) {
+			d.src.SetReadDeadline(d.st.lingerDeadline(now))
+			renew = now.Add(relayLinger / 4)
+		}
+		n, err := d.src.Read(buf)
+		if n > 0 {
+			if werr := d.write(buf[:n]); werr != nil {
+				return werr
+			}
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return nil // the burst is over: wait for the next one
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// write sends b on and counts what went.
+func (d *direction) write(b []byte) error {
+	n, err := d.dst.Write(b)
+	d.total += int64(n)
+	return err
 }
 
 // finish half-closes dst after EOF, the first direction to end, and
@@ -212,30 +341,12 @@ func (d *direction) finish() {
 	}
 }
 
-// copyChunk moves one chunk. When dst is a *net.TCPConn and src a TCP
-// connection under the LimitedReader, ReadFrom splices in the kernel.
-func copyChunk(dst net.Conn, lr *io.LimitedReader) (int64, error) {
-	if rf, ok := dst.(io.ReaderFrom); ok {
-		if _, tcp := lr.R.(*net.TCPConn); tcp {
-			return rf.ReadFrom(lr)
-		}
-	}
-	return copyBuffered(dst, lr)
-}
-
-// copyBuffered moves one chunk through a pooled buffer, for what ReadFrom
-// cannot take (TLS on either side). While it waits for the first byte it
-// holds the buffer: an idle TLS session keeps 16 KiB per direction here.
-func copyBuffered(dst net.Conn, lr *io.LimitedReader) (int64, error) {
-	bufp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bufp)
-	return io.CopyBuffer(onlyWriter{dst}, lr, *bufp)
-}
-
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
-
-// onlyWriter hides ReadFrom so CopyBuffer uses the pooled buffer.
-type onlyWriter struct{ io.Writer }
+// The pools hold buffers only between bursts: a direction takes one when
+// bytes have arrived and gives it back before it waits again.
+var (
+	smallPool = sync.Pool{New: func() any { b := make([]byte, smallBuf); return &b }}
+	largePool = sync.Pool{New: func() any { b := make([]byte, largeBuf); return &b }}
+)
 
 func writeAll(w io.Writer, b []byte) error {
 	if len(b) == 0 {

@@ -1,8 +1,12 @@
 package proxy
 
 import (
+	"errors"
+	"io"
 	"net"
+	"os"
 	"syscall"
+	"time"
 )
 
 // waiter waits, holding nothing, until a TCP source has something to
@@ -10,15 +14,13 @@ import (
 // passes. It reads nothing.
 type waiter struct {
 	rc    syscall.RawConn
-	ready func(fd uintptr) bool // made once: a closure per wait would be garbage per chunk
+	ready func(fd uintptr) bool // made once: a closure per wait would be garbage per burst
 }
 
-// newWaiter returns a waiter when both ends are TCP, so that the kernel
-// splices between them, and nil otherwise.
-func newWaiter(dst, src net.Conn) *waiter {
-	_, ok := dst.(*net.TCPConn)
-	s, ok2 := src.(*net.TCPConn)
-	if !ok || !ok2 {
+// newWaiter returns a waiter when src is TCP, and nil otherwise.
+func newWaiter(src net.Conn) *waiter {
+	s, ok := src.(*net.TCPConn)
+	if !ok {
 		return nil
 	}
 	rc, err := s.SyscallConn()
@@ -35,4 +37,152 @@ func readable(fd uintptr) bool {
 	var b [1]byte
 	_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 	return err != syscall.EAGAIN
+}
+
+const (
+	// splice(2) flags. Nonblock makes the pipe side never block (the
+	// sockets are non-blocking already), so that waiting is left to the
+	// network poller; move is a hint to move pages rather than copy.
+	spliceMove     = 0x1
+	spliceNonblock = 0x2
+
+	// relayPipeSize is what one splice moves at most, and the size the
+	// pipe asks for (F_SETPIPE_SZ, the same on every architecture). The
+	// kernel may refuse, over /proc/sys/fs/pipe-max-size or a user's pipe
+	// quota; the default 64 KiB works too, in more calls.
+	relayPipeSize = 1 << 20
+	fSetPipeSz    = 0x407
+)
+
+// spliceBulk moves the rest of a bulk burst from src to dst in the kernel,
+// through a pipe of its own, until src pauses for relayLinger, ends
+// (io.EOF) or fails. The pipe is closed when it returns. Every splice into
+// the pipe finds it empty, so "would block" on that side is src having
+// nothing; what went in is all spliced out to dst before the next one.
+// It returns errNoPipe, having moved nothing, when it cannot splice.
+func (d *direction) spliceBulk() error {
+	s, err := newSplicer(d.w.rc, d.dst)
+	if err != nil {
+		return errNoPipe
+	}
+	defer s.close()
+	var renew time.Time
+	for moved := false; ; moved = true {
+		if now := time.Now(); now.After(renew) {
+			d.src.SetReadDeadline(d.st.lingerDeadline(now))
+			renew = now.Add(relayLinger / 4)
+		}
+		n, err := s.fill()
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return nil // the burst is over: wait for the next one
+		case errors.Is(err, syscall.EINVAL) && !moved:
+			return errNoPipe // src or dst cannot splice; nothing was read
+		case err != nil:
+			return err
+		case n == 0:
+			return io.EOF
+		}
+		m, err := s.drain(n)
+		d.total += int64(m)
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// splicer is the pipe of one bulk burst and the raw conns it splices
+// between. Its callbacks report through n and err.
+type splicer struct {
+	src, dst      syscall.RawConn
+	rfd, wfd      int // the pipe's ends
+	inPipe        int // bytes in the pipe, not yet spliced out
+	n             int
+	err           error
+	fillf, drainf func(fd uintptr) bool // made once per burst
+}
+
+func newSplicer(src syscall.RawConn, dst net.Conn) (*splicer, error) {
+	tc, ok := dst.(*net.TCPConn)
+	if !ok {
+		return nil, syscall.EINVAL
+	}
+	dc, err := tc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var p [2]int
+	if err := syscall.Pipe2(p[:], syscall.O_CLOEXEC|syscall.O_NONBLOCK); err != nil {
+		return nil, err
+	}
+	syscall.Syscall(syscall.SYS_FCNTL, uintptr(p[1]), fSetPipeSz, relayPipeSize) // best effort
+	s := &splicer{src: src, dst: dc, rfd: p[0], wfd: p[1]}
+	s.fillf, s.drainf = s.fillOnce, s.drainOnce
+	return s, nil
+}
+
+func (s *splicer) close() {
+	syscall.Close(s.rfd)
+	syscall.Close(s.wfd)
+}
+
+// fill splices what src has into the empty pipe, parking in the network
+// poller until src is readable or its read deadline passes. Zero bytes
+// and no error is the end of src.
+func (s *splicer) fill() (int, error) {
+	s.n, s.err = 0, nil
+	if err := s.src.Read(s.fillf); err != nil {
+		return 0, err
+	}
+	return s.n, s.err
+}
+
+func (s *splicer) fillOnce(fd uintptr) bool {
+	for {
+		n, err := syscall.Splice(int(fd), nil, s.wfd, nil, relayPipeSize, spliceMove|spliceNonblock)
+		switch err {
+		case nil:
+			s.n = int(n)
+			return true
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false // the pipe is empty: it is src that has nothing yet
+		default:
+			s.err = os.NewSyscallError("splice", err)
+			return true
+		}
+	}
+}
+
+// drain splices the n bytes in the pipe out to dst, parking in the
+// network poller while dst's send buffer is full. It returns how many
+// went out.
+func (s *splicer) drain(n int) (int, error) {
+	s.inPipe, s.n, s.err = n, 0, nil
+	if err := s.dst.Write(s.drainf); err != nil {
+		return s.n, err
+	}
+	return s.n, s.err
+}
+
+func (s *splicer) drainOnce(fd uintptr) bool {
+	for s.inPipe > 0 {
+		n, err := syscall.Splice(s.rfd, nil, int(fd), nil, s.inPipe, spliceMove|spliceNonblock)
+		switch {
+		case err == nil && n > 0:
+			s.inPipe -= int(n)
+			s.n += int(n)
+		case err == nil:
+			s.err = io.ErrUnexpectedEOF // the pipe ran dry: cannot happen
+			return true
+		case err == syscall.EINTR:
+		case err == syscall.EAGAIN:
+			return false // dst cannot take more yet
+		default:
+			s.err = os.NewSyscallError("splice", err)
+			return true
+		}
+	}
+	return true
 }

@@ -4,11 +4,15 @@ package proxy
 
 import "net"
 
-// waiter is Linux-only: elsewhere the kernel does not splice between
-// sockets, a relay direction copies through a pooled buffer and holds
-// nothing else while it waits.
+// waiter is Linux-only, as is splicing: elsewhere a relay direction
+// between TCP connections copies through the large pooled buffer, which
+// it holds while it waits for the next burst. TLS sources wait without it
+// (see direction.wait) on every system.
 type waiter struct{}
 
-func newWaiter(dst, src net.Conn) *waiter { return nil }
+func newWaiter(src net.Conn) *waiter { return nil }
 
 func (*waiter) wait() error { return nil }
+
+// spliceBulk is never called: no direction splices without a waiter.
+func (d *direction) spliceBulk() error { return errNoPipe }
