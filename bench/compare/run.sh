@@ -30,7 +30,7 @@
 # once; then for each round and each target (in an order rotated every
 # round) starts the proxy afresh on 127.0.0.1, runs the client's three phases
 # against it (idle sessions, FETCH, logins) and stops it. Everything listens
-# on 127.0.0.1 high ports (PORT, default 21100, and the next few); every
+# on 127.0.0.1 high ports (PORT, default 41100, and the next few; away from the realmail harness's 21xxx-22xxx); every
 # process it started is stopped by PID when it exits, however it exits.
 # Configs, logs and the raw RESULT lines stay in OUT. At the end it prints
 # the medians over the rounds as a Markdown table.
@@ -44,7 +44,7 @@ login_n=${LOGIN_N:-4000}   # logins per round, 16 at a time
 idle_n=${IDLE_N:-2000}     # idle sessions per round
 phases=${PHASES:-idle,fetch,login}
 rev=${REV:-}
-port=${PORT:-21100}
+port=${PORT:-41100}
 out=${OUT:-$(mktemp -d /tmp/mailproxy-compare.XXXXXX)}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
