@@ -26,7 +26,6 @@ import (
 	"net"
 	"os"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -37,6 +36,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 
 	"mailproxy/demo"
+	"mailproxy/internal/benchkit"
 	"mailproxy/proxy"
 )
 
@@ -136,7 +136,7 @@ func BenchmarkIMAPFetch(b *testing.B) {
 	ps := append(paths(back.addr, startBenchProxy(b, back.addr)), struct{ name, addr string }{"forward", startForwarder(b, back.addr)})
 	for _, p := range ps {
 		b.Run("path="+p.name, func(b *testing.B) {
-			c, err := dialRaw(p.addr, "bench", "pw")
+			c, err := benchkit.DialRaw(p.addr, "bench", "pw", benchTimeout)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -144,7 +144,7 @@ func BenchmarkIMAPFetch(b *testing.B) {
 			b.SetBytes(fetchSize)
 			cpu := cpuTime()
 			for b.Loop() {
-				if err := c.fetch(); err != nil {
+				if err := c.Fetch(fetchSize); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -425,15 +425,15 @@ func idleGrowth(addr string, n, sockets int) (footprint, error) {
 		}
 	}
 	for i := range n {
-		c, err := dialRaw(addr, "idle", "pw")
+		c, err := benchkit.DialRaw(addr, "idle", "pw", benchTimeout)
 		if err == nil {
-			err = c.command("n", "NOOP")
+			err = c.Command("n", "NOOP")
 		}
 		if err != nil {
 			closeAll()
 			return footprint{}, fmt.Errorf("session %d of %d: %w", i+1, n, err)
 		}
-		conns = append(conns, c.conn) // the reader and its buffer become garbage
+		conns = append(conns, c.Conn) // the reader and its buffer become garbage
 	}
 	// A relay direction that spliced keeps its pipe for a second after
 	// its last byte (relayLinger), and a NOOP should not splice at all. An
@@ -511,89 +511,6 @@ func (f footprint) sub(g footprint) footprint {
 
 func (f footprint) add(g footprint) footprint {
 	return footprint{f.heap + g.heap, f.stack + g.stack, f.goroutines + g.goroutines, f.fds + g.fds, f.fdsNoGC + g.fdsNoGC}
-}
-
-// rawIMAP is a client that speaks just enough IMAP for the benchmarks: it
-// finds tagged replies and the size of a literal and parses nothing else,
-// so it costs little and the same with or without the proxy.
-type rawIMAP struct {
-	conn net.Conn
-	r    *bufio.Reader
-	buf  []byte // for literals; large so that reads bypass r's buffer
-}
-
-// dialRaw connects, reads the greeting and logs in.
-func dialRaw(addr, user, password string) (*rawIMAP, error) {
-	conn, err := net.DialTimeout("tcp", addr, benchTimeout)
-	if err != nil {
-		return nil, err
-	}
-	c := &rawIMAP{conn: conn, r: bufio.NewReaderSize(conn, 4096)}
-	conn.SetDeadline(time.Now().Add(benchTimeout))
-	if line, err := c.r.ReadString('\n'); err != nil || !strings.HasPrefix(line, "* OK") {
-		conn.Close()
-		return nil, fmt.Errorf("greeting %q: %v", line, err)
-	}
-	if err := c.command("a", "LOGIN "+user+" "+password); err != nil {
-		conn.Close()
-		return nil, err
-	}
-	return c, nil
-}
-
-func (c *rawIMAP) Close() error { return c.conn.Close() }
-
-// command sends one command and reads up to its tagged reply, which must
-// be OK.
-func (c *rawIMAP) command(tag, cmd string) error {
-	c.conn.SetDeadline(time.Now().Add(benchTimeout))
-	if _, err := io.WriteString(c.conn, tag+" "+cmd+"\r\n"); err != nil {
-		return err
-	}
-	return c.tagged(tag)
-}
-
-func (c *rawIMAP) tagged(tag string) error {
-	for {
-		line, err := c.r.ReadString('\n')
-		if err != nil {
-			return fmt.Errorf("reading reply to %s: %w", tag, err)
-		}
-		if rest, ok := strings.CutPrefix(line, tag+" "); ok {
-			if !strings.HasPrefix(rest, "OK") {
-				return fmt.Errorf("%s %s", tag, strings.TrimSpace(rest))
-			}
-			return nil
-		}
-	}
-}
-
-// fetch fetches message 1 and throws its body away.
-func (c *rawIMAP) fetch() error {
-	c.conn.SetDeadline(time.Now().Add(benchTimeout))
-	if _, err := io.WriteString(c.conn, "f FETCH 1 BODY[]\r\n"); err != nil {
-		return err
-	}
-	line, err := c.r.ReadString('\n')
-	if err != nil {
-		return err
-	}
-	open := strings.LastIndexByte(line, '{')
-	n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimRight(line, "\r\n"), "}")[open+1:])
-	if open < 0 || err != nil || n != fetchSize {
-		return fmt.Errorf("unexpected FETCH line %q", line)
-	}
-	if c.buf == nil {
-		c.buf = make([]byte, 256<<10)
-	}
-	for n > 0 {
-		k, err := c.r.Read(c.buf[:min(n, len(c.buf))])
-		if err != nil {
-			return err
-		}
-		n -= k
-	}
-	return c.tagged("f")
 }
 
 // fakeIMAP is an IMAP server for benchmarks that costs next to nothing:

@@ -19,11 +19,10 @@
 package main
 
 import (
-	"bufio"
 	"flag"
 	"fmt"
-	"io"
 	"log"
+	"mailproxy/internal/benchkit"
 	"net"
 	"os"
 	"strconv"
@@ -190,100 +189,20 @@ func (m *cpuMeter) result(phase string, ops int, rateName string, perOpUnits flo
 		us(m.proxy.cpu()-m.p0), us(m.aux.cpu()-m.a0), us(m.backend.cpu()-m.b0), us(selfCPU()-m.c0))
 }
 
-// rawIMAP speaks just enough IMAP for the fetch and idle phases: it finds
-// tagged replies and the size of a literal and parses nothing else, so it
-// costs the same whatever is in front of the backend.
-type rawIMAP struct {
-	conn net.Conn
-	r    *bufio.Reader
-	buf  []byte
-}
-
-func dialRaw() (*rawIMAP, error) {
-	conn, err := net.DialTimeout("tcp", *addr, ioTimeout)
-	if err != nil {
-		return nil, err
-	}
-	c := &rawIMAP{conn: conn, r: bufio.NewReaderSize(conn, 4096)}
-	conn.SetDeadline(time.Now().Add(ioTimeout))
-	if line, err := c.r.ReadString('\n'); err != nil || !strings.HasPrefix(line, "* OK") {
-		conn.Close()
-		return nil, fmt.Errorf("greeting %q: %v", line, err)
-	}
-	if err := c.command("a", "LOGIN bench pw"); err != nil {
-		conn.Close()
-		return nil, err
-	}
-	return c, nil
-}
-
-func (c *rawIMAP) command(tag, cmd string) error {
-	c.conn.SetDeadline(time.Now().Add(ioTimeout))
-	if _, err := io.WriteString(c.conn, tag+" "+cmd+"\r\n"); err != nil {
-		return err
-	}
-	return c.tagged(tag)
-}
-
-func (c *rawIMAP) tagged(tag string) error {
-	for {
-		line, err := c.r.ReadString('\n')
-		if err != nil {
-			return fmt.Errorf("reading reply to %s: %w", tag, err)
-		}
-		if rest, ok := strings.CutPrefix(line, tag+" "); ok {
-			if !strings.HasPrefix(rest, "OK") {
-				return fmt.Errorf("%s %s", tag, strings.TrimSpace(rest))
-			}
-			return nil
-		}
-	}
-}
-
-func (c *rawIMAP) fetch() error {
-	c.conn.SetDeadline(time.Now().Add(ioTimeout))
-	if _, err := io.WriteString(c.conn, "f FETCH 1 BODY[]\r\n"); err != nil {
-		return err
-	}
-	line, err := c.r.ReadString('\n')
-	if err != nil {
-		return err
-	}
-	open := strings.LastIndexByte(line, '{')
-	if open < 0 {
-		return fmt.Errorf("unexpected FETCH line %q", line)
-	}
-	n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimRight(line, "\r\n"), "}")[open+1:])
-	if err != nil || n != *fetchSize {
-		return fmt.Errorf("unexpected FETCH line %q", line)
-	}
-	if c.buf == nil {
-		c.buf = make([]byte, 256<<10)
-	}
-	for n > 0 {
-		k, err := c.r.Read(c.buf[:min(n, len(c.buf))])
-		if err != nil {
-			return err
-		}
-		n -= k
-	}
-	return c.tagged("f")
-}
-
 func fetchPhase() error {
-	c, err := dialRaw()
+	c, err := benchkit.DialRaw(*addr, "bench", "pw", ioTimeout)
 	if err != nil {
 		return err
 	}
-	defer c.conn.Close()
+	defer c.Conn.Close()
 	for range 5 { // warm up
-		if err := c.fetch(); err != nil {
+		if err := c.Fetch(*fetchSize); err != nil {
 			return err
 		}
 	}
 	m := startMeter()
 	for range *fetchN {
-		if err := c.fetch(); err != nil {
+		if err := c.Fetch(*fetchSize); err != nil {
 			return err
 		}
 	}
@@ -347,9 +266,9 @@ func loginPhase() error {
 func idlePhase() error {
 	proxy := parsePids(*proxyPids)
 	if err := parallel(16, 16, func(int) error { // warm up, then let it settle
-		c, err := dialRaw()
+		c, err := benchkit.DialRaw(*addr, "bench", "pw", ioTimeout)
 		if err == nil {
-			c.conn.Close()
+			c.Conn.Close()
 		}
 		return err
 	}); err != nil {
@@ -368,15 +287,15 @@ func idlePhase() error {
 	}()
 	t0 := time.Now()
 	err := parallel(*idleN, 16, func(i int) error {
-		c, err := dialRaw()
+		c, err := benchkit.DialRaw(*addr, "bench", "pw", ioTimeout)
 		if err != nil {
 			return fmt.Errorf("session %d: %w", i+1, err)
 		}
-		conns[i] = c.conn
-		if err := c.command("n", "NOOP"); err != nil {
+		conns[i] = c.Conn
+		if err := c.Command("n", "NOOP"); err != nil {
 			return fmt.Errorf("session %d: %w", i+1, err)
 		}
-		c.conn.SetDeadline(time.Time{})
+		c.Conn.SetDeadline(time.Time{})
 		return nil
 	})
 	if err != nil {
