@@ -124,31 +124,38 @@ type relayState struct {
 // it; end reads it after that goroutine is done.
 //
 // A direction waits for the first byte of a burst holding nothing, takes
-// a small pooled buffer only to read what has arrived and write it on,
-// and gives it back before it waits again. A read that fills the buffer
-// makes the rest of the burst bulk: between TCP connections on Linux it
-// is spliced in the kernel through a pipe the direction creates for the
-// burst and closes relayLinger after its last byte (two descriptors and,
-// at 1 MiB, about 10 KiB of kernel memory while it lives); elsewhere it
-// is copied through a large pooled buffer, given back after the same
-// linger. An idle session costs its two sockets and two parked
-// goroutines only.
+// a pooled buffer (the small one between TCP connections) only to read
+// what has arrived and write it on, and gives it back before it waits
+// again. A read that fills the buffer makes the rest of the burst bulk:
+// between TCP connections on Linux it is spliced in the kernel through a
+// pipe the direction creates for the burst and closes relayLinger after
+// its last byte (two descriptors and, at 1 MiB, about 10 KiB of kernel
+// memory while it lives); otherwise it is copied through the large
+// buffer, given back after the same linger. An idle session costs its
+// two sockets and two parked goroutines only.
 type direction struct {
 	st       *relayState
 	dir      int // index in st.quiet
 	dst, src net.Conn
-	w        *waiter // waits for src to be readable; nil unless src is TCP on Linux
-	splice   bool    // src and dst are TCP on Linux: bulk is spliced
-	ahead    bool    // src is TLS: a wait reads one byte, the rest of its record is at hand
-	first    [1]byte // the byte such a wait read
-	total    int64   // bytes copied, the flushed read-ahead included
-	err      error   // why the copy ended; nil at EOF
+	w        *waiter    // waits for src to be readable, then reads; nil unless src is TCP on Linux
+	splice   bool       // src and dst are TCP on Linux: bulk is spliced
+	pool     *sync.Pool // smallPool when splicing, largePool otherwise
+	ahead    bool       // src is TLS: a wait reads one byte, the rest of its record is at hand
+	first    [1]byte    // the byte such a wait read
+	total    int64      // bytes copied, the flushed read-ahead included
+	err      error      // why the copy ended; nil at EOF
 }
 
 func newDirection(st *relayState, dir int, dst, src net.Conn, flushed int) direction {
-	d := direction{st: st, dir: dir, dst: dst, src: src, w: newWaiter(src), total: int64(flushed)}
+	d := direction{st: st, dir: dir, dst: dst, src: src, pool: &largePool, total: int64(flushed)}
 	_, tcp := dst.(*net.TCPConn)
-	d.splice = d.w != nil && tcp
+	d.w = newWaiter(src)
+	if d.splice = d.w != nil && tcp; d.splice {
+		d.pool = &smallPool
+	}
+	if d.w != nil {
+		d.w.pool = d.pool
+	}
 	_, d.ahead = src.(*tls.Conn)
 	return d
 }
@@ -209,10 +216,11 @@ func (d *direction) run() error {
 }
 
 // wait waits for the first byte of a burst from a source that is not TCP
-// (those wait in the network poller, d.w), holding no buffer: for TLS, in
-// a one-byte read (TLS decrypts the whole record into its own buffer).
-// Any other source is not waited for: its burst blocks in a read with the
-// large buffer.
+// (a TCP source waits in the network poller, d.w, and reads once there
+// is something), holding no buffer: for TLS, in a one-byte read (TLS
+// decrypts the whole record into its own buffer, where the rest of it
+// waits). Any other source is not waited for: its burst blocks in a read
+// with the large buffer, as everything did on systems without d.w.
 func (d *direction) wait() error {
 	if !d.ahead {
 		return nil
@@ -231,13 +239,11 @@ func (d *direction) wait() error {
 // burst moves what arrived after a wait through a pooled buffer, and the
 // rest of the burst in bulk if that filled it.
 func (d *direction) burst() error {
-	pool := &largePool
-	if d.splice {
-		pool = &smallPool
+	bp, n, err := d.read()
+	if bp == nil {
+		return err
 	}
-	bp := pool.Get().(*[]byte)
 	buf := *bp
-	n, err := d.readNow(buf)
 	if n > 0 {
 		d.st.quiet[d.dir].Store(false)
 		if werr := d.write(buf[:n]); werr != nil {
@@ -248,7 +254,7 @@ func (d *direction) burst() error {
 	if bulk && !d.splice {
 		err = d.copyBulk(buf)
 	}
-	pool.Put(bp)
+	d.pool.Put(bp)
 	if bulk && d.splice {
 		if err = d.spliceBulk(); err == errNoPipe {
 			err = d.copyBulkPooled()
@@ -267,15 +273,18 @@ func (d *direction) copyBulkPooled() error {
 	return d.copyBulk(*bp)
 }
 
-// readNow reads what the wait found, without waiting for more unless the
-// source has no wait of its own.
-func (d *direction) readNow(buf []byte) (int, error) {
+// read returns a pooled buffer with what the wait found, reading without
+// waiting for more unless the source has no wait of its own. A nil
+// buffer comes with an error.
+func (d *direction) read() (*[]byte, int, error) {
+	if d.w != nil {
+		return d.w.take() // the wait has read already
+	}
+	bp := d.pool.Get().(*[]byte)
+	buf := *bp
 	if !d.ahead {
 		n, err := d.src.Read(buf)
-		if d.w != nil && n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
-			err = nil // the deadline passed after the wait: the byte is still there
-		}
-		return n, err
+		return bp, n, err
 	}
 	// What TLS has decrypted or received whole is read with a deadline
 	// in the past, which never touches the socket: no read blocks while
@@ -290,10 +299,10 @@ func (d *direction) readNow(buf []byte) (int, error) {
 			break
 		}
 		if err != nil {
-			return n, err
+			return bp, n, err
 		}
 	}
-	return n, nil
+	return bp, n, nil
 }
 
 // copyBulk copies the rest of a bulk burst through buf until the source

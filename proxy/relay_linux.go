@@ -5,19 +5,26 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 )
 
-// waiter waits, holding nothing, until a TCP source has something to
-// read (bytes, the end of the stream or an error) or its read deadline
-// passes. It reads nothing.
+// waiter waits until a TCP source has something to read (bytes, the end
+// of the stream or an error) or its read deadline passes, parked in the
+// network poller holding nothing, and then reads what is there into a
+// buffer from pool, which take hands over.
 type waiter struct {
 	rc    syscall.RawConn
-	ready func(fd uintptr) bool // made once: a closure per wait would be garbage per burst
+	pool  *sync.Pool
+	ready func(fd uintptr) bool // w.read, made once: a closure per wait would be garbage per burst
+	bp    *[]byte               // what the last wait read: a buffer, or nil and err
+	n     int
+	err   error
 }
 
-// newWaiter returns a waiter when src is TCP, and nil otherwise.
+// newWaiter returns a waiter when src is TCP, and nil otherwise. The
+// caller sets its pool.
 func newWaiter(src net.Conn) *waiter {
 	s, ok := src.(*net.TCPConn)
 	if !ok {
@@ -27,16 +34,46 @@ func newWaiter(src net.Conn) *waiter {
 	if err != nil {
 		return nil
 	}
-	return &waiter{rc: rc, ready: readable}
+	w := &waiter{rc: rc}
+	w.ready = w.read
+	return w
 }
 
+// wait returns once something was read, or with the poller's error
+// (deadline passed, connection closed).
 func (w *waiter) wait() error { return w.rc.Read(w.ready) }
 
-// readable peeks at one byte: only "would block" means there is nothing.
-func readable(fd uintptr) bool {
-	var b [1]byte
-	_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-	return err != syscall.EAGAIN
+// read reads into a buffer from the pool; "would block" gives the buffer
+// back before the poller parks the goroutine. It is called first when
+// the wait starts, then each time the poller says src is readable.
+func (w *waiter) read(fd uintptr) bool {
+	bp := w.pool.Get().(*[]byte)
+	for {
+		n, err := syscall.Read(int(fd), *bp)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			w.pool.Put(bp)
+			return false
+		case err != nil:
+			w.pool.Put(bp)
+			w.bp, w.n, w.err = nil, 0, os.NewSyscallError("read", err)
+		case n == 0:
+			w.pool.Put(bp)
+			w.bp, w.n, w.err = nil, 0, io.EOF
+		default:
+			w.bp, w.n, w.err = bp, n, nil
+		}
+		return true
+	}
+}
+
+// take hands over what the last wait read.
+func (w *waiter) take() (*[]byte, int, error) {
+	bp, n, err := w.bp, w.n, w.err
+	w.bp, w.err = nil, nil
+	return bp, n, err
 }
 
 const (
