@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -92,10 +94,24 @@ func newOpsBackend(t *testing.T, name string, users map[string]string, tr *demo.
 	return f
 }
 
+// relisten listens on addr, which a stopped fake just released. A port
+// freed on loopback can be taken for a moment by another socket's
+// ephemeral port (a health check's dial), so it tries again for a while.
+func relisten(addr string) (net.Listener, error) {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ln, err := net.Listen("tcp", addr)
+		if err == nil || !errors.Is(err, syscall.EADDRINUSE) || time.Now().After(deadline) {
+			return ln, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // start listens on the backend's address (again, after stop).
 func (f *opsBackend) start() {
 	f.t.Helper()
-	ln, err := net.Listen("tcp", f.addr)
+	ln, err := relisten(f.addr)
 	if err != nil {
 		f.t.Fatalf("%s: listen: %v", f.name, err)
 	}

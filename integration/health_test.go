@@ -94,7 +94,7 @@ func TestHealthHungBackend(t *testing.T) {
 
 	f1.stop()
 	hung := time.Now()
-	ln, err := net.Listen("tcp", f1.addr)
+	ln, err := relisten(f1.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
