@@ -560,8 +560,11 @@ func TestAdminMetrics(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		text = string(b)
+		// One scrape is not a snapshot (collectors run concurrently), so
+		// wait for the gauge too, not only for the counters.
 		return strings.Contains(text, `mailproxy_logins_total{listener="imap",protocol="imap",result="failed"} 1`) &&
-			strings.Contains(text, `mailproxy_logins_total{listener="imap",protocol="imap",result="ok"} 1`)
+			strings.Contains(text, `mailproxy_logins_total{listener="imap",protocol="imap",result="ok"} 1`) &&
+			strings.Contains(text, `mailproxy_sessions{listener="imap",protocol="imap"} 1`)
 	})
 	for _, want := range []string{
 		`mailproxy_sessions{listener="imap",protocol="imap"} 1`,
