@@ -22,6 +22,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 
 	"mailproxy/demo"
+	"mailproxy/internal/testkit"
 	"mailproxy/proxy/admin"
 	"mailproxy/routing"
 )
@@ -98,14 +99,13 @@ func newOpsBackend(t *testing.T, name string, users map[string]string, tr *demo.
 // freed on loopback can be taken for a moment by another socket's
 // ephemeral port (a health check's dial), so it tries again for a while.
 func relisten(addr string) (net.Listener, error) {
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		ln, err := net.Listen("tcp", addr)
-		if err == nil || !errors.Is(err, syscall.EADDRINUSE) || time.Now().After(deadline) {
-			return ln, err
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	var ln net.Listener
+	var err error
+	testkit.Eventually(5*time.Second, 20*time.Millisecond, func() bool {
+		ln, err = net.Listen("tcp", addr)
+		return err == nil || !errors.Is(err, syscall.EADDRINUSE)
+	})
+	return ln, err
 }
 
 // start listens on the backend's address (again, after stop).

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"io"
+	"mailproxy/internal/testkit"
 	"net"
 	"os"
 	"runtime"
@@ -45,12 +46,8 @@ func TestRelayBulkClosesPipe(t *testing.T) {
 		t.Fatal("a 1 MiB transfer did not splice")
 	}
 	// No event to wait on: relayLinger is a deadline inside the relay.
-	deadline := time.Now().Add(relayLinger + 500*time.Millisecond)
-	for p := pipeFDs(t); p > base; p = pipeFDs(t) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d pipe descriptors %v after a transfer, %d before it", p, relayLinger+500*time.Millisecond, base)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !testkit.Eventually(relayLinger+500*time.Millisecond, 20*time.Millisecond, func() bool { return pipeFDs(t) <= base }) {
+		t.Fatalf("%d pipe descriptors %v after a transfer, %d before it", pipeFDs(t), relayLinger+500*time.Millisecond, base)
 	}
 	if n := splicing(); n > 0 {
 		t.Fatalf("%d directions still splicing after the pipes closed", n)

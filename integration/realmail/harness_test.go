@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"io"
+	"mailproxy/internal/testkit"
 	"net"
 	"os"
 	"os/exec"
@@ -228,12 +229,8 @@ func (h *harness) waitLogins(t *testing.T, m logMark, what string, cond func([]l
 // processes (logs, doveadm, the Maildir), which sends no event.
 func poll(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !testkit.Eventually(d, 50*time.Millisecond, cond) {
+		t.Fatalf("timed out after %v waiting for %s", d, what)
 	}
 }
 

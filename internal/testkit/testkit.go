@@ -8,6 +8,7 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
 )
 
 // Server is a backend with net/http's shape, as the demo servers have.
@@ -107,4 +108,27 @@ func (s *ConnServer) Close() error {
 		return s.ln.Close()
 	}
 	return nil
+}
+
+// Eventually checks cond every interval until it holds or d has passed,
+// and reports whether it held. It is for state that sends no event: another
+// process's logs, a counter behind an API, a port another socket may hold.
+func Eventually(d, interval time.Duration, cond func() bool) bool {
+	if cond() {
+		return true
+	}
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-deadline.C:
+			return cond()
+		case <-tick.C:
+			if cond() {
+				return true
+			}
+		}
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"mailproxy/internal/testkit"
 	"mailproxy/protocols"
 )
 
@@ -107,13 +108,9 @@ func waitServe(t *testing.T, done <-chan error) error {
 // settle waits until the goroutine count is back to at most n.
 func settle(t *testing.T, n int) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for runtime.NumGoroutine() > n {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<16)
-			t.Fatalf("%d goroutines left, want %d:\n%s", runtime.NumGoroutine(), n, buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(5 * time.Millisecond)
+	if !testkit.Eventually(5*time.Second, 5*time.Millisecond, func() bool { return runtime.NumGoroutine() <= n }) {
+		buf := make([]byte, 1<<16)
+		t.Fatalf("%d goroutines left, want %d:\n%s", runtime.NumGoroutine(), n, buf[:runtime.Stack(buf, true)])
 	}
 }
 
@@ -194,11 +191,7 @@ func TestServeNoBackend(t *testing.T) {
 
 func waitUntil(t *testing.T, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("timed out")
-		}
-		time.Sleep(2 * time.Millisecond)
+	if !testkit.Eventually(5*time.Second, 2*time.Millisecond, cond) {
+		t.Fatal("timed out")
 	}
 }
