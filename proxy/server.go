@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,6 +66,8 @@ type Server struct {
 	opened *listenerSet // by OpenListeners (standby.go); guarded by mu
 
 	auth *auth.Authenticator // auth.mode = "verify"; nil in passthrough (auth.go)
+
+	hostname string // the machine's name, for listeners without hostname
 }
 
 // backendInfo is what the proxy keeps per backend as routing.Backend.Data.
@@ -84,6 +87,7 @@ func New(cfg *Config, opts Options) (*Server, error) {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
+	s.hostname, _ = os.Hostname() // once: greetings must not cost a syscall each
 	if s.dial == nil {
 		var d net.Dialer
 		s.dial = d.DialContext

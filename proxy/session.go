@@ -214,7 +214,7 @@ func (ss *session) protoSession(c net.Conn) *protocols.Session {
 	}
 	host := lc.Hostname
 	if host == "" {
-		host, _ = os.Hostname()
+		host = s.hostname
 	}
 	ps := &protocols.Session{
 		ID: ss.id, Conn: c, Log: ss.log, TLS: tlsCfg, TLSActive: lc.TLS == "implicit",
