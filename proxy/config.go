@@ -22,7 +22,8 @@ type Config struct {
 	Auth      AuthConfig       `toml:"auth"`
 	Listeners []ListenerConfig `toml:"listener"`
 	Pools     []PoolConfig     `toml:"pool"`
-	Peer      *PeerConfig      `toml:"peer"` // nil: no pair, always active
+	Peer      *PeerConfig      `toml:"peer"`  // nil: no pair, always active
+	Store     *StoreConfig     `toml:"store"` // nil: routing state in memory, nothing persisted
 
 	source string         // file name for messages; set by ParseConfig
 	lines  map[string]int // indexed key path -> line; set by ParseConfig
@@ -143,8 +144,21 @@ type PeerConfig struct {
 	Interval   Duration `toml:"interval"`    // between heartbeats; default 200ms
 	DeadAfter  Duration `toml:"dead_after"`  // silence that makes the peer lost; default 1s; > interval
 	Preempt    bool     `toml:"preempt"`     // true: on return, take over from a lower-ranked active peer
-	OnActive   []string `toml:"on_active"`   // `sh -c` commands run on becoming active, before the listeners open
-	OnStandby  []string `toml:"on_standby"`  // `sh -c` commands run on becoming standby (and at start), after they close
+	OnActive   []string `toml:"on_active"`   // `sh -c` commands run after becoming active, asynchronously
+	OnStandby  []string `toml:"on_standby"`  // `sh -c` commands run after becoming standby (and at start), asynchronously
+
+	VIP         []string `toml:"vip"`          // prefixes mailproxy adds to interface while active, e.g. "192.0.2.100/24"
+	Interface   string   `toml:"interface"`    // carries vip; required with vip; its loss makes the node standby
+	Witness     string   `toml:"witness"`      // an IPv4 address on interface (the gateway) that must answer ARP before a takeover; "" = none
+	HookTimeout Duration `toml:"hook_timeout"` // bound on each on_active/on_standby command; default 10s
+}
+
+// StoreConfig says where routing state lives. Only the memory store is
+// built here; with it, state_file keeps the runtime admin state (drains)
+// across restarts.
+type StoreConfig struct {
+	Type      string `toml:"type"`       // memory; default memory
+	StateFile string `toml:"state_file"` // JSON file of runtime drains, rewritten atomically; "" = not kept
 }
 
 // Duration is a time.Duration written in TOML as a Go duration string

@@ -26,6 +26,7 @@ func (c *Config) problems() []Problem {
 	pools := c.checkPools(ck)
 	c.checkListeners(ck, pools)
 	c.checkPeer(ck)
+	c.checkStore(ck)
 	return ck.problems
 }
 
@@ -279,6 +280,28 @@ func (c *Config) checkPeer(ck *cfgChecker) {
 	ck.positive("peer.interval", p.Interval)
 	if p.DeadAfter.Duration <= p.Interval.Duration {
 		ck.add("peer.dead_after", "%v must be longer than peer.interval (%v)", p.DeadAfter.Duration, p.Interval.Duration)
+	}
+	ck.positive("peer.hook_timeout", p.HookTimeout)
+	for i, v := range p.VIP {
+		if _, err := netip.ParsePrefix(v); err != nil {
+			ck.add(fmt.Sprintf("peer.vip[%d]", i), "%q is not an address with a prefix length, such as \"192.0.2.100/24\"", v)
+		}
+	}
+	if len(p.VIP) > 0 && p.Interface == "" {
+		ck.add("peer.interface", "missing: vip needs the interface that carries it")
+	}
+	if p.Witness != "" {
+		if a, err := netip.ParseAddr(p.Witness); err != nil || !a.Is4() {
+			ck.add("peer.witness", "%q is not an IPv4 address", p.Witness)
+		} else if p.Interface == "" {
+			ck.add("peer.interface", "missing: witness is asked on an interface")
+		}
+	}
+}
+
+func (c *Config) checkStore(ck *cfgChecker) {
+	if s := c.Store; s != nil && s.Type != "memory" {
+		ck.add("store.type", "must be \"memory\", not %q", s.Type)
 	}
 }
 

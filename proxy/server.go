@@ -63,7 +63,9 @@ type Server struct {
 	closed atomic.Bool
 	bgStop context.CancelFunc
 	bgDone sync.WaitGroup
-	opened *listenerSet // by OpenListeners (standby.go); guarded by mu
+	opened *listenerSet  // by OpenListeners (standby.go); guarded by mu
+	held   []*heldSocket // bound, not listening, while standby (standby.go); guarded by mu
+	hold   bool          // HoldListeners was called: hold again after CloseListeners
 
 	auth *auth.Authenticator // auth.mode = "verify"; nil in passthrough (auth.go)
 
@@ -420,6 +422,7 @@ func (s *Server) closeListeners() {
 	for ln := range s.lns {
 		(*ln).Close()
 	}
+	s.releaseHeld()
 }
 
 // StartBackground starts the server's background work (health checks)

@@ -10,7 +10,10 @@ import (
 // This file is the server's side of the active/standby pair (proxy/peer):
 // an active instance serves its listeners, a standby one holds none open
 // (DESIGN.md), so the listeners open and close with the role while the
-// server, its health checks and its admin API keep running.
+// server, its health checks and its admin API keep running. With
+// HoldListeners a standby keeps each listener's address bound but not
+// listening, so a connection that reaches it is refused at once and
+// becoming active only has to call listen(2).
 
 // listenerSet is what one OpenListeners opened.
 type listenerSet struct {
@@ -74,6 +77,52 @@ func (s *Server) CloseListeners() {
 		ln.Close()
 	}
 	set.serving.Wait()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.hold {
+		if err := s.holdLocked(); err != nil {
+			s.log.Warn("listener addresses not held while standby; they open on activation", "err", err)
+		}
+	}
+}
+
+// HoldListeners binds every listener's address without listening (Linux
+// only; with IP_FREEBIND, so an address not yet on the host can be
+// bound), and binds them again after each CloseListeners. OpenListeners
+// then listens on the held sockets. An error means none is held; the
+// listeners still open on OpenListeners.
+func (s *Server) HoldListeners() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hold = true
+	return s.holdLocked()
+}
+
+func (s *Server) holdLocked() error {
+	if s.closed.Load() || s.opened != nil || s.held != nil {
+		return nil
+	}
+	held := make([]*heldSocket, 0, len(s.cfg.Listeners))
+	for _, l := range s.cfg.Listeners {
+		h, err := holdTCP(l.Address)
+		if err != nil {
+			for _, o := range held {
+				o.close()
+			}
+			return fmt.Errorf("listener %s: %w", l.Name, err)
+		}
+		held = append(held, h)
+	}
+	s.held = held
+	return nil
+}
+
+// releaseHeld closes the held sockets; s.mu is held.
+func (s *Server) releaseHeld() {
+	for _, h := range s.held {
+		h.close()
+	}
+	s.held = nil
 }
 
 // CloseSessions ends every live session at once, as Close does, but keeps
@@ -91,11 +140,25 @@ func (s *Server) CloseSessions() int {
 // it closes those it opened.
 func (s *Server) listenAll() ([]net.Listener, error) {
 	lns := make([]net.Listener, 0, len(s.cfg.Listeners))
-	for _, l := range s.cfg.Listeners {
-		ln, err := s.listen("tcp", l.Address)
+	held := s.held
+	s.held = nil
+	for i, l := range s.cfg.Listeners {
+		var ln net.Listener
+		var err error
+		if held != nil {
+			ln, err = held[i].listen()
+			held[i] = nil
+		} else {
+			ln, err = s.listen("tcp", l.Address)
+		}
 		if err != nil {
 			for _, o := range lns {
 				o.Close()
+			}
+			if held != nil {
+				for _, h := range held[i+1:] {
+					h.close()
+				}
 			}
 			return nil, fmt.Errorf("listener %s: %w", l.Name, err)
 		}

@@ -40,7 +40,7 @@ func TestRunCommand(t *testing.T) {
 }
 
 // TestCommandsFollowRole runs a node alone in real time with commands on
-// both roles: on_standby at start, on_active before the listeners open,
+// both roles: on_standby at start, on_active after the listeners open,
 // on_standby again when it stops; a failing command is logged and changes
 // nothing.
 func TestCommandsFollowRole(t *testing.T) {
@@ -50,8 +50,8 @@ func TestCommandsFollowRole(t *testing.T) {
 	svc := &fakeService{}
 	svc.onOpen = func() {
 		b, _ := os.ReadFile(file)
-		if !strings.HasSuffix(string(b), "lb1 active\n") {
-			t.Errorf("listeners opened before on_active ran: %q", b)
+		if strings.Contains(string(b), "active") {
+			t.Errorf("on_active ran before the listeners opened: %q", b)
 		}
 	}
 	cfg := &proxy.PeerConfig{Node: "lb1", Address: "127.0.0.1:9", Priority: 1,
@@ -75,6 +75,11 @@ func TestCommandsFollowRole(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatalf("no %v within 10s:\n%s", want, logs)
 		}
+	}
+	if !testkit.Eventually(10*time.Second, 5*time.Millisecond, func() bool {
+		return strings.Contains(logs.String(), `err="exit status 1"`)
+	}) {
+		t.Fatalf("on_active did not finish:\n%s", logs)
 	}
 	cancel()
 	if err := <-done; err != nil {

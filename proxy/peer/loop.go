@@ -38,6 +38,19 @@ type loop struct {
 	dead  *time.Timer
 	want  chan Role // the latest elected role; capacity 1, newest wins
 	buf   []byte
+	heard uint64 // heartbeats accepted
+
+	linkUp     bool          // [peer] interface up with carrier (true without one)
+	linkc      chan bool     // from the link watcher
+	reannounce chan struct{} // to the switcher: a conflict was won; capacity 1
+	sharec     chan []byte   // from Node.Share
+	share      []byte        // the payload the next heartbeats carry
+	shareLeft  int           // how many more carry it
+	lastShared []byte        // the last payload received, delivered once
+
+	witnessOK   bool      // the witness answered since the peer was lost
+	witnessBusy bool      // a question to the witness is out
+	witnessc    chan bool // its answer
 
 	rejects, sendErrs rateLog
 }
@@ -45,13 +58,22 @@ type loop struct {
 func newLoop(n *Node, conn net.PacketConn) *loop {
 	return &loop{n: n, conn: conn, guard: newGuard(n.cfg.Node, n.opts.MaxSkew, n.cfg.DeadAfter.Duration),
 		epoch: time.Now().UnixNano(), want: make(chan Role, 1), buf: make([]byte, 0, MaxDatagram),
-		rejects: rateLog{every: logEvery}, sendErrs: rateLog{every: logEvery}}
+		rejects: rateLog{every: logEvery}, sendErrs: rateLog{every: logEvery},
+		linkUp: true, linkc: make(chan bool, 1), reannounce: make(chan struct{}, 1),
+		sharec: make(chan []byte, 16), witnessc: make(chan bool, 1)}
 }
+
+// shareRepeats is how many heartbeats in a row carry a shared payload, as
+// UDP may lose one.
+const shareRepeats = 3
 
 // run is the heartbeat loop: send every interval, take what arrives, and
 // elect again on every change. A node that just started waits dead_after
-// for its peer before it claims the active role.
+// for its peer before it claims the active role. It runs on a thread of
+// its own, as the reader does, so that busy goroutines elsewhere (accept
+// loops, relays, commands) do not delay a heartbeat.
 func (l *loop) run(ctx context.Context, pkts <-chan datagram) {
+	lockHeartbeatThread()
 	tick := time.NewTicker(l.n.cfg.Interval.Duration)
 	defer tick.Stop()
 	l.dead = time.NewTimer(l.n.cfg.DeadAfter.Duration)
@@ -64,12 +86,73 @@ func (l *loop) run(ctx context.Context, pkts <-chan datagram) {
 			return
 		case <-tick.C:
 			l.send(false)
+			if l.role == Standby && !l.peer.alive && l.n.witness.IsValid() {
+				l.elect() // the witness may answer now
+			}
 		case d := <-pkts:
 			l.receive(d, time.Now())
 		case <-l.dead.C:
-			l.lost()
+			if l.confirmLost(pkts) {
+				l.lost()
+			}
+		case up := <-l.linkc:
+			l.link(up)
+		case p := <-l.sharec:
+			l.share, l.shareLeft = p, shareRepeats
+			l.send(false)
+		case ok := <-l.witnessc:
+			l.witnessBusy, l.witnessOK = false, ok
+			if !ok {
+				l.n.log.Warn("witness did not answer: staying standby", "witness", l.n.cfg.Witness)
+			}
+			l.elect()
 		}
 	}
+}
+
+// confirmLost looks again before the dead timer's verdict counts: a
+// heartbeat may be waiting in the channel (select picks a ready case at
+// random) or still in the socket, because this node, not its peer, was
+// stalled (a paused VM, a starved CPU). It reports whether the peer is
+// still silent.
+func (l *loop) confirmLost(pkts <-chan datagram) bool {
+	before := l.heard
+	wait := time.NewTimer(l.n.cfg.Interval.Duration)
+	defer wait.Stop()
+	for {
+		select {
+		case d := <-pkts:
+			l.receive(d, time.Now())
+			continue
+		default:
+		}
+		if l.heard != before || !queued(l.conn) {
+			return l.heard == before
+		}
+		select { // the reader has yet to hand it over
+		case d := <-pkts:
+			l.receive(d, time.Now())
+		case <-wait.C:
+			return l.heard == before
+		}
+	}
+}
+
+// link takes the interface's state: a node without its link can hold no
+// address, so it steps down, and does not claim the role until the link is
+// back.
+func (l *loop) link(up bool) {
+	if up == l.linkUp {
+		return
+	}
+	l.linkUp = up
+	if up {
+		l.n.log.Info("interface up", "interface", l.n.cfg.Interface)
+	} else {
+		l.n.log.Warn("interface down: stepping down", "interface", l.n.cfg.Interface)
+	}
+	l.n.setStatus(func(st *Status) { st.LinkUp = up })
+	l.elect()
 }
 
 // receive handles one datagram: refused unless authentic, fresh and not
@@ -83,8 +166,10 @@ func (l *loop) receive(d datagram, now time.Time) {
 		l.reject(d.from, err, now)
 		return
 	}
-	was := l.peer.alive
+	was, wasRole := l.peer.alive, l.peer.role
+	l.heard++
 	l.peer = view{member: member{node: m.Node, priority: m.Priority}, role: m.Role, alive: !m.Leaving}
+	l.witnessOK = false
 	l.n.setStatus(func(st *Status) {
 		st.Peer.Node, st.Peer.Role, st.Peer.Priority = m.Node, m.Role.String(), int(m.Priority)
 		st.Peer.Alive, st.Peer.LastHeard = l.peer.alive, now
@@ -102,7 +187,34 @@ func (l *loop) receive(d datagram, now time.Time) {
 	default:
 		l.dead.Reset(l.n.cfg.DeadAfter.Duration)
 	}
-	if !l.elect() && !was && l.peer.alive {
+	conflict := l.role == Active && m.Role == Active && !m.Leaving && (!was || wasRole != Active)
+	if conflict {
+		l.n.setStatus(func(st *Status) { st.Conflicts++ })
+		l.n.log.Warn("conflict: both nodes active", "peer", m.Node)
+	}
+	if m.Payload != nil && !bytes.Equal(m.Payload, l.lastShared) {
+		l.lastShared = m.Payload
+		if l.n.opts.OnShared != nil {
+			l.n.opts.OnShared(m.Payload)
+		}
+	}
+	if !was && l.peer.alive && l.n.opts.Shared != nil {
+		// A peer that (re)appears learns our shared state, which it may
+		// have missed while it was away.
+		if p := l.n.opts.Shared(); p != nil {
+			l.share, l.shareLeft = p, shareRepeats
+		}
+	}
+	changed := l.elect()
+	if conflict && l.role == Active {
+		// We won: clients of the loser must learn our hardware address
+		// now, not at the next refresh.
+		select {
+		case l.reannounce <- struct{}{}:
+		default:
+		}
+	}
+	if !changed && !was && l.peer.alive {
 		l.send(false) // a returning peer learns our role now, not in an interval
 	}
 }
@@ -130,6 +242,13 @@ func (l *loop) lost() {
 // and hands it to the switcher. It reports whether the role changed.
 func (l *loop) elect() bool {
 	r, why := decide(l.n.self, l.n.cfg.Preempt, l.role, l.peer)
+	switch {
+	case !l.linkUp:
+		r, why = Standby, "interface "+l.n.cfg.Interface+" is down"
+	case r == Active && l.role != Active && !l.peer.alive && l.n.witness.IsValid() && !l.witnessOK:
+		r, why = Standby, "no live peer; asking the witness "+l.n.witness.String()
+		l.askWitness()
+	}
 	if r == l.role {
 		l.n.setStatus(func(st *Status) { st.Reason = why })
 		return false
@@ -144,6 +263,16 @@ func (l *loop) elect() bool {
 	}
 	l.want <- r
 	return true
+}
+
+// askWitness asks the witness, on a goroutine of its own, whether it can
+// be reached; the answer comes back on witnessc.
+func (l *loop) askWitness() {
+	if l.witnessBusy {
+		return
+	}
+	l.witnessBusy = true
+	go func() { l.witnessc <- l.n.addr.witness(l.n.witness, witnessTimeout) }()
 }
 
 // leave says goodbye: the peer takes over without waiting for dead_after.
@@ -164,6 +293,10 @@ func (l *loop) send(leaving bool) {
 	l.seq++
 	m := Message{Node: l.n.cfg.Node, Priority: l.n.self.priority, Role: l.role, Leaving: leaving,
 		Epoch: l.epoch, Seq: l.seq, Sent: time.Now()}
+	if l.shareLeft > 0 {
+		m.Payload = l.share
+		l.shareLeft--
+	}
 	b, err := m.Encode(l.buf[:0], l.n.secret)
 	if err == nil {
 		_, err = l.conn.WriteTo(b, to)
@@ -196,6 +329,7 @@ func (l *loop) discard() {
 
 // read copies datagrams to the loop until the socket closes.
 func (l *loop) read(out chan<- datagram, done <-chan struct{}) {
+	lockHeartbeatThread()
 	buf := make([]byte, MaxDatagram+1) // one more, so an oversized datagram shows
 	for {
 		k, from, err := l.conn.ReadFrom(buf)

@@ -3,19 +3,28 @@
 // elect one of them active, and switch the client listeners and the
 // on_active/on_standby commands with the role.
 //
+// With [peer] vip and interface, the node itself adds the virtual
+// addresses on becoming active, announces them (gratuitous ARP,
+// unsolicited neighbour advertisements) and removes them on becoming
+// standby, at start and when the interface loses its link.
+//
 // The pieces, one file each: the datagram and its HMAC (message.go), the
 // replay guard (replay.go), the election as a pure function (election.go),
-// the heartbeat loop that owns the state (loop.go), and the goroutine that
-// applies a role to the server and runs the commands (switch.go,
-// commands.go).
+// the heartbeat loop that owns the state (loop.go), the goroutine that
+// applies a role to the server and the addresses (switch.go), the
+// addresses themselves (vip.go, vip_linux.go), the commands
+// (commands.go) and the metrics (metrics.go).
 package peer
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
 	"math"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -62,8 +71,17 @@ type Options struct {
 	// not block for long: the next role waits for it.
 	OnRole func(Role)
 	// CommandTimeout bounds each on_active and on_standby command; default
-	// DefaultCommandTimeout.
+	// [peer] hook_timeout, else DefaultCommandTimeout.
 	CommandTimeout time.Duration
+	// Shared, when set, returns what this node shares with its peer (the
+	// admin state); it is sent whenever the peer appears or comes back.
+	// It runs on the heartbeat goroutine and must be quick; at most
+	// MaxPayload bytes, nil for nothing.
+	Shared func() []byte
+	// OnShared, when set, gets each payload the peer shares (Node.Share,
+	// Shared), once per distinct payload. It runs on the heartbeat
+	// goroutine and must be quick.
+	OnShared func([]byte)
 	// MaxSkew is how far a heartbeat's send time may be from our clock;
 	// default DefaultMaxSkew. The two nodes' clocks must agree this well
 	// (NTP does), or they stop believing each other.
@@ -73,11 +91,14 @@ type Options struct {
 // Node is one instance of the pair. Build it with New and run it with Run;
 // Status is safe to call at any time from any goroutine.
 type Node struct {
-	cfg    proxy.PeerConfig
-	opts   Options
-	log    *slog.Logger
-	secret []byte
-	self   member
+	cfg     proxy.PeerConfig
+	opts    Options
+	log     *slog.Logger
+	secret  []byte
+	self    member
+	addr    addresser     // nil without [peer] vip
+	witness netip.Addr    // [peer] witness; invalid: none
+	sharec  chan<- []byte // to the running loop; nil before Run
 
 	mu sync.Mutex
 	st Status
@@ -92,6 +113,14 @@ type Status struct {
 	Priority int        `json:"priority"`
 	Preempt  bool       `json:"preempt"`
 	Peer     PeerStatus `json:"peer"`
+
+	Applied       string   `json:"applied"`             // the role in force: listeners, addresses
+	VIP           []string `json:"vip,omitempty"`       // [peer] vip
+	Interface     string   `json:"interface,omitempty"` // [peer] interface
+	LinkUp        bool     `json:"link_up"`             // the interface is up with carrier (true without one)
+	Announcements uint64   `json:"announcements"`       // gratuitous ARPs and neighbour advertisements sent
+	Takeovers     uint64   `json:"takeovers"`           // times this node became active
+	Conflicts     uint64   `json:"conflicts"`           // times both nodes were found active
 }
 
 // PeerStatus is what a Node knows of the other one.
@@ -126,7 +155,23 @@ func New(cfg *proxy.PeerConfig, opts Options) (*Node, error) {
 	}
 	n.log = n.log.With("node", cfg.Node)
 	if n.opts.CommandTimeout <= 0 {
-		n.opts.CommandTimeout = DefaultCommandTimeout
+		n.opts.CommandTimeout = cmp.Or(cfg.HookTimeout.Duration, DefaultCommandTimeout)
+	}
+	if len(cfg.VIP) > 0 || cfg.Witness != "" {
+		vips, err := parseVIPs(cfg.VIP)
+		if err != nil {
+			return nil, err
+		}
+		if n.addr, err = newAddresser(cfg.Interface, vips); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Witness != "" {
+		w, err := netip.ParseAddr(cfg.Witness)
+		if err != nil {
+			return nil, fmt.Errorf("peer: witness: %w", err)
+		}
+		n.witness = w
 	}
 	if n.opts.MaxSkew <= 0 {
 		n.opts.MaxSkew = DefaultMaxSkew
@@ -139,7 +184,8 @@ func New(cfg *proxy.PeerConfig, opts Options) (*Node, error) {
 		n.secret = s
 	}
 	n.st = Status{Node: cfg.Node, Role: Standby.String(), Reason: "starting", Since: time.Now(),
-		Priority: cfg.Priority, Preempt: cfg.Preempt, Peer: PeerStatus{Address: cfg.Address}}
+		Priority: cfg.Priority, Preempt: cfg.Preempt, Peer: PeerStatus{Address: cfg.Address},
+		Applied: Standby.String(), VIP: cfg.VIP, Interface: cfg.Interface, LinkUp: true}
 	return n, nil
 }
 
@@ -192,14 +238,20 @@ func (n *Node) Run(ctx context.Context) error {
 		"interval", n.cfg.Interval.String(), "dead_after", n.cfg.DeadAfter.String())
 	l := newLoop(n, conn)
 	l.discard()
+	n.mu.Lock()
+	n.sharec = l.sharec
+	n.mu.Unlock()
 	pkts, done := make(chan datagram), make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() { l.read(pkts, done) })
 	if err := l.resolve(ctx); err != nil {
 		wg.Go(func() { l.resolveLater(ctx, err) })
 	}
+	if n.cfg.Interface != "" {
+		wg.Go(func() { n.watchLink(ctx, l.linkc) })
+	}
 	switched := make(chan struct{})
-	go func() { defer close(switched); n.actuate(ctx, l.want) }()
+	go func() { defer close(switched); n.actuate(ctx, l.want, l.reannounce) }()
 	l.run(ctx, pkts)
 	<-switched
 	close(done)
@@ -207,6 +259,41 @@ func (n *Node) Run(ctx context.Context) error {
 	wg.Wait()
 	n.log.Info("peer stopped")
 	return nil
+}
+
+// Share sends b (at most MaxPayload bytes) to the peer, signed, on the
+// next heartbeats; the peer's Options.OnShared gets it. It never blocks;
+// before Run, or with too many shares waiting, it drops b and reports
+// false. Each b should be the whole state to share, not a change, so that
+// a lost one is healed by the next.
+func (n *Node) Share(b []byte) bool {
+	n.mu.Lock()
+	c := n.sharec
+	n.mu.Unlock()
+	if c == nil || len(b) > MaxPayload {
+		return false
+	}
+	select {
+	case c <- bytes.Clone(b):
+		return true
+	default:
+		return false
+	}
+}
+
+// watchLink feeds the interface's state to the loop; the newest state
+// replaces one not yet taken.
+func (n *Node) watchLink(ctx context.Context, linkc chan bool) {
+	err := watchLink(ctx, n.cfg.Interface, func(up bool) {
+		select {
+		case <-linkc:
+		default:
+		}
+		linkc <- up
+	})
+	if err != nil {
+		n.log.Error("interface not watched: a lost link is noticed only by the peer", "interface", n.cfg.Interface, "err", err)
+	}
 }
 
 // env is what on_active and on_standby commands find in their environment.
