@@ -113,12 +113,31 @@ func newLogger(cfg proxy.LogConfig, w io.Writer) *slog.Logger {
 }
 
 // newPeer builds the active/standby node when [peer] is set, switching
-// srv's listeners with its role; nil without [peer].
-func newPeer(srv *proxy.Server, cfg *proxy.Config, log *slog.Logger) (*peer.Node, error) {
+// srv's listeners with its role and sharing the admin state with the
+// peer; nil without [peer].
+func newPeer(srv *proxy.Server, sync *proxy.AdminSync, cfg *proxy.Config, log *slog.Logger) (*peer.Node, error) {
 	if cfg.Peer == nil {
 		return nil, nil
 	}
-	return peer.New(cfg.Peer, peer.Options{Logger: log, Service: srv})
+	node, err := peer.New(cfg.Peer, peer.Options{Logger: log, Service: srv, Shared: sync.Payload, OnShared: sync.Receive})
+	if err != nil {
+		return nil, err
+	}
+	sync.SetShare(node.Share)
+	if err := srv.RegisterMetrics(node.Collector()); err != nil {
+		return nil, err
+	}
+	return node, nil
+}
+
+// newAdminSync restores the admin state of [store] state_file.
+func newAdminSync(srv *proxy.Server, cfg *proxy.Config) (*proxy.AdminSync, error) {
+	path := ""
+	if cfg.Store != nil {
+		path = cfg.Store.StateFile
+	}
+	sync := srv.NewAdminSync(path)
+	return sync, sync.Restore()
 }
 
 func cmdRun(args []string, stderr io.Writer) error {
@@ -151,12 +170,16 @@ func cmdRun(args []string, stderr io.Writer) error {
 // users file and master password. With [peer], the pair's node opens
 // and closes the listeners with its role instead of ListenAndServe.
 func serve(srv *proxy.Server, cfg *proxy.Config, log *slog.Logger) error {
-	node, err := newPeer(srv, cfg, log)
+	sync, err := newAdminSync(srv, cfg)
+	if err != nil {
+		return err
+	}
+	node, err := newPeer(srv, sync, cfg, log)
 	if err != nil {
 		return err
 	}
 	srv.StartBackground()
-	stopAdmin, err := startAdmin(srv, node, cfg, log)
+	stopAdmin, err := startAdmin(srv, node, sync, cfg, log)
 	if err != nil {
 		srv.Close()
 		return err

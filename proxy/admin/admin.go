@@ -50,6 +50,10 @@ type Options struct {
 	// takes the node name and role from it and shows the peer. Nil: no
 	// pair, always active.
 	Peer func() peer.Status
+	// OnAction, when set, is called after each drain, undrain and kick
+	// with the pool, the backend and the action (proxy.AdminSync.Changed
+	// saves the state and sends it to the peer).
+	OnAction func(pool, backend, action string)
 }
 
 // API is the admin HTTP API of one proxy.Server. Its methods are safe for
@@ -142,6 +146,8 @@ func (a *API) status(w http.ResponseWriter, r *http.Request) {
 	if a.opts.Peer != nil {
 		ps := a.opts.Peer()
 		st.Node, st.Role, st.RoleReason, st.Peer = ps.Node, ps.Role, ps.Reason, &ps.Peer
+		st.Pair = &PairStatus{Applied: ps.Applied, VIP: ps.VIP, Interface: ps.Interface, LinkUp: ps.LinkUp,
+			Announcements: ps.Announcements, Takeovers: ps.Takeovers, Conflicts: ps.Conflicts}
 	}
 	for _, p := range a.srv.Pools() {
 		st.Pools = append(st.Pools, PoolStatus{Name: p.Name, Backends: p.Status()})
@@ -203,6 +209,9 @@ func (a *API) action(w http.ResponseWriter, r *http.Request) {
 	default:
 		writeError(w, http.StatusNotFound, fmt.Sprintf("unknown action %q (want drain, undrain or kick)", res.Action))
 		return
+	}
+	if a.opts.OnAction != nil {
+		a.opts.OnAction(pool.Name, b.Name, res.Action)
 	}
 	res.Sessions = b.Sessions()
 	for _, st := range pool.Status() {
