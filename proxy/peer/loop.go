@@ -152,7 +152,9 @@ func (l *loop) link(up bool) {
 		l.n.log.Warn("interface down: stepping down", "interface", l.n.cfg.Interface)
 	}
 	l.n.setStatus(func(st *Status) { st.LinkUp = up })
-	l.elect()
+	if !l.elect() {
+		l.send(false) // the peer learns at once that we are out, or back
+	}
 }
 
 // receive handles one datagram: refused unless authentic, fresh and not
@@ -291,7 +293,9 @@ func (l *loop) send(leaving bool) {
 		return
 	}
 	l.seq++
-	m := Message{Node: l.n.cfg.Node, Priority: l.n.self.priority, Role: l.role, Leaving: leaving,
+	// Without its link a node cannot serve: it tells the peer it is out,
+	// as a leaving node does, so the peer takes over now.
+	m := Message{Node: l.n.cfg.Node, Priority: l.n.self.priority, Role: l.role, Leaving: leaving || !l.linkUp,
 		Epoch: l.epoch, Seq: l.seq, Sent: time.Now()}
 	if l.shareLeft > 0 {
 		m.Payload = l.share
