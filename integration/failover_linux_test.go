@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"mailproxy/demo"
+	"mailproxy/internal/demo"
 	"mailproxy/proxy/admin"
 )
 
