@@ -152,6 +152,8 @@ type PeerConfig struct {
 	Interface   string   `toml:"interface"`    // carries vip; required with vip; its loss makes the node standby
 	Witness     string   `toml:"witness"`      // an IPv4 address on interface (the gateway) that must answer ARP before a takeover; "" = none
 	HookTimeout Duration `toml:"hook_timeout"` // bound on each on_active/on_standby command; default 10s
+	Listen2     string   `toml:"listen2"`      // UDP host:port of a second heartbeat path; with address2
+	Address2    string   `toml:"address2"`     // the other instance's listen2; "" = one path
 }
 
 // StoreConfig says where routing state lives. Only the memory store is

@@ -99,3 +99,47 @@ func TestCommandsFollowRole(t *testing.T) {
 		}
 	}
 }
+
+// TestSlowHookHoldsNothing: an on_active command that would run for 30 s
+// neither delays the switch to active (the listeners open while it runs)
+// nor the step-down at shutdown, which kills it.
+func TestSlowHookHoldsNothing(t *testing.T) {
+	logs := &testkit.SyncBuffer{}
+	started := filepath.Join(t.TempDir(), "started")
+	cfg := &config.PeerConfig{Node: "lb1", Address: "127.0.0.1:9", Priority: 1,
+		Interval: config.Duration{Duration: 20 * time.Millisecond}, DeadAfter: config.Duration{Duration: 100 * time.Millisecond},
+		OnActive: []string{"touch " + started + "; sleep 30"}}
+	roles := make(chan Role, 8)
+	n, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(logs, nil)), Conn: newMemNet().listen(),
+		Secret: testSecret, Service: &fakeService{}, OnRole: func(r Role) { roles <- r }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	for _, want := range []Role{Standby, Active} {
+		select {
+		case r := <-roles:
+			if r != want {
+				t.Fatalf("role %v, want %v", r, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no %v within 5s:\n%s", want, logs)
+		}
+	}
+	if !testkit.Eventually(5*time.Second, 5*time.Millisecond, func() bool { _, err := os.Stat(started); return err == nil }) {
+		t.Fatalf("on_active not started:\n%s", logs)
+	}
+	start := time.Now()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("stopping took %v behind a running command", d)
+	}
+	if !strings.Contains(logs.String(), `err="killed: the role changed"`) {
+		t.Errorf("the command was not killed:\n%s", logs)
+	}
+}

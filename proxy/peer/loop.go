@@ -24,12 +24,21 @@ type datagram struct {
 	from net.Addr
 }
 
+// path is one way heartbeats travel: our socket and the peer's address
+// ([peer] listen and address, or listen2 and address2). Every heartbeat
+// goes out on each path; one that arrives on any of them counts.
+type path struct {
+	conn net.PacketConn
+	addr string                      // the peer's, as configured
+	to   atomic.Pointer[net.UDPAddr] // the peer's, once resolved
+}
+
 // loop is the state of one Run. Its goroutine (run) owns everything but
-// to, which the resolver fills, and want, which the switcher drains.
+// the paths' to, which the resolvers fill, and want, which the switcher
+// drains.
 type loop struct {
 	n     *Node
-	conn  net.PacketConn
-	to    atomic.Pointer[net.UDPAddr] // the peer, once resolved
+	paths []*path
 	guard *guard
 	role  Role
 	peer  view
@@ -52,15 +61,17 @@ type loop struct {
 	witnessBusy bool      // a question to the witness is out
 	witnessc    chan bool // its answer
 
-	rejects, sendErrs rateLog
+	rejects, sendErrs, witnessLog rateLog
 }
 
-func newLoop(n *Node, conn net.PacketConn) *loop {
-	return &loop{n: n, conn: conn, guard: newGuard(n.cfg.Node, n.opts.MaxSkew, n.cfg.DeadAfter.Duration),
+func newLoop(n *Node, paths []*path) *loop {
+	l := &loop{n: n, paths: paths, guard: newGuard(n.cfg.Node, n.opts.MaxSkew, n.cfg.DeadAfter.Duration),
 		epoch: time.Now().UnixNano(), want: make(chan Role, 1), buf: make([]byte, 0, MaxDatagram),
-		rejects: rateLog{every: logEvery}, sendErrs: rateLog{every: logEvery},
-		linkUp: true, linkc: make(chan bool, 1), reannounce: make(chan struct{}, 1),
+		rejects: rateLog{every: logEvery}, sendErrs: rateLog{every: logEvery}, witnessLog: rateLog{every: logEvery},
+		linkUp: true, linkc: n.linkc, reannounce: make(chan struct{}, 1),
 		sharec: make(chan []byte, 16), witnessc: make(chan bool, 1)}
+	l.guard.paths = len(paths)
+	return l
 }
 
 // shareRepeats is how many heartbeats in a row carry a shared payload, as
@@ -102,10 +113,13 @@ func (l *loop) run(ctx context.Context, pkts <-chan datagram) {
 			l.send(false)
 		case ok := <-l.witnessc:
 			l.witnessBusy, l.witnessOK = false, ok
-			if !ok {
-				l.n.log.Warn("witness did not answer: staying standby", "witness", l.n.cfg.Witness)
+			if ok {
+				l.elect()
+			} else if ok, skipped := l.witnessLog.allow(time.Now()); ok {
+				// Asked again at the next tick, not at once: a witness
+				// that fails fast must not make a busy loop.
+				l.n.log.Warn("witness did not answer: staying standby", "witness", l.n.cfg.Witness, "suppressed", skipped)
 			}
-			l.elect()
 		}
 	}
 }
@@ -126,7 +140,7 @@ func (l *loop) confirmLost(pkts <-chan datagram) bool {
 			continue
 		default:
 		}
-		if l.heard != before || !queued(l.conn) {
+		if l.heard != before || !l.queued() {
 			return l.heard == before
 		}
 		select { // the reader has yet to hand it over
@@ -136,6 +150,16 @@ func (l *loop) confirmLost(pkts <-chan datagram) bool {
 			return l.heard == before
 		}
 	}
+}
+
+// queued reports whether a datagram waits in any path's socket.
+func (l *loop) queued() bool {
+	for _, p := range l.paths {
+		if queued(p.conn) {
+			return true
+		}
+	}
+	return false
 }
 
 // link takes the interface's state: a node without its link can hold no
@@ -163,6 +187,9 @@ func (l *loop) receive(d datagram, now time.Time) {
 	m, err := Decode(d.b, l.n.secret)
 	if err == nil {
 		err = l.guard.check(m, now)
+	}
+	if errors.Is(err, errDuplicate) {
+		return // the same heartbeat by the other path
 	}
 	if err != nil {
 		l.reject(d.from, err, now)
@@ -208,9 +235,11 @@ func (l *loop) receive(d datagram, now time.Time) {
 		}
 	}
 	changed := l.elect()
-	if conflict && l.role == Active {
-		// We won: clients of the loser must learn our hardware address
-		// now, not at the next refresh.
+	if l.role == Active && !changed && (conflict || !was && l.peer.alive) {
+		// We won a conflict, or a peer is back that may have held the
+		// address while we could not hear it (it may have stepped down
+		// before we saw it active): its clients must learn our hardware
+		// address now, not at the next refresh.
 		select {
 		case l.reannounce <- struct{}{}:
 		default:
@@ -286,12 +315,8 @@ func (l *loop) leave() {
 	l.send(true)
 }
 
-// send sends one heartbeat, unless the peer's address is not known yet.
+// send sends one heartbeat on every path whose peer address is known.
 func (l *loop) send(leaving bool) {
-	to := l.to.Load()
-	if to == nil {
-		return
-	}
 	l.seq++
 	// Without its link a node cannot serve: it tells the peer it is out,
 	// as a leaving node does, so the peer takes over now.
@@ -302,12 +327,19 @@ func (l *loop) send(leaving bool) {
 		l.shareLeft--
 	}
 	b, err := m.Encode(l.buf[:0], l.n.secret)
-	if err == nil {
-		_, err = l.conn.WriteTo(b, to)
-	}
-	if err != nil {
-		if ok, skipped := l.sendErrs.allow(time.Now()); ok {
-			l.n.log.Warn("peer heartbeat not sent", "to", to.String(), "err", err, "suppressed", skipped)
+	for _, p := range l.paths {
+		to := p.to.Load()
+		if to == nil {
+			continue
+		}
+		if err == nil {
+			_, err = p.conn.WriteTo(b, to)
+		}
+		if err != nil {
+			if ok, skipped := l.sendErrs.allow(time.Now()); ok {
+				l.n.log.Warn("peer heartbeat not sent", "to", to.String(), "err", err, "suppressed", skipped)
+			}
+			err = nil
 		}
 	}
 }
@@ -317,26 +349,30 @@ func (l *loop) send(leaving bool) {
 // now, and a stale "standby" from a peer that has since become active
 // would win us a role we must not take.
 func (l *loop) discard() {
-	// A deadline already past would fail the reads before they look; one
-	// just ahead returns what is queued, then times out.
-	if l.conn.SetReadDeadline(time.Now().Add(discardWindow)) != nil {
-		return
-	}
 	buf := make([]byte, MaxDatagram+1)
-	for range 1000 { // bounded, even under a flood
-		if _, _, err := l.conn.ReadFrom(buf); err != nil {
-			break
+	// A deadline already past would fail the reads before they look; one
+	// just ahead returns what is queued, then times out. One deadline for
+	// every path, so that a second path costs no extra wait.
+	deadline := time.Now().Add(discardWindow)
+	for _, p := range l.paths {
+		if p.conn.SetReadDeadline(deadline) != nil {
+			continue
 		}
+		for range 1000 { // bounded, even under a flood
+			if _, _, err := p.conn.ReadFrom(buf); err != nil {
+				break
+			}
+		}
+		p.conn.SetReadDeadline(time.Time{})
 	}
-	l.conn.SetReadDeadline(time.Time{})
 }
 
-// read copies datagrams to the loop until the socket closes.
-func (l *loop) read(out chan<- datagram, done <-chan struct{}) {
+// read copies datagrams from p to the loop until the socket closes.
+func (l *loop) read(p *path, out chan<- datagram, done <-chan struct{}) {
 	lockHeartbeatThread()
 	buf := make([]byte, MaxDatagram+1) // one more, so an oversized datagram shows
 	for {
-		k, from, err := l.conn.ReadFrom(buf)
+		k, from, err := p.conn.ReadFrom(buf)
 		if errors.Is(err, net.ErrClosed) {
 			return
 		}
@@ -356,29 +392,30 @@ func (l *loop) read(out chan<- datagram, done <-chan struct{}) {
 	}
 }
 
-// resolve looks up [peer] address once; heartbeats go out from then on.
-// Run calls it before the loop starts, so the first heartbeat is not lost,
-// and resolveLater if that failed. The address is looked up only until it
-// resolves: a peer that moves to another address needs a restart.
-func (l *loop) resolve(ctx context.Context) error {
-	a, err := resolveUDP(ctx, l.n.cfg.Address, l.conn.LocalAddr())
+// resolve looks up a path's peer address once; heartbeats go out on it
+// from then on. Run calls it before the loop starts, so the first
+// heartbeat is not lost, and resolveLater if that failed. The address is
+// looked up only until it resolves: a peer that moves to another address
+// needs a restart.
+func (p *path) resolve(ctx context.Context) error {
+	a, err := resolveUDP(ctx, p.addr, p.conn.LocalAddr())
 	if err == nil {
-		l.to.Store(a)
+		p.to.Store(a)
 	}
 	return err
 }
 
 // resolveLater retries resolve every second until it succeeds.
-func (l *loop) resolveLater(ctx context.Context, err error) {
-	l.n.log.Error("peer address does not resolve; retrying every second", "peer", l.n.cfg.Address, "err", err)
+func (l *loop) resolveLater(ctx context.Context, p *path, err error) {
+	l.n.log.Error("peer address does not resolve; retrying every second", "peer", p.addr, "err", err)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(time.Second):
 		}
-		if l.resolve(ctx) == nil {
-			l.n.log.Info("peer address resolved", "peer", l.n.cfg.Address, "ip", l.to.Load().String())
+		if p.resolve(ctx) == nil {
+			l.n.log.Info("peer address resolved", "peer", p.addr, "ip", p.to.Load().String())
 			return
 		}
 	}

@@ -58,6 +58,9 @@ type Options struct {
 	// Conn carries the heartbeats; default a UDP socket on [peer] listen.
 	// Run closes it when it returns, either way.
 	Conn net.PacketConn
+	// Conn2 carries the second path's heartbeats when [peer] address2 is
+	// set; default a UDP socket on listen2. Run closes it too.
+	Conn2 net.PacketConn
 	// Secret is the shared HMAC key; default the content of [peer]
 	// secret_file without surrounding white space (see ReadSecret).
 	Secret []byte
@@ -98,6 +101,7 @@ type Node struct {
 	addr    addresser     // nil without [peer] vip
 	witness netip.Addr    // [peer] witness; invalid: none
 	sharec  chan<- []byte // to the running loop; nil before Run
+	linkc   chan bool     // the interface's state, newest first, to the loop
 
 	mu sync.Mutex
 	st Status
@@ -147,7 +151,7 @@ func New(cfg *config.PeerConfig, opts Options) (*Node, error) {
 	if cfg.Interval.Duration <= 0 || cfg.DeadAfter.Duration <= cfg.Interval.Duration {
 		return nil, fmt.Errorf("peer: need 0 < interval (%v) < dead_after (%v)", cfg.Interval, cfg.DeadAfter)
 	}
-	n := &Node{cfg: *cfg, opts: opts, log: opts.Logger, secret: opts.Secret,
+	n := &Node{cfg: *cfg, opts: opts, log: opts.Logger, secret: opts.Secret, linkc: make(chan bool, 1),
 		self: member{node: cfg.Node, priority: int32(cfg.Priority)}}
 	if n.log == nil {
 		n.log = slog.Default()
@@ -224,40 +228,73 @@ func (n *Node) setStatus(f func(*Status)) {
 // was active and runs on_standby, and returns nil. It leaves live sessions
 // to the caller's Server.Shutdown. An error means Run could not start.
 func (n *Node) Run(ctx context.Context) error {
-	conn := n.opts.Conn
-	if conn == nil {
-		c, err := net.ListenPacket("udp", n.cfg.Listen)
-		if err != nil {
-			return fmt.Errorf("peer: listen %s: %w", n.cfg.Listen, err)
-		}
-		conn = c
+	paths, err := n.openPaths()
+	if err != nil {
+		return err
 	}
-	n.log.Info("peer starting", "priority", n.cfg.Priority, "preempt", n.cfg.Preempt,
-		"listen", conn.LocalAddr().String(), "peer", n.cfg.Address,
-		"interval", n.cfg.Interval.String(), "dead_after", n.cfg.DeadAfter.String())
-	l := newLoop(n, conn)
+	attrs := []any{"priority", n.cfg.Priority, "preempt", n.cfg.Preempt,
+		"listen", paths[0].conn.LocalAddr().String(), "peer", n.cfg.Address,
+		"interval", n.cfg.Interval.String(), "dead_after", n.cfg.DeadAfter.String()}
+	if len(paths) > 1 {
+		attrs = append(attrs, "listen2", paths[1].conn.LocalAddr().String(), "peer2", n.cfg.Address2)
+	}
+	n.log.Info("peer starting", attrs...)
+	l := newLoop(n, paths)
 	l.discard()
 	n.mu.Lock()
 	n.sharec = l.sharec
 	n.mu.Unlock()
 	pkts, done := make(chan datagram), make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Go(func() { l.read(pkts, done) })
-	if err := l.resolve(ctx); err != nil {
-		wg.Go(func() { l.resolveLater(ctx, err) })
+	for _, p := range paths {
+		wg.Go(func() { l.read(p, pkts, done) })
+		if err := p.resolve(ctx); err != nil {
+			wg.Go(func() { l.resolveLater(ctx, p, err) })
+		}
 	}
 	if n.cfg.Interface != "" {
-		wg.Go(func() { n.watchLink(ctx, l.linkc) })
+		wg.Go(func() { n.watchLink(ctx) })
 	}
 	switched := make(chan struct{})
 	go func() { defer close(switched); n.actuate(ctx, l.want, l.reannounce) }()
 	l.run(ctx, pkts)
 	<-switched
 	close(done)
-	conn.Close()
+	for _, p := range paths {
+		p.conn.Close()
+	}
 	wg.Wait()
 	n.log.Info("peer stopped")
 	return nil
+}
+
+// openPaths opens the heartbeat sockets: [peer] listen (or Options.Conn),
+// and listen2 (or Options.Conn2) when address2 is set.
+func (n *Node) openPaths() ([]*path, error) {
+	open := func(conn net.PacketConn, listen, addr string) (*path, error) {
+		if conn == nil {
+			c, err := net.ListenPacket("udp", listen)
+			if err != nil {
+				return nil, fmt.Errorf("peer: listen %s: %w", listen, err)
+			}
+			conn = c
+		}
+		return &path{conn: conn, addr: addr}, nil
+	}
+	p, err := open(n.opts.Conn, n.cfg.Listen, n.cfg.Address)
+	if err != nil {
+		return nil, err
+	}
+	paths := []*path{p}
+	if n.cfg.Address2 != "" {
+		p2, err := open(n.opts.Conn2, n.cfg.Listen2, n.cfg.Address2)
+		if err != nil {
+			p.conn.Close()
+			return nil, err
+		}
+		paths = append(paths, p2)
+	}
+	return paths, nil
 }
 
 // Share sends b (at most MaxPayload bytes) to the peer, signed, on the
@@ -282,17 +319,21 @@ func (n *Node) Share(b []byte) bool {
 
 // watchLink feeds the interface's state to the loop; the newest state
 // replaces one not yet taken.
-func (n *Node) watchLink(ctx context.Context, linkc chan bool) {
-	err := watchLink(ctx, n.cfg.Interface, func(up bool) {
-		select {
-		case <-linkc:
-		default:
-		}
-		linkc <- up
-	})
+func (n *Node) watchLink(ctx context.Context) {
+	err := watchLink(ctx, n.cfg.Interface, n.setLink)
 	if err != nil {
 		n.log.Error("interface not watched: a lost link is noticed only by the peer", "interface", n.cfg.Interface, "err", err)
 	}
+}
+
+// setLink hands the interface's state to the loop; it replaces a state
+// the loop has not taken yet.
+func (n *Node) setLink(up bool) {
+	select {
+	case <-n.linkc:
+	default:
+	}
+	n.linkc <- up
 }
 
 // env is what on_active and on_standby commands find in their environment.
