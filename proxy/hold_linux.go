@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -19,7 +20,10 @@ const holdBacklog = 4096
 type heldSocket struct{ fd int }
 
 // holdTCP binds addr with IP_FREEBIND, so an address that is not on this
-// host yet (the virtual address a standby does not hold) can be bound.
+// host yet (the virtual address a standby does not hold) can be bound. It
+// binds without SO_REUSEADDR first, which keeps the port ours alone; when
+// that fails (connections of our last active period linger in TIME_WAIT),
+// it binds with it, as a listener would.
 func holdTCP(addr string) (*heldSocket, error) {
 	ap, err := netip.ParseAddrPort(addr)
 	if err != nil {
@@ -29,6 +33,17 @@ func holdTCP(addr string) (*heldSocket, error) {
 		}
 		ap = ta.AddrPort()
 	}
+	h, err := bindHeld(ap, false)
+	if errors.Is(err, unix.EADDRINUSE) {
+		h, err = bindHeld(ap, true)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("bind %s: %w", addr, err)
+	}
+	return h, nil
+}
+
+func bindHeld(ap netip.AddrPort, reuse bool) (*heldSocket, error) {
 	ip := ap.Addr().Unmap()
 	family, sa := unix.AF_INET, unix.Sockaddr(&unix.SockaddrInet4{Port: int(ap.Port()), Addr: ip.As4()})
 	if ip.Is6() {
@@ -36,21 +51,24 @@ func holdTCP(addr string) (*heldSocket, error) {
 	}
 	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.IPPROTO_TCP)
 	if err != nil {
-		return nil, fmt.Errorf("socket: %w", err)
+		return nil, err
 	}
-	opts := [][2]int{{unix.SOL_SOCKET, unix.SO_REUSEADDR}, {unix.SOL_IP, unix.IP_FREEBIND}}
+	opts := [][2]int{{unix.SOL_IP, unix.IP_FREEBIND}}
 	if family == unix.AF_INET6 {
 		opts = append(opts, [2]int{unix.SOL_IPV6, unix.IPV6_FREEBIND})
+	}
+	if reuse {
+		opts = append(opts, [2]int{unix.SOL_SOCKET, unix.SO_REUSEADDR})
 	}
 	for _, o := range opts {
 		if err := unix.SetsockoptInt(fd, o[0], o[1], 1); err != nil {
 			unix.Close(fd)
-			return nil, fmt.Errorf("setsockopt: %w", err)
+			return nil, err
 		}
 	}
 	if err := unix.Bind(fd, sa); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("bind %s: %w", addr, err)
+		return nil, err
 	}
 	return &heldSocket{fd: fd}, nil
 }
