@@ -100,6 +100,26 @@ func TestFailoverNetns(t *testing.T) {
 			}
 		}
 	})
+	t.Run("stall", func(t *testing.T) {
+		// A standby frozen for 2s (SIGSTOP, as a paused VM) wakes up to an
+		// overdue dead timer and a socket full of heartbeats: it must read
+		// them rather than take over.
+		p.t = t
+		for range 5 {
+			a, s := p.roles()
+			before := p.status(t, s).Pair.Takeovers
+			s.cmd.Process.Signal(syscall.SIGSTOP)
+			time.Sleep(2 * time.Second) // the stall itself: nothing to wait for
+			s.cmd.Process.Signal(syscall.SIGCONT)
+			p.waitSettled()
+			if st := p.status(t, s); st.Pair.Takeovers != before || st.Pair.Applied != "standby" {
+				t.Fatalf("%s took over after a stall: %+v", s.name, st.Pair)
+			}
+			if who := p.greeting(); who != a.host {
+				t.Fatalf("after %s's stall the client reached %q", s.name, who)
+			}
+		}
+	})
 	t.Run("drain", func(t *testing.T) { p.t = t; testPairDrain(t, p) })
 	t.Run("saturated", func(t *testing.T) { p.t = t; testPairSaturated(t, p) })
 }

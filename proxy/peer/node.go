@@ -1,7 +1,7 @@
 // Package peer runs mailproxy's active/standby pair ([peer] in the
 // config): two instances send each other authenticated UDP heartbeats,
-// elect one of them active, and switch the client listeners and the
-// on_active/on_standby commands with the role.
+// elect one of them active, and switch the client listeners with the
+// role; the on_active/on_standby commands run after each switch.
 //
 // With [peer] vip and interface, the node itself adds the virtual
 // addresses on becoming active, announces them (gratuitous ARP,
@@ -34,7 +34,10 @@ import (
 )
 
 // Service is what a role switches; the server implements it (the guard is
-// in cmd/mailproxy, which wires the two).
+// in cmd/mailproxy, which wires the two). A Service that also has a
+// HoldListeners() error method, as the server does, has it called at
+// start, so that it binds the listeners' addresses while standby and
+// activation only has to listen.
 type Service interface {
 	// OpenListeners opens every client listener and serves it; an error
 	// means none is open and the call is retried.
@@ -68,9 +71,9 @@ type Options struct {
 	// only reported).
 	Service Service
 	// OnRole, when set, is called after each role has been applied (the
-	// listeners opened or closed, the commands run), in order, from one
-	// goroutine, starting with the standby every node starts in. It must
-	// not block for long: the next role waits for it.
+	// listeners and addresses switched; the commands may still run), in
+	// order, from one goroutine, starting with the standby every node
+	// starts in. It must not block for long: the next role waits for it.
 	OnRole func(Role)
 	// CommandTimeout bounds each on_active and on_standby command; default
 	// [peer] hook_timeout, else DefaultCommandTimeout.
