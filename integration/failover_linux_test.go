@@ -55,6 +55,24 @@ func TestFailoverNetns(t *testing.T) {
 		}
 		report(t, "kill -9 of the active node", ds)
 	})
+	t.Run("ipv6", func(t *testing.T) {
+		// The IPv6 address moves too (unsolicited neighbour advertisement).
+		p.t = t
+		var ds []time.Duration
+		for range 3 {
+			a, _ := p.roles()
+			t0 := time.Now()
+			a.kill()
+			ds = append(ds, p.firstOK(t, t0, func() bool { return strings.HasPrefix(p.greetingLine(pairIMAP6), "* OK") },
+				func() string { return "no IMAP greeting via " + pairIMAP6 + ": " + p.greetingLine(pairIMAP6) }))
+			p.start(a)
+			p.waitSettled()
+		}
+		t.Logf("kill -9, IPv6 address: %v", ds)
+		if slices.Max(ds) > time.Second {
+			t.Errorf("an IPv6 takeover took %v, want at most 1s", slices.Max(ds))
+		}
+	})
 	t.Run("linkdown", func(t *testing.T) {
 		p.t = t
 		var ds []time.Duration
@@ -232,6 +250,8 @@ type pairLab struct {
 const (
 	pairVIP      = "192.0.2.100"
 	pairIMAPAddr = pairVIP + ":143"
+	pairVIP6     = "2001:db8::100"
+	pairIMAP6    = "[" + pairVIP6 + "]:143"
 	pairSMTPAddr = pairVIP + ":25" // its greeting names the node that answers
 )
 
@@ -251,10 +271,10 @@ func newPairLab(t *testing.T) *pairLab {
 	dir := t.TempDir()
 	p := &pairLab{t: t, dir: dir, bin: buildMailproxy(t, dir)}
 	p.lab = newLab(t)
-	p.lab.host("cli", "192.0.2.10/24")
+	p.lab.host("cli", "192.0.2.10/24", "2001:db8::10/64")
 	p.lab.host("be", "192.0.2.30/24")
-	p.lab.host("n1", "192.0.2.11/24")
-	p.lab.host("n2", "192.0.2.12/24")
+	p.lab.host("n1", "192.0.2.11/24", "2001:db8::11/64")
+	p.lab.host("n2", "192.0.2.12/24", "2001:db8::12/64")
 	p.lab.cable("n1", "198.51.100.1/24", "n2", "198.51.100.2/24", "hb0")
 	users := map[string]string{"alice": "pw"}
 	for _, addr := range []string{"192.0.2.30:143", "192.0.2.30:1143"} {
@@ -272,9 +292,9 @@ func newPairLab(t *testing.T) *pairLab {
 	for i, name := range []string{"n1", "n2"} {
 		n := &labNode{p: p, name: name, host: name + ".example", addr: fmt.Sprintf("192.0.2.%d", 11+i)}
 		n.cfg = filepath.Join(dir, name+".toml")
-		conf := fmt.Sprintf(pairConfig, n.addr, pairIMAPAddr, pairSMTPAddr, n.host, name,
+		conf := fmt.Sprintf(pairConfig, n.addr, pairIMAPAddr, pairIMAP6, pairSMTPAddr, n.host, name,
 			fmt.Sprintf("198.51.100.%d:7946", 1+i), fmt.Sprintf("198.51.100.%d:7946", 2-i),
-			secret, 200-100*i, pairVIP, filepath.Join(dir, name+".state"))
+			secret, 200-100*i, pairVIP, pairVIP6, filepath.Join(dir, name+".state"))
 		if err := os.WriteFile(n.cfg, []byte(conf), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -314,6 +334,11 @@ protocol = "imap"
 address = "%s"
 pool = "p"
 [[listener]]
+name = "imap6"
+protocol = "imap"
+address = "%s"
+pool = "p"
+[[listener]]
 name = "smtp"
 protocol = "smtp"
 address = "%s"
@@ -337,7 +362,7 @@ listen = "%s"
 address = "%s"
 secret_file = "%s"
 priority = %d
-vip = ["%s/24"]
+vip = ["%s/24", "%s/64"]
 interface = "eth0"
 [store]
 state_file = "%s"
@@ -496,6 +521,15 @@ func (p *pairLab) greetingLine(addr string) string {
 // the first greeting from want. It fails the test after 5s.
 func (p *pairLab) firstGreeting(t *testing.T, t0 time.Time, want *labNode) time.Duration {
 	t.Helper()
+	return p.firstOK(t, t0, func() bool { return p.greeting() == want.host }, func() string {
+		return fmt.Sprintf("no greeting from %s within 5s (last: %q)", want.name, p.greeting())
+	})
+}
+
+// firstOK runs try every 10ms, each on its own goroutine, and returns the
+// time from t0 to the first success; after 5s it fails with why().
+func (p *pairLab) firstOK(t *testing.T, t0 time.Time, try func() bool, why func() string) time.Duration {
+	t.Helper()
 	got := make(chan time.Time, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -508,10 +542,10 @@ func (p *pairLab) firstGreeting(t *testing.T, t0 time.Time, want *labNode) time.
 		case at := <-got:
 			return at.Sub(t0)
 		case <-ctx.Done():
-			t.Fatalf("no greeting from %s within 5s (last: %q)", want.name, p.greeting())
+			t.Fatal(why())
 		case <-tick.C:
 			wg.Go(func() {
-				if p.greeting() == want.host {
+				if try() {
 					select {
 					case got <- time.Now():
 					default:

@@ -68,11 +68,22 @@ func (l *lab) addNS(ns string) {
 
 // host adds a namespace joined to the bridge with addr (CIDR) on eth0;
 // the bridge's end of its cable is "v-"+ns in the lan namespace.
-func (l *lab) host(ns, addr string) {
+// Each address is added without duplicate address detection, and so is
+// the IPv6 link-local one, so every address is usable at once.
+func (l *lab) host(ns string, addrs ...string) {
 	l.addNS(ns)
 	l.ip("lan", "link", "add", "v-"+ns, "type", "veth", "peer", "name", "eth0", "netns", l.name(ns))
 	l.ip("lan", "link", "set", "v-"+ns, "master", "br0", "up")
-	l.ip(ns, "addr", "add", addr, "dev", "eth0")
+	if out, err := l.command(ns, "sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0").CombinedOutput(); err != nil {
+		l.t.Fatalf("sysctl in %s: %v: %s", ns, err, out)
+	}
+	for _, a := range addrs {
+		if strings.Contains(a, ":") {
+			l.ip(ns, "addr", "add", a, "dev", "eth0", "nodad")
+		} else {
+			l.ip(ns, "addr", "add", a, "dev", "eth0")
+		}
+	}
 	l.ip(ns, "link", "set", "eth0", "up")
 }
 

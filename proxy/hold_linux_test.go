@@ -37,6 +37,11 @@ name = "vip"
 protocol = "imap"
 address = "192.0.2.55:14300"
 pool = "p"
+[[listener]]
+name = "vip6"
+protocol = "imap"
+address = "[2001:db8::55]:14300"
+pool = "p"
 [[pool]]
 name = "p"
   [[pool.backend]]
