@@ -25,8 +25,8 @@ import (
 // TestFailoverNetns is the pair as operators run it, measured from a
 // client's side: a client, two mailproxy processes and an IMAP backend on
 // a bridge in network namespaces, the nodes with [peer] vip on their LAN
-// interface and heartbeats on a cable of their own, defaults for interval
-// and dead_after. Each fault is timed from the moment the test causes it
+// interface, heartbeats on a cable of their own, the backend host as the
+// witness, and defaults for interval and dead_after. Each fault is timed from the moment the test causes it
 // to the first IMAP greeting through the virtual address from the node
 // that took over.
 //
@@ -364,6 +364,7 @@ secret_file = "%s"
 priority = %d
 vip = ["%s/24", "%s/64"]
 interface = "eth0"
+witness = "192.0.2.30"
 [store]
 state_file = "%s"
 `

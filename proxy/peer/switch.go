@@ -93,7 +93,7 @@ func (n *Node) activate(ctx context.Context, a *applied, hooks *hookRunner) <-ch
 		a.open = true
 		n.log.Info("listeners open")
 	}
-	if n.addr != nil && !a.vip {
+	if n.hasVIP() && !a.vip {
 		if err := n.addr.add(); err != nil {
 			return n.retryLater(a, "the addresses cannot be added", err)
 		}
@@ -123,7 +123,7 @@ func (n *Node) retryLater(a *applied, what string, err error) <-chan time.Time {
 func (n *Node) stepDown(ctx context.Context, a *applied, hooks *hookRunner, endSessions bool) {
 	a.failures = 0
 	n.stopAnnouncer(a)
-	if n.addr != nil {
+	if n.hasVIP() {
 		// Always, not only when we added them: at start an address may be
 		// left from a crash, and a lost link may have raced our add.
 		if err := n.addr.remove(); err != nil {
@@ -212,3 +212,7 @@ func (n *Node) notify(a *applied, r Role) {
 		n.opts.OnRole(r)
 	}
 }
+
+// hasVIP reports whether the node manages addresses ([peer] vip); a node
+// with only a witness has an addresser for its ARP questions alone.
+func (n *Node) hasVIP() bool { return n.addr != nil && len(n.cfg.VIP) > 0 }
