@@ -1,8 +1,10 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"os"
+	"regexp"
 	"runtime"
 	"slices"
 	"strings"
@@ -107,6 +109,20 @@ func TestFailoverNetns(t *testing.T) {
 		for range 5 {
 			if who := p.greeting(); who != n1.host {
 				t.Errorf("after the heal a greeting came from %q, want %s", who, n1.host)
+			}
+		}
+		// What an operator sees of it.
+		var out bytes.Buffer
+		ac := &admin.Client{Addr: n2.addr + ":9025", HTTP: p.lab.httpClient("cli")}
+		if err := admin.Ctl(context.Background(), ac, []string{"status"}, &out); err != nil {
+			t.Fatal(err)
+		}
+		if !regexp.MustCompile(`vip 192\.0\.2\.100/24 2001:db8::100/64 on eth0 \(link up: true\), \d+ announcements, \d+ takeovers, [1-9]\d* conflicts`).MatchString(out.String()) {
+			t.Errorf("ctl status of n2:\n%s", out.String())
+		}
+		for n, want := range map[*labNode]string{n1: "mailproxy_peer_active 1", n2: "mailproxy_peer_active 0"} {
+			if m := p.get(t, n, "/metrics"); !strings.Contains(m, want+"\n") || !strings.Contains(m, "mailproxy_peer_conflicts_total") {
+				t.Errorf("%s /metrics lacks %q", n.name, want)
 			}
 		}
 	})

@@ -219,6 +219,17 @@ func (p *pairLab) tryStatus(n *labNode) (admin.Status, error) {
 	return st, nil
 }
 
+func (p *pairLab) get(t *testing.T, n *labNode, path string) string {
+	t.Helper()
+	resp, err := p.lab.httpClient("cli").Get("http://" + n.addr + ":9025" + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
 func (p *pairLab) post(t *testing.T, n *labNode, path string) {
 	t.Helper()
 	resp, err := p.lab.httpClient("cli").Post("http://"+n.addr+":9025"+path, "application/json", nil)
