@@ -80,6 +80,11 @@ func bindHeld(ap netip.AddrPort, reuse bool) (*heldSocket, error) {
 func (h *heldSocket) listen() (net.Listener, error) {
 	f := os.NewFile(uintptr(h.fd), "held")
 	defer f.Close() // FileListener keeps its own duplicate
+	// Accepted connections inherit SO_REUSEADDR; without it, those still
+	// closing when we step down would keep the next hold from binding.
+	if err := unix.SetsockoptInt(h.fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		return nil, fmt.Errorf("setsockopt: %w", err)
+	}
 	if err := unix.Listen(h.fd, holdBacklog); err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
 	}

@@ -82,7 +82,23 @@ name = "p"
 	if err != nil {
 		t.Fatalf("active: %v", err)
 	}
-	c.Close()
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Read(make([]byte, 100)); err != nil { // the greeting: the session is live
+		t.Fatal(err)
+	}
+	// Stepping down with the session still open: the server closes it
+	// first, so its socket lingers on the port; holding must work anyway.
 	s.CloseListeners()
+	s.CloseSessions()
+	s.mu.Lock()
+	held := len(s.held)
+	s.mu.Unlock()
+	if held != len(cfg.Listeners) {
+		t.Errorf("%d of %d addresses held again after stepping down", held, len(cfg.Listeners))
+	}
 	refused("standby again")
+	if err := s.OpenListeners(); err != nil {
+		t.Fatalf("active again: %v", err)
+	}
 }

@@ -145,10 +145,18 @@ func (s *Server) listenAll() ([]net.Listener, error) {
 	for i, l := range s.cfg.Listeners {
 		var ln net.Listener
 		var err error
-		if held != nil {
+		switch {
+		case held != nil:
 			ln, err = held[i].listen()
 			held[i] = nil
-		} else {
+		case s.hold:
+			// Not held (the hold failed): bind now, with IP_FREEBIND
+			// all the same, as the address may be added only after.
+			var h *heldSocket
+			if h, err = holdTCP(l.Address); err == nil {
+				ln, err = h.listen()
+			}
+		default:
 			ln, err = s.listen("tcp", l.Address)
 		}
 		if err != nil {

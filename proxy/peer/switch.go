@@ -51,7 +51,7 @@ func (n *Node) actuate(ctx context.Context, want <-chan Role, reannounce <-chan 
 		case <-retry:
 		case <-reannounce:
 			if a.vip && ctx.Err() == nil {
-				n.log.Info("conflict won: announcing the addresses again")
+				n.log.Info("peer back or conflict won: announcing the addresses again")
 				n.startAnnouncer(ctx, &a)
 			}
 			continue
