@@ -3,6 +3,7 @@ package proxy
 import (
 	"encoding/json"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -70,7 +71,7 @@ func (a *AdminSync) Restore() error {
 	a.apply(st)
 	a.cache(adminMessage{State: a.state()})
 	if !st.Updated.IsZero() {
-		a.log.Info("admin state restored", "file", a.path, "updated", st.Updated, "pools", st.Pools)
+		a.log.Info("admin state restored", "file", a.path, "updated", st.Updated, "draining", drainList(st))
 	}
 	return nil
 }
@@ -126,7 +127,7 @@ func (a *AdminSync) receive(b []byte) {
 	if msg.State.Updated.After(a.updated) {
 		a.apply(msg.State)
 		a.cache(adminMessage{State: a.state()})
-		a.log.Info("admin state taken from the peer", "updated", msg.State.Updated, "pools", msg.State.Pools)
+		a.log.Info("admin state taken from the peer", "updated", msg.State.Updated, "draining", drainList(msg.State))
 		a.save(msg.State)
 	}
 	if k := msg.Kick; k != nil && k.At.After(a.lastKick) {
@@ -142,9 +143,9 @@ func (a *AdminSync) receive(b []byte) {
 
 // state is the state in force; a.mu is held.
 func (a *AdminSync) state() routing.AdminState {
-	st := routing.AdminState{Updated: a.updated, Pools: map[string]routing.PoolAdminState{}}
+	st := routing.AdminState{Updated: a.updated, Pools: map[string]*routing.PoolState{}}
 	for _, p := range a.s.Pools() {
-		if ps := p.AdminState(); len(ps.Draining) > 0 {
+		if ps := p.DrainState(); ps != nil {
 			st.Pools[p.Name] = ps
 		}
 	}
@@ -155,7 +156,7 @@ func (a *AdminSync) state() routing.AdminState {
 func (a *AdminSync) apply(st routing.AdminState) {
 	a.updated = st.Updated
 	for _, p := range a.s.Pools() {
-		p.SetAdminState(st.Pools[p.Name])
+		p.ApplyState(st.Pools[p.Name])
 	}
 }
 
@@ -176,4 +177,21 @@ func (a *AdminSync) send(msg adminMessage) {
 	if err == nil && !a.share(b) {
 		a.log.Warn("admin state not sent to the peer (too large, or the peer link is busy); it is sent again when the peer returns")
 	}
+}
+
+// drainList names the draining backends of st as pool/backend, for logs.
+func drainList(st routing.AdminState) []string {
+	var out []string
+	for pool, ps := range st.Pools {
+		if ps == nil {
+			continue
+		}
+		for b, on := range ps.Drain {
+			if on {
+				out = append(out, pool+"/"+b)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
 }

@@ -45,7 +45,15 @@ name = "p"
 	return s
 }
 
-func draining(s *Server) []string { return s.Pool("p").AdminState().Draining }
+func draining(s *Server) []string {
+	var out []string
+	if ps := s.Pool("p").DrainState(); ps != nil {
+		for b := range ps.Drain {
+			out = append(out, b)
+		}
+	}
+	return out
+}
 
 // TestAdminSync: a drain made on one node reaches the other through the
 // payloads a pair exchanges, both state files keep it, and a restart with

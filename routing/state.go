@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
 	"time"
 )
 
@@ -19,37 +18,43 @@ import (
 type AdminState struct {
 	// Updated is when the state last changed, on the clock of the node
 	// where it changed; between two states the later one wins.
-	Updated time.Time                 `json:"updated"`
-	Pools   map[string]PoolAdminState `json:"pools,omitempty"` // by pool name
+	Updated time.Time             `json:"updated,omitzero"`
+	Pools   map[string]*PoolState `json:"pools"` // by pool name
 }
 
-// PoolAdminState is one pool's part of an AdminState.
-type PoolAdminState struct {
-	Draining []string `json:"draining,omitempty"` // backends draining, sorted
+// PoolState is one pool's part of an AdminState.
+type PoolState struct {
+	Drain map[string]bool `json:"drain,omitempty"` // backend -> draining
 }
 
-// AdminState returns the pool's part of the runtime admin state.
-func (p *Pool) AdminState() PoolAdminState {
+// DrainState returns the pool's drains as a PoolState; nil when none
+// drains.
+func (p *Pool) DrainState() *PoolState {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var st PoolAdminState
+	var ps *PoolState
 	for _, b := range p.backends {
 		if b.draining {
-			st.Draining = append(st.Draining, b.Name)
+			if ps == nil {
+				ps = &PoolState{Drain: map[string]bool{}}
+			}
+			ps.Drain[b.Name] = true
 		}
 	}
-	slices.Sort(st.Draining)
-	return st
+	return ps
 }
 
-// SetAdminState puts st in force: the backends it lists drain, the others
-// of the pool do not. Names of backends the pool no longer has are
-// ignored (the config changed since st was saved).
-func (p *Pool) SetAdminState(st PoolAdminState) {
+// ApplyState puts ps in force (nil: nothing drains): the backends it marks
+// drain, the others of the pool do not. Names of backends the pool no
+// longer has are ignored (the config changed since ps was saved).
+func (p *Pool) ApplyState(ps *PoolState) {
+	if ps == nil {
+		ps = &PoolState{}
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, b := range p.backends {
-		b.draining = slices.Contains(st.Draining, b.Name)
+		b.draining = ps.Drain[b.Name]
 	}
 }
 

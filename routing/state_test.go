@@ -15,7 +15,7 @@ func TestAdminStateSaveLoad(t *testing.T) {
 		t.Fatalf("missing file: %+v, %v; want an empty state", st, err)
 	}
 	want := AdminState{Updated: time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC),
-		Pools: map[string]PoolAdminState{"p": {Draining: []string{"mail1"}}}}
+		Pools: map[string]*PoolState{"p": {Drain: map[string]bool{"mail1": true}}}}
 	if err := want.Save(path); err != nil {
 		t.Fatal(err)
 	}
@@ -38,8 +38,12 @@ func TestPoolAdminState(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.SetDraining(p.Backend("mail3"), true)
-	p.SetAdminState(PoolAdminState{Draining: []string{"mail2", "gone"}})
-	if got := p.AdminState(); !reflect.DeepEqual(got.Draining, []string{"mail2"}) {
-		t.Errorf("draining %v, want [mail2]", got.Draining)
+	p.ApplyState(&PoolState{Drain: map[string]bool{"mail2": true, "gone": true, "mail1": false}})
+	if got := p.DrainState(); !reflect.DeepEqual(got.Drain, map[string]bool{"mail2": true}) {
+		t.Errorf("draining %v, want mail2", got)
+	}
+	p.ApplyState(nil)
+	if got := p.DrainState(); got != nil {
+		t.Errorf("draining %v after ApplyState(nil)", got)
 	}
 }

@@ -24,7 +24,7 @@ type Config struct {
 	Listeners []ListenerConfig `toml:"listener"`
 	Pools     []PoolConfig     `toml:"pool"`
 	Peer      *PeerConfig      `toml:"peer"`  // nil: no pair, always active
-	Store     *StoreConfig     `toml:"store"` // nil: routing state in memory, nothing persisted
+	Store     *StoreConfig     `toml:"store"` // never nil after loading: defaults to memory
 
 	source string         // file name for messages; set by Parse
 	lines  map[string]int // indexed key path -> line; set by Parse
@@ -154,14 +154,6 @@ type PeerConfig struct {
 	HookTimeout Duration `toml:"hook_timeout"` // bound on each on_active/on_standby command; default 10s
 	Listen2     string   `toml:"listen2"`      // UDP host:port of a second heartbeat path; with address2
 	Address2    string   `toml:"address2"`     // the other instance's listen2; "" = one path
-}
-
-// StoreConfig says where routing state lives. Only the memory store is
-// built here; with it, state_file keeps the runtime admin state (drains)
-// across restarts.
-type StoreConfig struct {
-	Type      string `toml:"type"`       // memory; default memory
-	StateFile string `toml:"state_file"` // JSON file of runtime drains, rewritten atomically; "" = not kept
 }
 
 // Duration is a time.Duration written in TOML as a Go duration string

@@ -278,9 +278,9 @@ name = "imaponly"
 			[]cfgWant{{"listener[1].apop", "apop", "cannot check an APOP digest"}}},
 		{"peer checks", cfgWith("[peer]\nnode = \"lb1\"\nlisten = \"0.0.0.0:7946\"\naddress = \"lb2\"\ninterval = \"2s\"\n"),
 			[]cfgWant{{"peer.address", "lb2", "not host:port"}, {"peer.secret_file", "[peer]", "missing"}, {"peer.dead_after", "[peer]", "longer than peer.interval"}}},
-		{"pair address checks", cfgWith("[peer]\nnode = \"lb1\"\nlisten = \"0.0.0.0:7946\"\naddress = \"lb2:7946\"\nsecret_file = \"s\"\nvip = [\"192.0.2.100\"]\nwitness = \"gw\"\naddress2 = \"lb2:7947\"\n[store]\ntype = \"etcd\"\n"),
+		{"pair address checks", cfgWith("[peer]\nnode = \"lb1\"\nlisten = \"0.0.0.0:7946\"\naddress = \"lb2:7946\"\nsecret_file = \"s\"\nvip = [\"192.0.2.100\"]\nwitness = \"gw\"\naddress2 = \"lb2:7947\"\n"),
 			[]cfgWant{{"peer.vip[0]", "vip", "not an address with a prefix length"}, {"peer.interface", "[peer]", "missing"},
-				{"peer.witness", "witness", "not an IPv4 address"}, {"peer.listen2", "[peer]", "missing"}, {"store.type", "type", `must be "memory"`}}},
+				{"peer.witness", "witness", "not an IPv4 address"}, {"peer.listen2", "[peer]", "missing"}}},
 		{"multi-line values keep line numbers", cfgWith(`
 [peer]
 node = "lb1"

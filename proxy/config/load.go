@@ -441,9 +441,7 @@ func (c *Config) applyDefaults(md *toml.MetaData, raw map[string]any) {
 		defDur(&p.DeadAfter, 400*time.Millisecond, md.IsDefined("peer", "dead_after"))
 		defDur(&p.HookTimeout, 10*time.Second, md.IsDefined("peer", "hook_timeout"))
 	}
-	if s := c.Store; s != nil {
-		defStr(&s.Type, "memory", md.IsDefined("store", "type"))
-	}
+	c.storeDefaults(md)
 }
 
 func (p *PoolConfig) applyDefaults(m map[string]any) {

@@ -308,12 +308,6 @@ func (c *Config) checkPeer(ck *cfgChecker) {
 	}
 }
 
-func (c *Config) checkStore(ck *cfgChecker) {
-	if s := c.Store; s != nil && s.Type != "memory" {
-		ck.add("store.type", "must be \"memory\", not %q", s.Type)
-	}
-}
-
 func (ck *cfgChecker) oneOf(key, v string, allowed ...string) {
 	if slices.Contains(allowed, v) {
 		return
