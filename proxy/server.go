@@ -62,12 +62,13 @@ type Server struct {
 	live  map[*session]struct{}
 	wg    sync.WaitGroup
 
-	closed atomic.Bool
-	bgStop context.CancelFunc
-	bgDone sync.WaitGroup
-	opened *listenerSet  // by OpenListeners (standby.go); guarded by mu
-	held   []*heldSocket // bound, not listening, while standby (standby.go); guarded by mu
-	hold   bool          // HoldListeners was called: hold again after CloseListeners
+	closed    atomic.Bool
+	bgStop    context.CancelFunc
+	bgDone    sync.WaitGroup
+	opened    *listenerSet  // by OpenListeners (standby.go); guarded by mu
+	held      []*heldSocket // bound, not listening, while standby (standby.go); guarded by mu
+	hold      bool          // HoldListeners was called: hold again after CloseListeners
+	ownListen bool          // Options.Listen was given: it alone opens listeners
 
 	auth *auth.Authenticator // auth.mode = "verify"; nil in passthrough (auth.go)
 
@@ -96,6 +97,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		var d net.Dialer
 		s.dial = d.DialContext
 	}
+	s.ownListen = s.listen != nil
 	if s.listen == nil {
 		s.listen = net.Listen
 	}

@@ -90,10 +90,14 @@ func (s *Server) CloseListeners() {
 // only; with IP_FREEBIND, so an address not yet on the host can be
 // bound), and binds them again after each CloseListeners. OpenListeners
 // then listens on the held sockets. An error means none is held; the
-// listeners still open on OpenListeners.
+// listeners still open on OpenListeners. With Options.Listen set it does
+// nothing: that function alone opens the listeners.
 func (s *Server) HoldListeners() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.ownListen {
+		return nil
+	}
 	s.hold = true
 	return s.holdLocked()
 }
