@@ -58,6 +58,11 @@ type LimitsConfig struct {
 	IdleTimeout         Duration `toml:"idle_timeout"`           // relay phase; default 30m; >= 1m with IMAP listeners (RFC 9051 §5.4 wants 29m)
 	AuthFailureDelay    Duration `toml:"auth_failure_delay"`     // before every failed-login reply; default 2s; 0 = none
 	ShutdownGrace       Duration `toml:"shutdown_grace"`         // default 10s (extension): sessions get this long to end on shutdown; 0 = close at once
+
+	// BackendTimeout bounds one backend try: dial, greeting (and STARTTLS
+	// or XCLIENT) and the backend login; a backend that has not greeted by
+	// then counts as failed and the next one is tried. Default 10s; > 0.
+	BackendTimeout Duration `toml:"backend_timeout"`
 }
 
 // AuthConfig says how logins are verified and turned into routing keys.
@@ -191,6 +196,9 @@ func (c *Config) Unbuilt() []string {
 // Warnings lists settings that are valid but probably not meant.
 func (c *Config) Warnings() []string {
 	ck := &cfgChecker{lines: c.lines}
+	if bt, lt := c.Limits.BackendTimeout.Duration, c.Limits.LoginTimeout.Duration; bt >= lt {
+		ck.add("limits.backend_timeout", "%v is not shorter than limits.login_timeout (%v): a backend that never greets uses up the client's whole login time and the next backend is never tried", bt, lt)
+	}
 	if idle := c.Limits.IdleTimeout.Duration; c.hasProtocol("imap") && idle >= time.Minute && idle < 29*time.Minute {
 		ck.add("limits.idle_timeout", "%v is below 29m: IMAP clients in IDLE may be cut off (RFC 9051 §5.4)", idle)
 	}

@@ -53,6 +53,7 @@ func (c *Config) checkGlobal(ck *cfgChecker) {
 	}
 	ck.notNegative("limits.auth_failure_delay", lim.AuthFailureDelay)
 	ck.notNegative("limits.shutdown_grace", lim.ShutdownGrace)
+	ck.positive("limits.backend_timeout", lim.BackendTimeout)
 
 	a := c.Auth
 	ck.oneOf("auth.mode", a.Mode, "passthrough", "verify")

@@ -273,10 +273,20 @@ func (ss *session) connect(ctx context.Context, lease *routing.Lease, hello func
 			ss.pool.Observe(rb, ss.proto, false, reason)
 		}
 	}
-	timeout := ss.srv.poolConfig(ss.lc.Pool).Health.Timeout.Duration
-	dctx, cancel := context.WithTimeout(ctx, timeout)
+	// One try, dial to backend login, is bounded by backend_timeout (and
+	// by the client's login deadline): a backend that accepts and never
+	// greets costs that much, and then the next backend is tried. The
+	// dial alone keeps the shorter health timeout.
+	lim := ss.srv.cfg.Limits
+	deadline := time.Now().Add(lim.BackendTimeout.Duration)
+	if login := ss.start.Add(lim.LoginTimeout.Duration); login.Before(deadline) {
+		deadline = login
+	}
+	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	conn, err := ss.srv.dial(dctx, "tcp", addr)
+	dialCtx, dialCancel := context.WithTimeout(dctx, ss.srv.poolConfig(ss.lc.Pool).Health.Timeout.Duration)
+	conn, err := ss.srv.dial(dialCtx, "tcp", addr)
+	dialCancel()
 	if err != nil {
 		lease.Release()
 		fail("connect: " + err.Error())
@@ -306,11 +316,9 @@ func (ss *session) connect(ctx context.Context, lease *routing.Lease, hello func
 	// the next backend. Once the backend has greeted, a kill ends the whole
 	// session, login included: the user may already be placed elsewhere.
 	lease.OnKill(func() { killed.Store(true); raw.Close() })
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	} else {
-		conn.SetDeadline(time.Now().Add(ss.srv.cfg.Limits.LoginTimeout.Duration))
-	}
+	// The deadline stays set after hello: it bounds the protocol's backend
+	// login too, and login clears it for the relay.
+	conn.SetDeadline(deadline)
 	if err := hello(dctx, b); err != nil {
 		b.Close()
 		fail("greeting: " + err.Error())
