@@ -11,7 +11,7 @@ import (
 
 	gosmtp "github.com/emersion/go-smtp"
 
-	"mailproxy/demo"
+	"mailproxy/internal/demo"
 	"mailproxy/internal/testkit"
 )
 
