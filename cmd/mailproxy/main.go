@@ -93,6 +93,9 @@ func cmdCheck(args []string, stdout io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "%s: ok (%d listeners, %d pools)\n", path, len(cfg.Listeners), len(cfg.Pools))
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintf(stdout, "%s: warning: %s\n", path, w)
+	}
 	for _, u := range cfg.Unbuilt() {
 		fmt.Fprintf(stdout, "%s: note: %s\n", path, u)
 	}
@@ -147,6 +150,9 @@ func cmdRun(args []string, stderr io.Writer) error {
 		}
 	}
 	log := newLogger(cfg.Log, stderr)
+	for _, w := range cfg.Warnings() {
+		log.Warn("config: " + w)
+	}
 	srv, err := proxy.New(cfg, proxy.Options{Logger: log, Handlers: handlers()})
 	if err != nil {
 		return err
