@@ -83,6 +83,9 @@ type Session struct {
 	// BytesIn and BytesOut are what the client sent and was sent, filled
 	// in by a protocol with no relay phase (SMTP) for the session log.
 	BytesIn, BytesOut int64
+	// LoggedIn is set by a protocol with no relay phase (SMTP) when a
+	// login succeeded, for the session's metrics.
+	LoggedIn bool
 }
 
 // FailDelay waits the auth failure delay, or until ctx ends.

@@ -138,7 +138,7 @@ func (ss *session) finish() {
 		backend = ss.backend.Name
 		attrs = append(attrs, "backend", backend)
 	}
-	s.metrics.sessionEnded(lc, backend, ss.loggedIn, ss.user != "", res)
+	s.metrics.sessionEnded(lc, backend, ss.loggedIn, ss.user != "", res, ss.outcome)
 	ss.log.Info("session end", attrs...)
 }
 
@@ -158,7 +158,7 @@ func (ss *session) login() *protocols.Relay {
 	}
 	ss.ps = ss.protoSession(ss.client)
 	r, err := s.handlers[lc.Protocol].Serve(ss.ctx, ss.ps)
-	ss.user = ss.ps.User
+	ss.user, ss.loggedIn = ss.ps.User, ss.ps.LoggedIn
 	ss.res.up, ss.res.down = ss.ps.BytesIn, ss.ps.BytesOut
 	if err != nil {
 		ss.outcome = classify(err)

@@ -89,6 +89,7 @@ func (f *front) login(creds protocols.Credentials) error {
 		switch {
 		case err == nil:
 			f.creds = &back
+			f.s.LoggedIn = true
 			f.s.Log.Info("login", "user", creds.Username, "backend", f.back.b.Name)
 			return nil
 		case errors.Is(err, errNoPlain):
