@@ -456,6 +456,9 @@ func (c *Config) applyDefaults(md *toml.MetaData, raw map[string]any) {
 		l, m := &c.Listeners[i], rawTable(raw, "listener", i)
 		defStr(&l.TLS, "none", rawHas(m, "tls"))
 		defStr(&l.SMTPAuth, "off", rawHas(m, "smtp_auth"))
+		if l.Protocol == "smtp" {
+			defStr(&l.SMTPAuth, "optional", rawHas(m, "smtp_auth")) // mail clients look for AUTH
+		}
 		if l.ProxyProtocol && !rawHas(m, "proxy_protocol_trusted") {
 			l.ProxyProtocolTrusted = []string{"127.0.0.0/8", "::1"} // a balancer on this host
 		}
