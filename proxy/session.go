@@ -188,6 +188,8 @@ func (ss *session) relayOutcome() string {
 		return "closed by proxy"
 	case errors.Is(ss.res.err, errIdle):
 		return "idle timeout"
+	case errors.Is(ss.res.err, errStalled):
+		return "write timeout"
 	case ss.res.err != nil:
 		return "relay error: " + ss.res.err.Error()
 	}
