@@ -40,29 +40,36 @@ type session struct {
 	user     string             // the login name, for the end line
 	backend  *protocols.Backend // the backend of the current login attempt
 	loggedIn bool
-	res      relayResult
-	outcome  string // for the end line
+	// byeTo is where a goodbye may be written from another goroutine
+	// (shutdown): the connection in the state the client reads it, or nil
+	// while that is not known (before login on a STARTTLS listener).
+	byeTo   atomic.Pointer[net.Conn]
+	res     relayResult
+	outcome string // for the end line
 }
 
 // notice holds the few replies the proxy itself sends. It never parses a
 // protocol, but it must be able to say goodbye in one.
-type notice struct{ panic, timeout, busy string }
+type notice struct{ panic, timeout, busy, shutdown string }
 
 var notices = map[string]notice{
 	"imap": {
-		panic:   "* BYE Internal error, try again later\r\n",
-		timeout: "* BYE Login timeout, closing connection\r\n",
-		busy:    "* BYE Too many connections, try again later\r\n",
+		panic:    "* BYE Internal error, try again later\r\n",
+		timeout:  "* BYE Login timeout, closing connection\r\n",
+		busy:     "* BYE Too many connections, try again later\r\n",
+		shutdown: "* BYE Server shutting down, reconnect later\r\n",
 	},
 	"pop3": {
-		panic:   "-ERR [SYS/TEMP] Internal error, try again later\r\n",
-		timeout: "-ERR Login timeout, closing connection\r\n",
-		busy:    "-ERR [SYS/TEMP] Too many connections, try again later\r\n",
+		panic:    "-ERR [SYS/TEMP] Internal error, try again later\r\n",
+		timeout:  "-ERR Login timeout, closing connection\r\n",
+		busy:     "-ERR [SYS/TEMP] Too many connections, try again later\r\n",
+		shutdown: "-ERR [SYS/TEMP] Server shutting down, reconnect later\r\n",
 	},
 	"smtp": {
-		panic:   "421 4.3.0 Internal error, try again later\r\n",
-		timeout: "421 4.4.2 Timeout, closing connection\r\n",
-		busy:    "421 4.7.0 Too many connections, try again later\r\n",
+		panic:    "421 4.3.0 Internal error, try again later\r\n",
+		timeout:  "421 4.4.2 Timeout, closing connection\r\n",
+		busy:     "421 4.7.0 Too many connections, try again later\r\n",
+		shutdown: "421 4.3.2 Server shutting down, try again later\r\n",
 	},
 }
 
@@ -105,6 +112,9 @@ func (s *Server) newSession(lc *config.ListenerConfig, c net.Conn) *session {
 	// close the accepted conn, never ss.client, which this goroutine
 	// replaces after TLS and login.
 	ss.stop = context.AfterFunc(ctx, func() { c.Close() })
+	if lc.TLS == "none" || lc.TLS == "" {
+		ss.byeTo.Store(&c)
+	}
 	s.mu.Lock()
 	s.live[ss] = struct{}{}
 	s.mu.Unlock()
@@ -155,6 +165,8 @@ func (ss *session) login() *protocols.Relay {
 			return nil
 		}
 		ss.client = tc
+		bye := net.Conn(tc)
+		ss.byeTo.Store(&bye)
 	}
 	ss.ps = ss.protoSession(ss.client)
 	r, err := s.handlers[lc.Protocol].Serve(ss.ctx, ss.ps)
@@ -171,6 +183,8 @@ func (ss *session) login() *protocols.Relay {
 	if r != nil {
 		r.Client = proxyproto.Unwrap(r.Client) // a bare TCP conn, so the relay can splice
 		ss.client, ss.backend, ss.loggedIn = r.Client, r.Backend, true
+		client := r.Client // a copy: byeTo is read by another goroutine
+		ss.byeTo.Store(&client)
 		ss.client.SetDeadline(time.Time{})
 		r.Backend.SetDeadline(time.Time{})
 		// Nothing of the login phase stays reachable for the relay's
@@ -179,6 +193,15 @@ func (ss *session) login() *protocols.Relay {
 		r.Backend.Greeting, r.Backend.Caps = "", nil
 	}
 	return r
+}
+
+// goodbye tells the client the server is shutting down, where it is
+// known how to reach it (see byeTo). It runs outside the session's
+// goroutine, bounded by say's deadline; the session is closed after it.
+func (ss *session) goodbye() {
+	if c := ss.byeTo.Load(); c != nil {
+		say(*c, notices[ss.lc.Protocol].shutdown)
+	}
 }
 
 // relayOutcome says why the relay ended, for the end line.
