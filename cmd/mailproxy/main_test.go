@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"mailproxy/proxy/config"
 )
 
 func TestCheckExample(t *testing.T) {
@@ -165,5 +167,38 @@ func TestCheckAdminWithoutToken(t *testing.T) {
 		if !tc.ok && !strings.Contains(errOut, "admin.listen") || !tc.ok && !strings.Contains(errOut, "token_file") {
 			t.Errorf("[admin] %s: the error does not say what to do: %s", tc.admin, errOut)
 		}
+	}
+}
+
+// TestHelpListsSubcommands (issue 10, point 13): `mailproxy help`,
+// `mailproxy --help` and `-h` list the subcommands and exit 0.
+func TestHelpListsSubcommands(t *testing.T) {
+	for _, arg := range []string{"help", "--help", "-help", "-h"} {
+		var out, errOut bytes.Buffer
+		code := run([]string{arg}, &out, &errOut)
+		if code != 0 {
+			t.Errorf("mailproxy %s exited %d: %s", arg, code, errOut.String())
+		}
+		for _, sub := range []string{"[run]", "check", "ctl", "demo", "version"} {
+			if !strings.Contains(out.String(), "mailproxy "+sub) {
+				t.Errorf("mailproxy %s does not list %q:\n%s", arg, sub, out.String())
+			}
+		}
+	}
+}
+
+// TestExampleNotesMatchUnbuilt (issue 10, point 13): the example config
+// says a feature is "not built yet" only while Unbuilt lists one.
+func TestExampleNotesMatchUnbuilt(t *testing.T) {
+	cfg, err := config.Load("../../mailproxy.toml.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text, err := os.ReadFile("../../mailproxy.toml.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Unbuilt()) == 0 && strings.Contains(string(text), "not built yet") {
+		t.Errorf("the example says features are not built yet, and Unbuilt lists none")
 	}
 }

@@ -97,7 +97,7 @@ type ListenerConfig struct {
 	SMTPAuth string `toml:"smtp_auth"` // smtp only: off | optional (default: offered when the backend offers AUTH) | required
 	APOP     bool   `toml:"apop"`      // pop3 only: pick the backend at connect and relay its APOP greeting
 	MaxSize  int64  `toml:"max_size"`  // smtp only: SIZE limit in bytes; 0 = the backend's
-	Hostname string `toml:"hostname"`  // name in greetings; default the machine's host name
+	Hostname string `toml:"hostname"`  // smtp: the name in the greeting and EHLO reply; default the machine's host name
 }
 
 // PoolConfig is one [[pool]] of backends.
