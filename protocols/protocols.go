@@ -52,7 +52,7 @@ type Session struct {
 	TLS        *tls.Config // server config for STARTTLS; nil when the listener has tls = none
 	TLSActive  bool        // TLS is already up (implicit TLS listener)
 	RequireTLS bool        // no login before TLS
-	Hostname   string      // our name in greetings
+	Hostname   string      // our name in SMTP's greeting and EHLO reply
 
 	// Listener extensions (see the config contract).
 	SMTPAuth string // off | optional | required

@@ -299,15 +299,12 @@ func (ss *session) connect(ctx context.Context, lease *routing.Lease, hello func
 			ss.pool.Observe(rb, ss.proto, false, reason)
 		}
 	}
-	// One try, dial to backend login, is bounded by backend_timeout (and
-	// by the client's login deadline): a backend that accepts and never
-	// greets costs that much, and then the next backend is tried. The
-	// dial alone keeps the shorter health timeout.
-	lim := ss.srv.cfg.Limits
-	deadline := time.Now().Add(lim.BackendTimeout.Duration)
-	if login := ss.start.Add(lim.LoginTimeout.Duration); login.Before(deadline) {
-		deadline = login
-	}
+	// One try, dial to backend login, is bounded by backend_timeout: a
+	// backend that accepts and never greets costs that much, and then the
+	// next backend is tried. The dial alone keeps the shorter health
+	// timeout. (Not the client's login deadline: an SMTP session connects
+	// a new backend whenever it lost one, long after its start.)
+	deadline := time.Now().Add(ss.srv.cfg.Limits.BackendTimeout.Duration)
 	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	dialCtx, dialCancel := context.WithTimeout(dctx, ss.srv.poolConfig(ss.lc.Pool).Health.Timeout.Duration)
