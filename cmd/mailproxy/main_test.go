@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -200,5 +201,41 @@ func TestExampleNotesMatchUnbuilt(t *testing.T) {
 	}
 	if len(cfg.Unbuilt()) == 0 && strings.Contains(string(text), "not built yet") {
 		t.Errorf("the example says features are not built yet, and Unbuilt lists none")
+	}
+}
+
+// TestRunLogsWarnings (issue 10, point 12): run logs the config's
+// warnings when it starts (here it then stops at the missing certificate).
+func TestRunLogsWarnings(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "run.toml")
+	cfg := fmt.Sprintf(`[admin]
+listen = ""
+[tls]
+cert = %q
+key = %q
+[limits]
+idle_timeout = "5m"
+[[listener]]
+name = "imaps"
+protocol = "imap"
+address = "127.0.0.1:1"
+tls = "implicit"
+pool = "main"
+[[pool]]
+name = "main"
+  [[pool.backend]]
+  name = "mail1"
+  imap = "127.0.0.1:20143"
+`, filepath.Join(dir, "missing.pem"), filepath.Join(dir, "missing.key"))
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	if code := run([]string{"run", "-config", path}, &out, &errOut); code == 0 {
+		t.Fatalf("run without its certificate exited 0")
+	}
+	if !strings.Contains(errOut.String(), "limits.idle_timeout: 5m0s is below 29m") {
+		t.Errorf("run did not log the warning:\n%s", errOut.String())
 	}
 }
