@@ -49,7 +49,7 @@ func newMetrics(s *Server) *metrics {
 		}, []string{"listener", "backend", "direction"}),
 		sessions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mailproxy_sessions_total",
-			Help: "Client sessions ended, by outcome (logout, closed, login_timeout, idle_timeout, closed_by_proxy, tls_handshake_failed, error, relay_error, panic), and connections refused at a limit (refused).",
+			Help: "Client sessions ended, by outcome (logout, closed, login_timeout, idle_timeout, write_timeout, closed_by_proxy, tls_handshake_failed, error, relay_error, panic), and connections refused at a limit (refused).",
 		}, []string{"listener", "outcome"}),
 	}
 	m.reg.MustRegister(m.logins, m.bytes, m.sessions, stateCollector{s},
