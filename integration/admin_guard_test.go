@@ -69,6 +69,18 @@ func TestAdminCrossSite(t *testing.T) {
 	if !strings.Contains(e.Logs.String(), "admin call refused: cross-site") {
 		t.Errorf("refused cross-site calls not logged")
 	}
+
+	// With a token, remote tools may name the host as they like; a
+	// foreign Origin is still refused.
+	withToken := startAdmin(t, e, "tok")
+	auth := map[string]string{"Authorization": "Bearer tok", "Host": "mailproxy.example.org:9025"}
+	if code := adminRequest(t, withToken.Addr, "POST", "/pools/p/backends/mail1/undrain", auth); code != 200 {
+		t.Errorf("undrain with the token via a host name: %d", code)
+	}
+	auth["Origin"] = "http://evil.example"
+	if code := adminRequest(t, withToken.Addr, "POST", "/pools/p/backends/mail1/undrain", auth); code != http.StatusForbidden {
+		t.Errorf("undrain with the token from a foreign Origin: %d, want 403", code)
+	}
 }
 
 // TestAdminUserNeedsToken (issue 10, point 10): with a token set,
