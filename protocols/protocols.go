@@ -40,6 +40,12 @@ type Credentials struct {
 	Username string
 	Password Password
 	Authzid  string // SASL authorisation identity; empty when the same as Username
+
+	// Mech is set for a passthrough login (OAUTHBEARER, XOAUTH2): then
+	// Message, the client's SASL message with the token, goes to the
+	// backend unchanged and Password is empty. "" for a password login.
+	Mech    string
+	Message Password
 }
 
 // Session is what the proxy gives a protocol for one client connection.
@@ -78,6 +84,16 @@ type Session struct {
 	// nil (passthrough): the backend checks the client's credentials.
 	Authenticate func(ctx context.Context, c Credentials) (Credentials, error)
 
+	// PassMechs, when not nil, lists the passthrough mechanisms
+	// (PassthroughMechs) that every backend of the listener's pool
+	// announced when last asked; a protocol whose backend is picked only
+	// at login offers just these. nil or empty: none.
+	PassMechs func() []string
+
+	// Guard, when not nil, is the brute-force protection of the client's
+	// address (see LoginGuard); nil: only AuthFailureDelay applies.
+	Guard LoginGuard
+
 	// User is the login name of the last login attempt, for the session log.
 	User string
 	// BytesIn and BytesOut are what the client sent and was sent, filled
@@ -85,8 +101,14 @@ type Session struct {
 	BytesIn, BytesOut int64
 }
 
-// FailDelay waits the auth failure delay, or until ctx ends.
+// FailDelay records a failed login of s.User with the Guard and waits
+// its penalty, or without a Guard the auth failure delay, or until ctx
+// ends. Every failed-login reply comes after it.
 func (s *Session) FailDelay(ctx context.Context) {
+	if s.Guard != nil {
+		s.Guard.Failed(ctx, s.User)
+		return
+	}
 	if s.AuthFailureDelay <= 0 {
 		return
 	}
@@ -96,6 +118,45 @@ func (s *Session) FailDelay(ctx context.Context) {
 	case <-t.C:
 	case <-ctx.Done():
 	}
+}
+
+// LoginAllowed asks the Guard whether user may try a login now. On
+// ErrLoginRefused the protocol answers with a temporary failure and
+// contacts no backend.
+func (s *Session) LoginAllowed(ctx context.Context, user string) error {
+	if s.Guard == nil {
+		return nil
+	}
+	return s.Guard.Allow(ctx, user)
+}
+
+// LoginSucceeded tells the Guard that s.User logged in.
+func (s *Session) LoginSucceeded() {
+	if s.Guard != nil {
+		s.Guard.Succeeded(s.User)
+	}
+}
+
+// ErrLoginRefused is a login attempt refused before any check because
+// the client or the user failed too often (LoginGuard.Allow).
+var ErrLoginRefused = errors.New("too many failed logins")
+
+// ErrAuthUnavailable is a check of the credentials that could not be made
+// (an auth service unreachable): a temporary failure for the client, never
+// a login, and not a failed one either.
+var ErrAuthUnavailable = errors.New("authentication service unavailable")
+
+// LoginGuard is the proxy's brute-force protection for one session, bound
+// to its client address. It is called from the session's goroutine.
+type LoginGuard interface {
+	// Allow returns ErrLoginRefused (after the penalty delay) when user,
+	// or the client address, failed too often lately; else nil at once.
+	Allow(ctx context.Context, user string) error
+	// Failed records a failed login of user and waits the penalty, which
+	// grows with the failures, or until ctx ends.
+	Failed(ctx context.Context, user string)
+	// Succeeded forgets user's failures from this address.
+	Succeeded(user string)
 }
 
 // BackendCredentials runs Authenticate, when set, on a client's
