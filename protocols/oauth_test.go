@@ -16,10 +16,10 @@ func TestParseOAuth(t *testing.T) {
 		{"oauthbearer", "y,a=a=2Cb=3Dc,\x01auth=bearer t\x01\x01", "a,b=c", nil},
 		{"OAUTHBEARER", "n,,\x01auth=Bearer t\x01\x01", "", ErrOAuthNoUser},
 		{"OAUTHBEARER", "p=tls-unique,a=alice,\x01auth=Bearer t\x01\x01", "", ErrOAuthSyntax},
-		{"OAUTHBEARER", "n,a=alice,\x01host=x\x01\x01", "", ErrOAuthSyntax},            // no auth
+		{"OAUTHBEARER", "n,a=alice,\x01host=x\x01\x01", "", ErrOAuthSyntax},              // no auth
 		{"OAUTHBEARER", "n,a=alice,\x01auth=Basic dXNlcg==\x01\x01", "", ErrOAuthSyntax}, // not Bearer
-		{"OAUTHBEARER", "n,a=alice,\x01auth=Bearer t\x01", "", ErrOAuthSyntax},          // one ^A
-		{"OAUTHBEARER", "n,a=alice,auth=Bearer t\x01\x01", "", ErrOAuthSyntax},          // no kvsep
+		{"OAUTHBEARER", "n,a=alice,\x01auth=Bearer t\x01", "", ErrOAuthSyntax},           // one ^A
+		{"OAUTHBEARER", "n,a=alice,auth=Bearer t\x01\x01", "", ErrOAuthSyntax},           // no kvsep
 		{"OAUTHBEARER", "n,a=al ice,\x01auth=Bearer t\x01\x01", "", ErrOAuthSyntax},
 		{"OAUTHBEARER", "n,a=a=2,\x01auth=Bearer t\x01\x01", "", ErrOAuthSyntax},
 		{"OAUTHBEARER", "n,u=alice,\x01auth=Bearer t\x01\x01", "", ErrOAuthSyntax},

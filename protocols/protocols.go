@@ -238,6 +238,18 @@ type Handler interface {
 	Probe(ctx context.Context, conn net.Conn) error
 }
 
+// MechProber is a Handler whose health probe can also ask a backend which
+// passthrough mechanisms (PassthroughMechs) it offers, for protocols whose
+// backend is picked only at login (the proxy offers clients what every
+// backend of the pool offers). b is the dialled backend, TLS and StartTLS
+// set, not yet greeted; the caller closes it and sets the deadline.
+type MechProber interface {
+	// ProbeMechs reads the greeting (an error, as Probe's, is a failed
+	// check), does STARTTLS when b.StartTLS, asks for the capabilities and
+	// ends politely. mechs is nil when the backend would not say.
+	ProbeMechs(ctx context.Context, b *Backend) (mechs []string, err error)
+}
+
 // ErrLineTooLong is returned by ReadLine for a line over the limit.
 var ErrLineTooLong = errors.New("line too long")
 

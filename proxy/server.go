@@ -65,7 +65,8 @@ type Server struct {
 	bgDone sync.WaitGroup
 	opened *listenerSet // by OpenListeners (standby.go); guarded by mu
 
-	auth *auth.Authenticator // auth.mode = "verify"; nil in passthrough (auth.go)
+	auth  *auth.Authenticator // auth.mode = "verify"; nil in passthrough (auth.go)
+	mechs mechTable           // passthrough SASL mechanisms the backends announced (mechs.go)
 
 	hostname string // the machine's name, for listeners without hostname
 }

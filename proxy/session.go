@@ -226,6 +226,9 @@ func (ss *session) protoSession(c net.Conn) *protocols.Session {
 	if s.auth != nil {
 		ps.Authenticate = s.auth.Authenticate
 	}
+	if s.passthrough() {
+		ps.PassMechs = func() []string { return s.mechs.common(ss.pool, ss.proto) }
+	}
 	return ps
 }
 

@@ -223,6 +223,7 @@ func (f *front) Mail(from string, opts *gosmtp.MailOptions) error {
 		}
 		return errAuthRequired
 	}
+	f.settle()
 	for retry := true; ; retry = false {
 		if f.back == nil {
 			if err := f.open(); err != nil {
