@@ -46,6 +46,11 @@ type Credentials struct {
 	// backend unchanged and Password is empty. "" for a password login.
 	Mech    string
 	Message Password
+
+	// Backend, set by Session.Authenticate, is the backend the login must
+	// go to (auth_http's Auth-Server): a protocol that picked one before
+	// the login (SMTP) dials again. "" = routing decides.
+	Backend string
 }
 
 // Session is what the proxy gives a protocol for one client connection.

@@ -42,6 +42,10 @@ type session struct {
 	loggedIn bool
 	res      relayResult
 	outcome  string // for the end line
+
+	attempts int              // auth_http: Auth-Login-Attempt
+	authWait time.Duration    // auth_http: Auth-Wait of the last refusal
+	forced   *routing.Backend // auth_http: the backend Auth-Server named
 }
 
 // notice holds the few replies the proxy itself sends. It never parses a
@@ -227,6 +231,7 @@ func (ss *session) protoSession(c net.Conn) *protocols.Session {
 	if s.auth != nil {
 		ps.Authenticate = s.auth.Authenticate
 	}
+	ss.loginChecks(ps)
 	if s.passthrough() {
 		ps.PassMechs = func() []string { return s.mechs.common(ss.pool, ss.proto) }
 	}
@@ -240,7 +245,7 @@ func (ss *session) dialBackend(ctx context.Context, login string, hello func(con
 	if login != "" {
 		key = ss.srv.cfg.Auth.RoutingKey(login)
 	}
-	var tried []*routing.Backend
+	tried := ss.excludeForced() // auth_http's Auth-Server
 	for range ss.pool.Backends() {
 		if err := ctx.Err(); err != nil {
 			return nil, err

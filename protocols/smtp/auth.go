@@ -94,6 +94,11 @@ func (f *front) login(creds protocols.Credentials) error {
 		f.s.FailDelay(f.ctx)
 		return errAuthInvalid
 	}
+	if back.Backend != "" && f.back != nil && f.back.b.Name != back.Backend {
+		// The check chose another backend than the one picked at EHLO.
+		f.back.quit()
+		f.back, f.inTx = nil, false
+	}
 	for retry := true; ; retry = false {
 		if f.back == nil {
 			if err := f.open(); err != nil {
