@@ -92,7 +92,7 @@ func (ss *session) clientIP() string {
 // the Auth-Wait of an auth_http refusal before a failed-login reply.
 type sessionGuard struct {
 	ss    *session
-	inner protocols.LoginGuard // nil with [auth.penalty] enabled = false
+	inner *auth.Guard // nil with [auth.penalty] enabled = false
 }
 
 func (g *sessionGuard) Allow(ctx context.Context, user string) error {
@@ -103,16 +103,12 @@ func (g *sessionGuard) Allow(ctx context.Context, user string) error {
 }
 
 func (g *sessionGuard) Failed(ctx context.Context, user string) {
-	least := g.ss.srv.cfg.Limits.AuthFailureDelay.Duration
-	if g.ss.authWait > 0 {
-		least, g.ss.authWait = g.ss.authWait, 0
-	}
-	start := time.Now()
+	d := g.ss.srv.cfg.Limits.AuthFailureDelay.Duration
 	if g.inner != nil {
-		g.inner.Failed(ctx, user)
-		least -= time.Since(start)
+		d = g.inner.Record(ctx, user)
 	}
-	g.ss.srv.loginWait(ctx, least)
+	d, g.ss.authWait = max(d, g.ss.authWait), 0
+	g.ss.srv.loginWait(ctx, d)
 }
 
 func (g *sessionGuard) Succeeded(user string) {

@@ -107,23 +107,24 @@ func (p *Penalty) Delay(n int) time.Duration {
 
 // Guard returns the protocols.LoginGuard of a session from client
 // address ip (no port).
-func (p *Penalty) Guard(ip string) protocols.LoginGuard { return &guard{p: p, ip: ip} }
+func (p *Penalty) Guard(ip string) *Guard { return &Guard{p: p, ip: ip} }
 
-type guard struct {
+// Guard is the Penalty as seen from one client address.
+type Guard struct {
 	p  *Penalty
 	ip string
 }
 
-var _ protocols.LoginGuard = (*guard)(nil)
+var _ protocols.LoginGuard = (*Guard)(nil)
 
-func (g *guard) keys(user string) (pair, ip, u string) {
+func (g *Guard) keys(user string) (pair, ip, u string) {
 	user = g.p.o.Normalize(user)
 	return "iu:" + g.ip + "\x00" + user, "i:" + g.ip, "u:" + user
 }
 
 // Allow implements protocols.LoginGuard. A counter that cannot be read
 // (a shared store down) lets the login through: the backend still checks it.
-func (g *guard) Allow(ctx context.Context, user string) error {
+func (g *Guard) Allow(ctx context.Context, user string) error {
 	o, now := &g.p.o, g.p.o.Now()
 	pairKey, ipKey, _ := g.keys(user)
 	scope, n := "", 0
@@ -150,8 +151,14 @@ func (g *guard) Allow(ctx context.Context, user string) error {
 	return protocols.ErrLoginRefused
 }
 
-// Failed implements protocols.LoginGuard.
-func (g *guard) Failed(ctx context.Context, user string) {
+// Failed implements protocols.LoginGuard: Record, then wait.
+func (g *Guard) Failed(ctx context.Context, user string) {
+	g.p.o.Wait(ctx, g.Record(ctx, user))
+}
+
+// Record counts a failed login of user and returns the penalty delay,
+// for a caller that waits itself.
+func (g *Guard) Record(ctx context.Context, user string) time.Duration {
 	o, now := &g.p.o, g.p.o.Now()
 	pairKey, ipKey, userKey := g.keys(user)
 	n, _ := o.Counter.Add(ctx, pairKey, now, o.Window)
@@ -165,13 +172,13 @@ func (g *guard) Failed(ctx context.Context, user string) {
 	if o.OnFailure != nil {
 		o.OnFailure()
 	}
-	o.Wait(ctx, d)
+	return d
 }
 
 // Succeeded implements protocols.LoginGuard: the user's failures from
 // this address are forgotten, and the user's own count. The address's
 // count stays: one good account must not buy an attacker new tries.
-func (g *guard) Succeeded(user string) {
+func (g *Guard) Succeeded(user string) {
 	pairKey, _, userKey := g.keys(user)
 	ctx := context.Background()
 	g.p.o.Counter.Reset(ctx, pairKey)
