@@ -138,6 +138,9 @@ func (ss *session) authenticateHTTP(ctx context.Context, c protocols.Credentials
 	case !res.OK:
 		s.authLookups.WithLabelValues("failed").Inc()
 		ss.authWait = res.Wait
+		if res.ErrorCode != "" {
+			return protocols.Credentials{}, fmt.Errorf("auth_http: %s (Auth-Error-Code %s)", res.Status, res.ErrorCode)
+		}
 		return protocols.Credentials{}, fmt.Errorf("auth_http: %s", res.Status)
 	case res.Cached:
 		s.authLookups.WithLabelValues("cached").Inc()

@@ -212,6 +212,8 @@ func (c *Config) checkListenerExtensions(ck *cfgChecker, key string, l *Listener
 		ck.add(key+".apop", "only for pop3 listeners")
 	} else if l.APOP && c.Auth.Mode == "verify" {
 		ck.add(key+".apop", `not with auth.mode = "verify": mailproxy cannot check an APOP digest against a password hash`)
+	} else if l.APOP && c.Auth.Mode == "http" {
+		ck.add(key+".apop", `not with auth.mode = "http": an auth_http service gets no APOP digest from mailproxy`)
 	}
 	switch {
 	case l.MaxSize < 0:
