@@ -54,6 +54,8 @@ DOVECOT_B_IMAP_HAPROXY_PORT=${DOVECOT_B_IMAP_HAPROXY_PORT:-22144}
 DOVECOT_B_POP3_HAPROXY_PORT=${DOVECOT_B_POP3_HAPROXY_PORT:-22111}
 POSTFIX_SMTP_PORT=${POSTFIX_SMTP_PORT:-21025}
 POSTFIX_SMTP_HAPROXY_PORT=${POSTFIX_SMTP_HAPROXY_PORT:-21026}
+# Dovecot's oauth2 passdb asks here; a test runs the introspection service.
+OAUTH2_INTROSPECTION_PORT=${OAUTH2_INTROSPECTION_PORT:-21180}
 
 MAIL_USER=mail
 MAIL_UID=$(id -u "$MAIL_USER")
@@ -147,7 +149,7 @@ login_greeting = dovecot-$n ready.
 login_trusted_networks = 127.0.0.0/8 ::1
 haproxy_trusted_networks = 127.0.0.0/8 ::1
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login oauthbearer xoauth2
 # "User7", "user7" and "user7@example.test" are all user7.
 auth_username_format = %Ln
 # Master login: LOGIN user7*proxy proxypw, or SASL PLAIN authzid=user7
@@ -192,6 +194,13 @@ passdb {
 passdb {
   driver = passwd-file
   args = scheme=PLAIN $DIR/users
+}
+# OAUTHBEARER and XOAUTH2 only: the token is checked by the introspection
+# service at OAUTH2_INTROSPECTION_PORT (RFC 7662, POST token=...).
+passdb {
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = $DIR/oauth2.conf.ext
 }
 userdb {
   driver = passwd-file
@@ -341,6 +350,16 @@ EOF
   for ((i = 0; i < NUSERS; i++)); do printf 'user%d@%s user%d/\n' "$i" "$DOMAIN" "$i"; done
 } >"$PF/etc/vmailbox"
 
+cat >"$DIR/oauth2.conf.ext" <<EOF
+introspection_mode = post
+introspection_url = http://$HOST:$OAUTH2_INTROSPECTION_PORT/introspect
+force_introspection = yes
+username_attribute = username
+active_attribute = active
+active_value = true
+EOF
+chmod 0644 "$DIR/oauth2.conf.ext"
+
 # --- env file -----------------------------------------------------------------
 write_env() {
   cat >"$DIR/env.tmp" <<EOF
@@ -380,6 +399,7 @@ POSTFIX_LOG=$PF/maillog
 POSTFIX_SMTP_PORT=$POSTFIX_SMTP_PORT
 POSTFIX_SMTP_HAPROXY_PORT=$POSTFIX_SMTP_HAPROXY_PORT
 POSTFIX_PID=${POSTFIX_PID:-}
+OAUTH2_INTROSPECTION_PORT=$OAUTH2_INTROSPECTION_PORT
 EOF
   mv "$DIR/env.tmp" "$DIR/env"
 }
