@@ -5,6 +5,11 @@
 // A protocol package speaks its protocol on both sides (the client dialogue
 // before login, and the backend's greeting, STARTTLS and login) but never
 // accepts connections or picks backends: it asks Session.Dial for a backend.
+//
+// The helpers the protocols share live here too: line reading, the SASL
+// servers of PLAIN and LOGIN, the parser of the passthrough mechanisms
+// (ParseOAuth: OAUTHBEARER, RFC 7628, and XOAUTH2), and the login checks
+// every protocol makes (LoginAllowed, FailDelay, LoginSucceeded).
 package protocols
 
 import (

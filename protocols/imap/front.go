@@ -1,7 +1,8 @@
 // Package imap is mailproxy's IMAP: the client dialogue before login
 // (RFC 9051 and RFC 3501: CAPABILITY, NOOP, ID (RFC 2971), LOGOUT,
 // STARTTLS, LOGIN, AUTHENTICATE with SASL-IR (RFC 4959) and LITERAL+
-// (RFC 7888)), the backend dialogue (greeting, STARTTLS, ID forwarding,
+// (RFC 7888); OAUTHBEARER (RFC 7628) and XOAUTH2 passed through to the
+// backend), the backend dialogue (greeting, STARTTLS, ID forwarding,
 // login), and the health probe. After login the proxy relays bytes.
 package imap
 

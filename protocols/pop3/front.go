@@ -1,6 +1,7 @@
 // Package pop3 is mailproxy's POP3: the client dialogue before login
 // (RFC 1939 USER, PASS, APOP and QUIT; CAPA of RFC 2449; STLS of RFC 2595;
-// AUTH of RFC 5034 with PLAIN (RFC 4616) and LOGIN; the response codes of
+// AUTH of RFC 5034 with PLAIN (RFC 4616) and LOGIN, and OAUTHBEARER
+// (RFC 7628) and XOAUTH2 passed through to the backend; the response codes of
 // RFC 2449 and RFC 3206), the backend dialogue (greeting, STLS, Dovecot's
 // XCLIENT, login) and the health probe. After login the proxy relays bytes.
 //
