@@ -276,6 +276,12 @@ name = "imaponly"
 			[]cfgWant{{"auth.backend_login", "backend_login", `needs auth.mode = "verify": otherwise anyone could log in as anyone`}}},
 		{"no apop with verify", cfgWith("[auth]\nmode = \"verify\"\nusers_file = \"users\"\n[[listener]]\nname = \"pop3\"\nprotocol = \"pop3\"\naddress = \"127.0.0.1:10110\"\npool = \"main\"\napop = true\n"),
 			[]cfgWant{{"listener[1].apop", "apop", "cannot check an APOP digest"}}},
+		{"http needs a URL", cfgWith("[auth]\nmode = \"http\"\nhttp_url = \"ftp://x\"\nhttp_timeout = \"0s\"\n"),
+			[]cfgWant{{"auth.http_url", "http_url", "needs an http:// or https:// URL"}, {"auth.http_timeout", "http_timeout", ""}}},
+		{"no apop with http", cfgWith("[auth]\nmode = \"http\"\nhttp_url = \"http://127.0.0.1:9080/auth\"\n[[listener]]\nname = \"pop3\"\nprotocol = \"pop3\"\naddress = \"127.0.0.1:10110\"\npool = \"main\"\napop = true\n"),
+			[]cfgWant{{"listener[1].apop", "apop", "gets no APOP digest"}}},
+		{"penalty checks", cfgWith("[auth.penalty]\nwindow = \"0s\"\nip_user_limit = -1\n"),
+			[]cfgWant{{"auth.penalty.window", "window", "longer than 0s"}, {"auth.penalty.ip_user_limit", "ip_user_limit", "less than 0"}}},
 		{"peer checks", cfgWith("[peer]\nnode = \"lb1\"\nlisten = \"0.0.0.0:7946\"\naddress = \"lb2\"\ninterval = \"2s\"\n"),
 			[]cfgWant{{"peer.address", "lb2", "not host:port"}, {"peer.secret_file", "[peer]", "missing"}, {"peer.dead_after", "[peer]", "longer than peer.interval"}}},
 		{"multi-line values keep line numbers", cfgWith(`
