@@ -32,8 +32,8 @@ type HTTPOptions struct {
 	// Timeout bounds one lookup: connect, request, reply. Default 5s.
 	Timeout time.Duration
 	// CacheTTL keeps successful lookups this long, keyed by protocol,
-	// user and a salted hash of the password (never the password); 0: no
-	// cache.
+	// client address, user and a salted hash of the password (never the
+	// password); 0: no cache.
 	CacheTTL time.Duration
 	// Transport, when set, replaces the default one (connection reuse,
 	// bounded headers).
@@ -118,7 +118,7 @@ func NewHTTP(opts HTTPOptions) (*HTTP, error) {
 func (h *HTTP) cacheKey(r HTTPRequest) [32]byte {
 	s := sha256.New()
 	s.Write(h.salt[:])
-	for _, f := range []string{r.Protocol, r.Method, r.User, string(r.Pass)} {
+	for _, f := range []string{r.Protocol, r.Method, r.ClientIP, r.User, string(r.Pass)} {
 		fmt.Fprintf(s, "%d:%s", len(f), f)
 	}
 	var k [32]byte

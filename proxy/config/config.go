@@ -74,7 +74,7 @@ type AuthConfig struct {
 	// mode = "http": nginx's mail auth_http protocol.
 	HTTPURL      string   `toml:"http_url"`       // required with mode http
 	HTTPTimeout  Duration `toml:"http_timeout"`   // one lookup, connect to reply; default 5s; > 0
-	HTTPCacheTTL Duration `toml:"http_cache_ttl"` // successful lookups kept (user + salted password hash); default 30s; 0 = off
+	HTTPCacheTTL Duration `toml:"http_cache_ttl"` // successful lookups kept (client address, user, salted password hash); default 30s; 0 = off
 
 	Penalty PenaltyConfig `toml:"penalty"`
 }
