@@ -198,6 +198,12 @@ func TestOAuthFailureRelaysErrorChallenge(t *testing.T) {
 	m.expect("334 " + challenge)
 	m.send("AQ==\r\n")
 	m.expect("535 5.7.8 Invalid token at mail1")
+	// A client that cancels after the challenge: go-smtp answers the "*",
+	// and the backend's half-open exchange is cancelled before the next AUTH.
+	m.send("AUTH OAUTHBEARER " + oauthBearerMsg("alice", "stale") + "\r\n")
+	m.expect("334 " + challenge)
+	m.send("*\r\n")
+	m.expect("501 ")
 	m.send("AUTH XOAUTH2 " + base64.StdEncoding.EncodeToString([]byte("user=alice\x01")) + "\r\n")
 	m.expect("501 5.5.2 Malformed SASL message")
 	m.send("AUTH XOAUTH2 " + xoauth2Msg("alice", "good") + "\r\n")

@@ -87,6 +87,9 @@ func (p *passServer) step(line string) ([]byte, bool, error) {
 	if f.inTx {
 		return nil, true, errAuthInTx
 	}
+	if p.steps == 0 {
+		f.settle() // an earlier exchange the client cancelled
+	}
 	if f.back == nil {
 		if err := f.open(); err != nil {
 			return nil, true, errAuthTemp
