@@ -117,7 +117,8 @@ func (b *oauthBackend) imap(c net.Conn, r *bufio.Reader) {
 			ir := ""
 			if len(f) == 4 {
 				ir = f[3]
-			} else if io.WriteString(c, "+ \r\n"); true {
+			} else {
+				io.WriteString(c, "+ \r\n")
 				if ir, ok = readLine(r); !ok {
 					return
 				}
