@@ -50,17 +50,15 @@ func (t *mechTable) set(b *routing.Backend, proto routing.Protocol, mechs []stri
 	t.m[mechKey{b, proto}] = mechEntry{mechs: mechs, at: now}
 }
 
-// common is what every backend of pool that can take a session of proto
-// (not down, not disabled) announced for it; nil while any of them has not
-// been asked yet. A down backend gets no new session, so what it lacks
-// does not matter until it is up again.
+// common is what every enabled backend of pool announced for proto; nil
+// while any of them has not been asked yet.
 func (t *mechTable) common(pool *routing.Pool, proto routing.Protocol) []string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var out []string
 	first := true
 	for _, b := range pool.Backends() {
-		if st := pool.State(b, proto); st == routing.Down || st == routing.Disabled {
+		if info := b.Data.(*backendInfo); info.cfg.Disabled || info.addr[proto] == "" {
 			continue
 		}
 		e, ok := t.m[mechKey{b, proto}]
