@@ -50,15 +50,17 @@ func (t *mechTable) set(b *routing.Backend, proto routing.Protocol, mechs []stri
 	t.m[mechKey{b, proto}] = mechEntry{mechs: mechs, at: now}
 }
 
-// common is what every enabled backend of pool announced for proto; nil
-// while any of them has not been asked yet.
+// common is what every backend of pool that can take a session of proto
+// (not down, not disabled) announced for it; nil while any of them has not
+// been asked yet. A down backend gets no new session, so what it lacks
+// does not matter until it is up again.
 func (t *mechTable) common(pool *routing.Pool, proto routing.Protocol) []string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var out []string
 	first := true
 	for _, b := range pool.Backends() {
-		if info := b.Data.(*backendInfo); info.cfg.Disabled || info.addr[proto] == "" {
+		if st := pool.State(b, proto); st == routing.Down || st == routing.Disabled {
 			continue
 		}
 		e, ok := t.m[mechKey{b, proto}]
