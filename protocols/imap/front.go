@@ -180,7 +180,6 @@ func (f *front) authenticate(ctx context.Context, cmd *command) (*protocols.Rela
 	for {
 		challenge, done, err := srv.Next(resp)
 		if err != nil {
-			f.s.User = creds.Username // what the exchange got to, for the penalty
 			f.s.FailDelay(ctx)
 			return nil, false, f.reply("%s NO [AUTHENTICATIONFAILED] Invalid credentials.", cmd.tag)
 		}

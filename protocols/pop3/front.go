@@ -268,7 +268,6 @@ func (f *front) auth(ctx context.Context, arg string) (*protocols.Relay, bool, e
 		challenge, done, err := srv.Next(resp)
 		if err != nil {
 			f.s.Log.Info("login failed: bad SASL response", "mechanism", strings.ToUpper(mech))
-			f.s.User = creds.Username // what the exchange got to, for the penalty
 			return nil, false, f.rejected(ctx, replyAuthFailed)
 		}
 		if done {

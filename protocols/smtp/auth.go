@@ -60,7 +60,6 @@ func (a *authServer) Next(resp []byte) ([]byte, bool, error) {
 	challenge, done, err := a.inner.Next(resp)
 	switch {
 	case err != nil:
-		a.f.s.User = a.creds.Username // what the exchange got to, for the penalty
 		a.f.s.FailDelay(a.f.ctx)
 		return nil, true, errAuthInvalid
 	case !done:
