@@ -110,8 +110,8 @@ func (f *front) login(creds protocols.Credentials) error {
 		switch {
 		case err == nil:
 			f.creds = &back
-			f.s.LoginSucceeded()
 			f.s.Log.Info("login", "user", creds.Username, "backend", f.back.b.Name)
+			f.s.LoginSucceeded()
 			return nil
 		case errors.Is(err, errNoPlain):
 			f.s.Log.Warn("login failed: backend error", "user", creds.Username, "backend", f.back.b.Name, "err", err)

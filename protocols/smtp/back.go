@@ -2,6 +2,7 @@ package smtp
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"log/slog"
@@ -20,12 +21,13 @@ import (
 type backend struct {
 	b      *protocols.Backend
 	c      *gosmtp.Client
-	helo   string // the client's HELO name the backend was given
-	authed bool   // logged in with the client's credentials
+	helo   string      // the client's HELO name the backend was given
+	authed bool        // logged in with the client's credentials
+	stop   func() bool // unregisters the close-on-cancel of the session context
+
 	// saslPending: the backend waits for the client's answer to a
 	// challenge of a passthrough exchange (see front.settle).
 	saslPending bool
-	stop        func() bool // unregisters the close-on-cancel of the session context
 }
 
 // greet is the backend dialogue up to a ready go-smtp client; it runs as
@@ -150,6 +152,7 @@ func (bk *backend) auth(creds protocols.Credentials) error {
 	b := bk.b
 	b.SetDeadline(time.Now().Add(backendTimeout))
 	defer b.SetDeadline(time.Time{})
+	b64 := base64.StdEncoding.EncodeToString
 	var rep reply
 	var err error
 	if creds.Mech != "" {
