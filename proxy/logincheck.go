@@ -65,9 +65,13 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 }
 
 // loginChecks gives a session's protocol the penalty of its client
-// address and, in http mode, the auth_http check.
+// address, in http mode the auth_http check, and in passthrough mode the
+// mechanisms it may pass through.
 func (ss *session) loginChecks(ps *protocols.Session) {
 	s := ss.srv
+	if s.passthrough() {
+		ps.PassMechs = func() []string { return s.mechs.common(ss.pool, ss.proto) }
+	}
 	if s.penalty != nil || s.authHTTP != nil {
 		g := &sessionGuard{ss: ss}
 		if s.penalty != nil {
@@ -86,6 +90,13 @@ func (ss *session) clientIP() string {
 		return ss.client.RemoteAddr().String()
 	}
 	return host
+}
+
+// httpLogin is what auth_http told a session.
+type httpLogin struct {
+	attempts int              // Auth-Login-Attempt
+	wait     time.Duration    // Auth-Wait of the last refusal
+	forced   *routing.Backend // the backend Auth-Server named
 }
 
 // sessionGuard is the penalty of the client's address, and waits at least
@@ -107,7 +118,9 @@ func (g *sessionGuard) Failed(ctx context.Context, user string) {
 	if g.inner != nil {
 		d = g.inner.Record(ctx, user)
 	}
-	d, g.ss.authWait = max(d, g.ss.authWait), 0
+	if l := g.ss.lookup; l != nil {
+		d, l.wait = max(d, l.wait), 0
+	}
 	g.ss.srv.loginWait(ctx, d)
 }
 
@@ -125,10 +138,15 @@ func (ss *session) authenticateHTTP(ctx context.Context, c protocols.Credentials
 	if c.Mech != "" {
 		return protocols.Credentials{}, fmt.Errorf("auth_http cannot check %s", c.Mech)
 	}
-	ss.attempts++
+	if ss.lookup == nil {
+		ss.lookup = &httpLogin{}
+	}
+	l := ss.lookup
+	l.attempts++
+	l.forced = nil
 	res, err := s.authHTTP.Lookup(ctx, auth.HTTPRequest{
 		Method: "plain", User: c.Username, Pass: c.Password, Protocol: ss.lc.Protocol,
-		Attempt: ss.attempts, ClientIP: ss.clientIP(), SSL: ss.clientTLS() != "",
+		Attempt: l.attempts, ClientIP: ss.clientIP(), SSL: ss.clientTLS() != "",
 	})
 	switch {
 	case err != nil:
@@ -137,7 +155,7 @@ func (ss *session) authenticateHTTP(ctx context.Context, c protocols.Credentials
 		return protocols.Credentials{}, err
 	case !res.OK:
 		s.authLookups.WithLabelValues("failed").Inc()
-		ss.authWait = res.Wait
+		l.wait = res.Wait
 		if res.ErrorCode != "" {
 			return protocols.Credentials{}, fmt.Errorf("auth_http: %s (Auth-Error-Code %s)", res.Status, res.ErrorCode)
 		}
@@ -154,7 +172,6 @@ func (ss *session) authenticateHTTP(ctx context.Context, c protocols.Credentials
 	if res.Pass != "" {
 		back.Password = res.Pass
 	}
-	ss.forced = nil
 	if res.Server != "" {
 		b := ss.backendAt(res.Server)
 		if b == nil {
@@ -163,7 +180,7 @@ func (ss *session) authenticateHTTP(ctx context.Context, c protocols.Credentials
 			return protocols.Credentials{}, fmt.Errorf("%w: Auth-Server %s is not a %s backend of pool %s",
 				protocols.ErrAuthUnavailable, res.Server, ss.lc.Protocol, ss.lc.Pool)
 		}
-		ss.forced, back.Backend = b, b.Name
+		l.forced, back.Backend = b, b.Name
 	}
 	return back, nil
 }
@@ -196,12 +213,12 @@ func sameAddr(a, b string) bool {
 // one auth_http chose, so that routing places the user there (and binds
 // it there) or, if the user lives elsewhere or it is down, nowhere.
 func (ss *session) excludeForced() []*routing.Backend {
-	if ss.forced == nil {
+	if ss.lookup == nil || ss.lookup.forced == nil {
 		return nil
 	}
 	var ex []*routing.Backend
 	for _, b := range ss.pool.Backends() {
-		if b != ss.forced {
+		if b != ss.lookup.forced {
 			ex = append(ex, b)
 		}
 	}

@@ -34,6 +34,7 @@ type session struct {
 	stop   func() bool // unregisters the close-on-cancel of the accepted conn
 	id     string
 	start  time.Time
+	lookup *httpLogin // auth_http's state (logincheck.go); nil until a lookup
 
 	client   net.Conn           // the accepted conn, then TLS, then what the protocol hands back
 	ps       *protocols.Session // what the protocol sees; dropped after login
@@ -42,10 +43,6 @@ type session struct {
 	loggedIn bool
 	res      relayResult
 	outcome  string // for the end line
-
-	attempts int              // auth_http: Auth-Login-Attempt
-	authWait time.Duration    // auth_http: Auth-Wait of the last refusal
-	forced   *routing.Backend // auth_http: the backend Auth-Server named
 }
 
 // notice holds the few replies the proxy itself sends. It never parses a
@@ -232,9 +229,6 @@ func (ss *session) protoSession(c net.Conn) *protocols.Session {
 		ps.Authenticate = s.auth.Authenticate
 	}
 	ss.loginChecks(ps)
-	if s.passthrough() {
-		ps.PassMechs = func() []string { return s.mechs.common(ss.pool, ss.proto) }
-	}
 	return ps
 }
 
