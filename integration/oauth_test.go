@@ -249,3 +249,25 @@ func TestOAuthOfferedOnlyWhenBackendsOfferIt(t *testing.T) {
 		c.Close()
 	}
 }
+
+// A backend that is down takes no new session, so what it lacks does not
+// hold back what the others offer.
+func TestOAuthDownBackendDoesNotHoldBack(t *testing.T) {
+	tokens := map[string]string{"alice": "good"}
+	_, i1, p1, s1 := newOAuthBackend(t, "mail1", "OAUTHBEARER XOAUTH2", tokens)
+	b2, i2, p2, s2 := newOAuthBackend(t, "mail2", "XOAUTH2", tokens)
+	cfg := strings.Replace(oauthConfig([4]string{"mail1", i1, p1, s1}, [4]string{"mail2", i2, p2, s2}),
+		`interval = "1h"`, "interval = \"50ms\"\n  timeout = \"1s\"\n  fall = 1", 1)
+	e := startProxy(t, cfg)
+	waitOffered(t, e, "AUTH=XOAUTH2")
+	s := dialScript(t, e.Addr["imap"])
+	if g := s.expect("* OK"); strings.Contains(g, "OAUTHBEARER") {
+		t.Fatalf("OAUTHBEARER offered while mail2 lacks it: %q", g)
+	}
+	b2.stop()
+	waitOffered(t, e, "AUTH=OAUTHBEARER AUTH=XOAUTH2")
+	s = dialScript(t, e.Addr["imap"])
+	s.expect("* OK")
+	s.send("a AUTHENTICATE OAUTHBEARER " + oauthBearerMsg("alice", "good") + "\r\n")
+	s.expect("a OK")
+}

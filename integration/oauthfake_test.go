@@ -28,8 +28,16 @@ type oauthBackend struct {
 	tokens map[string]string // user -> the one valid token
 	mechs  string            // announced, e.g. "OAUTHBEARER XOAUTH2"
 
-	mu     sync.Mutex
-	logins map[string]int // "user proto" -> successful logins
+	mu      sync.Mutex
+	logins  map[string]int // "user proto" -> successful logins
+	servers []*testkit.ConnServer
+}
+
+// stop closes the backend's listeners and connections: it is down.
+func (b *oauthBackend) stop() {
+	for _, s := range b.servers {
+		s.Close()
+	}
 }
 
 func newOAuthBackend(t *testing.T, name, mechs string, tokens map[string]string) (b *oauthBackend, imapAddr, pop3Addr, smtpAddr string) {
@@ -40,6 +48,7 @@ func newOAuthBackend(t *testing.T, name, mechs string, tokens map[string]string)
 			c.SetDeadline(time.Now().Add(20 * time.Second))
 			h(c, bufio.NewReader(c))
 		}}
+		b.servers = append(b.servers, s)
 		return testkit.Serve(t, s)
 	}
 	return b, serve(b.imap), serve(b.pop3), serve(b.smtp)
