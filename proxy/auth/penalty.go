@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"log/slog"
+	"net/netip"
 	"time"
 
 	"mailproxy/protocols"
@@ -106,20 +107,32 @@ func (p *Penalty) Delay(n int) time.Duration {
 }
 
 // Guard returns the protocols.LoginGuard of a session from client
-// address ip (no port).
-func (p *Penalty) Guard(ip string) *Guard { return &Guard{p: p, ip: ip} }
+// address ip (no port). An IPv6 address counts as its /64, which one
+// host or LAN usually has whole: an attacker there must not get a fresh
+// count for every address.
+func (p *Penalty) Guard(ip string) *Guard { return &Guard{p: p, ip: ip, key: counted(ip)} }
 
 // Guard is the Penalty as seen from one client address.
 type Guard struct {
-	p  *Penalty
-	ip string
+	p   *Penalty
+	ip  string // for the log
+	key string // for the counters
+}
+
+func counted(ip string) string {
+	a, err := netip.ParseAddr(ip)
+	if err != nil || a.Unmap().Is4() {
+		return ip
+	}
+	p, _ := a.Prefix(64)
+	return p.String()
 }
 
 var _ protocols.LoginGuard = (*Guard)(nil)
 
 func (g *Guard) keys(user string) (pair, ip, u string) {
 	user = g.p.o.Normalize(user)
-	return "iu:" + g.ip + "\x00" + user, "i:" + g.ip, "u:" + user
+	return "iu:" + g.key + "\x00" + user, "i:" + g.key, "u:" + user
 }
 
 // Allow implements protocols.LoginGuard. A counter that cannot be read

@@ -150,3 +150,24 @@ func TestMemCounterBounded(t *testing.T) {
 		}
 	})
 }
+
+// An IPv6 client counts as its /64: moving to another address of it does
+// not start a fresh count.
+func TestPenaltyIPv6Prefix(t *testing.T) {
+	p := NewPenalty(PenaltyOptions{Window: time.Hour, IPUserLimit: 2, Wait: func(context.Context, time.Duration) {}})
+	ctx := context.Background()
+	p.Guard("2001:db8:1:2::7").Failed(ctx, "alice")
+	p.Guard("2001:db8:1:2:ffff::1").Failed(ctx, "alice")
+	if err := p.Guard("2001:db8:1:2::99").Allow(ctx, "alice"); !errors.Is(err, protocols.ErrLoginRefused) {
+		t.Errorf("another address of the /64: %v, want a refusal", err)
+	}
+	if err := p.Guard("2001:db8:1:3::7").Allow(ctx, "alice"); err != nil {
+		t.Errorf("another /64: %v", err)
+	}
+	if err := p.Guard("192.0.2.8").Allow(ctx, "alice"); err != nil {
+		t.Errorf("IPv4: %v", err)
+	}
+	if counted("::ffff:192.0.2.7") != "::ffff:192.0.2.7" || counted("192.0.2.7") != "192.0.2.7" {
+		t.Errorf("IPv4 addresses are counted each on its own")
+	}
+}
