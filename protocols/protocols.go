@@ -88,10 +88,12 @@ type Session struct {
 	// Authenticate, when not nil, checks a client's credentials before any
 	// backend is contacted for its login, and returns the credentials to
 	// log in to the backend with: the client's own, or a master user's
-	// with the client's name as Authzid. An error is a failed login: the
-	// protocol logs it and gives its usual failed-login reply after
-	// FailDelay. Dial still gets the client's user name, which routes.
-	// nil (passthrough): the backend checks the client's credentials.
+	// with the client's name as Authzid, or the ones an auth_http service
+	// named. An error is a failed login: the protocol logs it and gives
+	// its usual failed-login reply after FailDelay; except
+	// ErrAuthUnavailable, a temporary failure with no delay. Dial still
+	// gets the client's user name, which routes. nil (passthrough): the
+	// backend checks the client's credentials.
 	Authenticate func(ctx context.Context, c Credentials) (Credentials, error)
 
 	// User is the login name of the last login attempt, for the session log.
