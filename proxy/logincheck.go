@@ -186,7 +186,8 @@ func (ss *session) authenticateHTTP(ctx context.Context, c protocols.Credentials
 }
 
 // backendAt is the pool's backend whose address for the session's
-// protocol is addr (host:port as configured, or as resolved).
+// protocol is addr: host:port as configured, IP addresses compared as
+// addresses. Names are not resolved.
 func (ss *session) backendAt(addr string) *routing.Backend {
 	for _, b := range ss.pool.Backends() {
 		if a := b.Data.(*backendInfo).addr[ss.proto]; a != "" && sameAddr(a, addr) {
