@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"bufio"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"net"
@@ -193,5 +195,47 @@ func TestBackendTimeoutLogin(t *testing.T) {
 	t.Logf("login answered after %v", took)
 	if took > 2*time.Second {
 		t.Errorf("login answered after %v, want about backend_timeout (300ms)", took)
+	}
+}
+
+// TestBackendTimeoutSMTPAuth: backend_timeout bounds SMTP's backend login
+// too: a backend that greets and answers EHLO but never answers AUTH
+// gives the client a temporary failure after backend_timeout (and one
+// retry), not after SMTP's five-minute command timeout.
+func TestBackendTimeoutSMTPAuth(t *testing.T) {
+	back := &testkit.ConnServer{Handle: func(c net.Conn) {
+		r := bufio.NewReader(c)
+		io.WriteString(c, "220 stuck.test ESMTP\r\n")
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			switch cmd := strings.ToUpper(strings.Fields(line + " x")[0]); cmd {
+			case "EHLO":
+				io.WriteString(c, "250-stuck.test\r\n250 AUTH PLAIN LOGIN\r\n")
+			case "AUTH":
+				io.Copy(io.Discard, r) // never answers
+				return
+			default:
+				io.WriteString(c, "250 ok\r\n")
+			}
+		}
+	}}
+	addr := testkit.Serve(t, back)
+	cfg := strings.Replace(smtpConfig(smtpListeners, smtpBack{"stuck", addr, ""}), "[limits]\n", "[limits]\nbackend_timeout = \"300ms\"\n", 1)
+	e := startProxy(t, cfg)
+	s := dialScript(t, e.Addr["smtp"])
+	s.expect("220")
+	s.send("EHLO client.example\r\n")
+	for !strings.HasPrefix(s.expect("250"), "250 ") {
+	}
+	start := time.Now()
+	s.send("AUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00alice\x00pw")) + "\r\n")
+	s.expect("454")
+	took := time.Since(start)
+	t.Logf("AUTH answered after %v", took)
+	if took > 2*time.Second {
+		t.Errorf("AUTH answered after %v, want about twice backend_timeout (300ms)", took)
 	}
 }

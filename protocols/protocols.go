@@ -77,6 +77,9 @@ type Session struct {
 
 	MaxLine          int           // longest line or literal accepted before login
 	AuthFailureDelay time.Duration // waited before every failed-login reply
+	// BackendTimeout bounds a backend login where the protocol logs in
+	// after Dial's deadline is gone (SMTP's AUTH); 0: the protocol's own.
+	BackendTimeout time.Duration
 
 	// Dial picks a backend for the routing key derived from login (empty:
 	// not tied to a user), connects (implicit TLS done), and calls hello,

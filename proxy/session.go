@@ -248,7 +248,8 @@ func (ss *session) protoSession(c net.Conn) *protocols.Session {
 		RequireTLS: lc.RequireTLS, Hostname: host,
 		SMTPAuth: lc.SMTPAuth, APOP: lc.APOP, MaxSize: lc.MaxSize,
 		MaxLine: 8 << 10, AuthFailureDelay: s.cfg.Limits.AuthFailureDelay.Duration,
-		Dial: ss.dialBackend,
+		BackendTimeout: s.cfg.Limits.BackendTimeout.Duration,
+		Dial:           ss.dialBackend,
 	}
 	if s.auth != nil {
 		ps.Authenticate = s.auth.Authenticate

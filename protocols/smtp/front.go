@@ -116,7 +116,7 @@ func (f *front) open() error {
 	b, err := f.s.Dial(f.ctx, "", func(ctx context.Context, b *protocols.Backend) error {
 		c, err := greet(ctx, b, f.helo, attrs, f.s.Log)
 		if err == nil {
-			bk = &backend{b: b, c: c, helo: f.helo}
+			bk = &backend{b: b, c: c, helo: f.helo, loginTimeout: f.s.BackendTimeout}
 		}
 		return err
 	})
