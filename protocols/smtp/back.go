@@ -152,11 +152,7 @@ func forward(b *protocols.Backend, helo string, xattrs []attr, greeting reply, l
 // whole replies and does not pipeline, so neither reader holds a byte.
 func (bk *backend) auth(creds protocols.Credentials) error {
 	b := bk.b
-	timeout := backendTimeout
-	if bk.loginTimeout > 0 {
-		timeout = bk.loginTimeout
-	}
-	b.SetDeadline(time.Now().Add(timeout))
+	b.SetDeadline(time.Now().Add(bk.authTimeout()))
 	defer b.SetDeadline(time.Time{})
 	b64 := base64.StdEncoding.EncodeToString
 	var rep reply
@@ -184,6 +180,14 @@ func (bk *backend) auth(creds protocols.Credentials) error {
 		return fmt.Errorf("%w: AUTH goes on: %s", errBackend, rep)
 	}
 	return rep.err()
+}
+
+// authTimeout bounds one step of a backend login.
+func (bk *backend) authTimeout() time.Duration {
+	if bk.loginTimeout > 0 {
+		return bk.loginTimeout
+	}
+	return backendTimeout
 }
 
 // saslSteps sends the AUTH command and then each response for as long as
