@@ -23,7 +23,7 @@ func startAdmin(srv *proxy.Server, node *peer.Node, sync *proxy.AdminSync, cfg *
 	if cfg.Admin.Listen == "" {
 		return func() {}, nil
 	}
-	opts := admin.Options{Logger: log, Metrics: srv.MetricsHandler(), OnAction: sync.Changed}
+	opts := admin.Options{Logger: log, Metrics: srv.MetricsHandler(), Address: cfg.Admin.Listen, OnAction: sync.Changed}
 	if node != nil {
 		opts.Peer = node.Status
 	}
