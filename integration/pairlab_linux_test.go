@@ -23,12 +23,16 @@ import (
 
 // pairLab is the topology of TestFailoverNetns.
 type pairLab struct {
-	t     *testing.T
-	lab   *lab
-	bin   string
-	dir   string
-	nodes []*labNode
+	t         *testing.T
+	tokenFile string // the admin API's token, in both nodes' config
+	lab       *lab
+	bin       string
+	dir       string
+	nodes     []*labNode
 }
+
+// pairToken guards the nodes' admin APIs, which listen on the LAN.
+const pairToken = "failover-test-token"
 
 const (
 	pairVIP      = "192.0.2.100"
@@ -72,10 +76,12 @@ func newPairLab(t *testing.T) *pairLab {
 	t.Cleanup(func() { ln.Close() })
 	secret := filepath.Join(dir, "peer.secret")
 	os.WriteFile(secret, []byte("failover test secret\n"), 0o600)
+	p.tokenFile = filepath.Join(dir, "admin.token")
+	os.WriteFile(p.tokenFile, []byte(pairToken+"\n"), 0o600)
 	for i, name := range []string{"n1", "n2"} {
 		n := &labNode{p: p, name: name, host: name + ".example", addr: fmt.Sprintf("192.0.2.%d", 11+i)}
 		n.cfg = filepath.Join(dir, name+".toml")
-		conf := fmt.Sprintf(pairConfig, n.addr, pairIMAPAddr, pairIMAP6, pairSMTPAddr, n.host, name,
+		conf := fmt.Sprintf(pairConfig, n.addr, p.tokenFile, pairIMAPAddr, pairIMAP6, pairSMTPAddr, n.host, name,
 			fmt.Sprintf("198.51.100.%d:7946", 1+i), fmt.Sprintf("198.51.100.%d:7946", 2-i),
 			secret, 200-100*i, pairVIP, pairVIP6, filepath.Join(dir, name+".state"))
 		if err := os.WriteFile(n.cfg, []byte(conf), 0o600); err != nil {
@@ -111,6 +117,7 @@ const pairConfig = `
 level = "info"
 [admin]
 listen = "%s:9025"
+token_file = "%s"
 [[listener]]
 name = "imap"
 protocol = "imap"
@@ -232,7 +239,12 @@ func (p *pairLab) get(t *testing.T, n *labNode, path string) string {
 
 func (p *pairLab) post(t *testing.T, n *labNode, path string) {
 	t.Helper()
-	resp, err := p.lab.httpClient("cli").Post("http://"+n.addr+":9025"+path, "application/json", nil)
+	req, err := http.NewRequest(http.MethodPost, "http://"+n.addr+":9025"+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+pairToken)
+	resp, err := p.lab.httpClient("cli").Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
