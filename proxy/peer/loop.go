@@ -33,9 +33,17 @@ type loop struct {
 	epoch int64
 	seq   uint64
 	dead  *time.Timer
-	want  chan Role // the latest elected role; capacity 1, newest wins
-	buf   []byte
-	heard uint64 // heartbeats accepted
+	// deadline is when the peer counts as lost unless heard; zero: not
+	// armed. The dead timer fires at it; with a clock, clock ticks check it.
+	deadline time.Time
+	// clock, when set, paces the loop instead of the Go ticker and dead
+	// timer: ticks from a thread the kernel wakes itself (clock_linux),
+	// so that a starved Go scheduler cannot delay a heartbeat or a verdict.
+	clock    <-chan time.Time
+	lastSent time.Time
+	want     chan Role // the latest elected role; capacity 1, newest wins
+	buf      []byte
+	heard    uint64 // heartbeats accepted
 
 	linkUp     bool          // [peer] interface up with carrier (true without one)
 	linkc      chan bool     // from the link watcher
@@ -77,23 +85,31 @@ func (l *loop) run(ctx context.Context, pkts <-chan datagram) {
 	defer tick.Stop()
 	l.dead = time.NewTimer(l.n.cfg.DeadAfter.Duration)
 	defer l.dead.Stop()
+	l.deadline = time.Now().Add(l.n.cfg.DeadAfter.Duration)
+	tickC, deadC := tick.C, l.dead.C
+	if l.clock != nil {
+		tick.Stop()
+		tickC, deadC = nil, nil
+	}
 	l.send(false)
 	for {
 		select {
 		case <-ctx.Done():
 			l.leave()
 			return
-		case <-tick.C:
-			l.send(false)
-			if l.role == Standby && !l.peer.alive && l.n.witness.IsValid() {
-				l.elect() // the witness may answer now
+		case <-tickC:
+			l.tick()
+		case now := <-l.clock:
+			// A tick is a quarter interval: send when an interval has
+			// passed (less a little, so the pace does not drift late).
+			if now.Sub(l.lastSent) >= l.n.cfg.Interval.Duration*7/8 {
+				l.tick()
 			}
+			l.checkDead(pkts, now)
 		case d := <-pkts:
 			l.receive(d, time.Now())
-		case <-l.dead.C:
-			if l.confirmLost(pkts) {
-				l.lost()
-			}
+		case now := <-deadC:
+			l.checkDead(pkts, now)
 		case up := <-l.linkc:
 			l.link(up)
 		case p := <-l.sharec:
@@ -109,6 +125,26 @@ func (l *loop) run(ctx context.Context, pkts <-chan datagram) {
 				l.n.log.Warn("witness did not answer: staying standby", "witness", l.n.cfg.Witness, "suppressed", skipped)
 			}
 		}
+	}
+}
+
+// tick sends the periodic heartbeat.
+func (l *loop) tick() {
+	l.send(false)
+	if l.role == Standby && !l.peer.alive && l.n.witness.IsValid() {
+		l.elect() // the witness may answer now
+	}
+}
+
+// checkDead declares the peer lost once its deadline has passed and a
+// second look finds nothing from it.
+func (l *loop) checkDead(pkts <-chan datagram, now time.Time) {
+	if l.deadline.IsZero() || now.Before(l.deadline) {
+		return
+	}
+	if l.confirmLost(pkts) {
+		l.deadline = time.Time{}
+		l.lost()
 	}
 }
 
@@ -185,14 +221,17 @@ func (l *loop) receive(d datagram, now time.Time) {
 	switch {
 	case m.Leaving:
 		l.dead.Stop()
+		l.deadline = time.Time{}
 		if was {
 			l.n.log.Info("peer leaving", "peer", m.Node, "peer_role", m.Role.String())
 		}
 	case !was:
 		l.n.log.Info("peer heard", "peer", m.Node, "peer_role", m.Role.String(), "peer_priority", m.Priority, "from", d.from.String())
 		l.dead.Reset(l.n.cfg.DeadAfter.Duration)
+		l.deadline = now.Add(l.n.cfg.DeadAfter.Duration)
 	default:
 		l.dead.Reset(l.n.cfg.DeadAfter.Duration)
+		l.deadline = now.Add(l.n.cfg.DeadAfter.Duration)
 	}
 	conflict := l.role == Active && m.Role == Active && !m.Leaving && (!was || wasRole != Active)
 	if conflict {
@@ -296,6 +335,7 @@ func (l *loop) leave() {
 // send sends one heartbeat on every path whose peer address is known.
 func (l *loop) send(leaving bool) {
 	l.seq++
+	l.lastSent = time.Now()
 	// Without its link a node cannot serve: it tells the peer it is out,
 	// as a leaving node does, so the peer takes over now.
 	m := Message{Node: l.n.cfg.Node, Priority: l.n.self.priority, Role: l.role, Leaving: leaving || !l.linkUp,

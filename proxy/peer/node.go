@@ -245,6 +245,9 @@ func (n *Node) Run(ctx context.Context) error {
 	n.log.Info("peer starting", attrs...)
 	l := newLoop(n, paths)
 	l.discard()
+	clockDone := make(chan struct{})
+	defer close(clockDone)
+	l.clock = startClock(paths, n.cfg.Interval.Duration/4, clockDone)
 	n.mu.Lock()
 	n.sharec = l.sharec
 	n.mu.Unlock()

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net/netip"
 	"runtime"
+	"time"
 )
 
 func newAddresser(string, []netip.Prefix) (addresser, error) {
@@ -20,3 +21,7 @@ func watchLink(context.Context, string, func(bool)) error {
 func lockHeartbeatThread() { runtime.LockOSThread() }
 
 func queued(any) bool { return false }
+
+func startClock([]*path, time.Duration, <-chan struct{}) <-chan time.Time { return nil }
+
+func waitReadable(any, time.Duration) bool { return true }
