@@ -34,12 +34,11 @@ type loop struct {
 	seq   uint64
 	dead  *time.Timer
 	// deadline is when the peer counts as lost unless heard; zero: not
-	// armed. The dead timer fires at it; with a clock, clock ticks check it.
+	// armed. The dead timer fires at it, or runPolled checks it.
 	deadline time.Time
-	// clock, when set, paces the loop instead of the Go ticker and dead
-	// timer: ticks from a thread the kernel wakes itself (clock_linux),
-	// so that a starved Go scheduler cannot delay a heartbeat or a verdict.
-	clock    <-chan time.Time
+	// polled: every path is a real socket on Linux, and the loop waits on
+	// them itself (runPolled) instead of on readers and Go timers.
+	polled   bool
 	lastSent time.Time
 	want     chan Role // the latest elected role; capacity 1, newest wins
 	buf      []byte
@@ -81,50 +80,51 @@ const shareRepeats = 3
 // loops, relays, commands) do not delay a heartbeat.
 func (l *loop) run(ctx context.Context, pkts <-chan datagram) {
 	lockHeartbeatThread()
+	l.deadline = time.Now().Add(l.n.cfg.DeadAfter.Duration)
+	l.dead = time.NewTimer(time.Until(l.deadline))
+	defer l.dead.Stop()
+	if l.polled {
+		l.dead.Stop()
+		l.runPolled(ctx)
+		return
+	}
 	tick := time.NewTicker(l.n.cfg.Interval.Duration)
 	defer tick.Stop()
-	l.dead = time.NewTimer(l.n.cfg.DeadAfter.Duration)
-	defer l.dead.Stop()
-	l.deadline = time.Now().Add(l.n.cfg.DeadAfter.Duration)
-	tickC, deadC := tick.C, l.dead.C
-	if l.clock != nil {
-		tick.Stop()
-		tickC, deadC = nil, nil
-	}
 	l.send(false)
 	for {
 		select {
 		case <-ctx.Done():
 			l.leave()
 			return
-		case <-tickC:
+		case <-tick.C:
 			l.tick()
-		case now := <-l.clock:
-			// A tick is a quarter interval: send when an interval has
-			// passed (less a little, so the pace does not drift late).
-			if now.Sub(l.lastSent) >= l.n.cfg.Interval.Duration*7/8 {
-				l.tick()
-			}
-			l.checkDead(pkts, now)
 		case d := <-pkts:
 			l.receive(d, time.Now())
-		case now := <-deadC:
+		case now := <-l.dead.C:
 			l.checkDead(pkts, now)
 		case up := <-l.linkc:
 			l.link(up)
 		case p := <-l.sharec:
-			l.share, l.shareLeft = p, shareRepeats
-			l.send(false)
+			l.setShare(p)
 		case ok := <-l.witnessc:
-			l.witnessBusy, l.witnessOK = false, ok
-			if ok {
-				l.elect()
-			} else if ok, skipped := l.witnessLog.allow(time.Now()); ok {
-				// Asked again at the next tick, not at once: a witness
-				// that fails fast must not make a busy loop.
-				l.n.log.Warn("witness did not answer: staying standby", "witness", l.n.cfg.Witness, "suppressed", skipped)
-			}
+			l.witnessAnswer(ok)
 		}
+	}
+}
+
+func (l *loop) setShare(p []byte) {
+	l.share, l.shareLeft = p, shareRepeats
+	l.send(false)
+}
+
+func (l *loop) witnessAnswer(ok bool) {
+	l.witnessBusy, l.witnessOK = false, ok
+	if ok {
+		l.elect()
+	} else if ok, skipped := l.witnessLog.allow(time.Now()); ok {
+		// Asked again at the next tick, not at once: a witness that fails
+		// fast must not make a busy loop.
+		l.n.log.Warn("witness did not answer: staying standby", "witness", l.n.cfg.Witness, "suppressed", skipped)
 	}
 }
 
@@ -139,7 +139,11 @@ func (l *loop) tick() {
 // checkDead declares the peer lost once its deadline has passed and a
 // second look finds nothing from it.
 func (l *loop) checkDead(pkts <-chan datagram, now time.Time) {
-	if l.deadline.IsZero() || now.Before(l.deadline) {
+	if l.deadline.IsZero() {
+		return
+	}
+	if now.Before(l.deadline) {
+		l.dead.Reset(l.deadline.Sub(now)) // the timer ran a hair early
 		return
 	}
 	if l.confirmLost(pkts) {
@@ -320,7 +324,10 @@ func (l *loop) askWitness() {
 		return
 	}
 	l.witnessBusy = true
-	go func() { l.witnessc <- l.n.addr.witness(l.n.witness, witnessTimeout) }()
+	go func() {
+		l.witnessc <- l.n.addr.witness(l.n.witness, witnessTimeout)
+		l.n.wake()
+	}()
 }
 
 // leave says goodbye: the peer takes over without waiting for dead_after.

@@ -29,6 +29,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"mailproxy/proxy/config"
@@ -102,10 +103,11 @@ type Node struct {
 	log     *slog.Logger
 	secret  []byte
 	self    member
-	addr    addresser     // nil without [peer] vip
-	witness netip.Addr    // [peer] witness; invalid: none
-	sharec  chan<- []byte // to the running loop; nil before Run
-	linkc   chan bool     // the interface's state, newest first, to the loop
+	addr    addresser              // nil without [peer] vip
+	witness netip.Addr             // [peer] witness; invalid: none
+	sharec  chan<- []byte          // to the running loop; nil before Run
+	linkc   chan bool              // the interface's state, newest first, to the loop
+	poke    atomic.Pointer[func()] // wakes a polling loop (runPolled) for news on its channels
 
 	mu sync.Mutex
 	st Status
@@ -245,16 +247,16 @@ func (n *Node) Run(ctx context.Context) error {
 	n.log.Info("peer starting", attrs...)
 	l := newLoop(n, paths)
 	l.discard()
-	clockDone := make(chan struct{})
-	defer close(clockDone)
-	l.clock = startClock(paths, n.cfg.Interval.Duration/4, clockDone)
+	l.polled = pollable(paths)
 	n.mu.Lock()
 	n.sharec = l.sharec
 	n.mu.Unlock()
 	pkts, done := make(chan datagram), make(chan struct{})
 	var wg sync.WaitGroup
 	for _, p := range paths {
-		wg.Go(func() { l.read(p, pkts, done) })
+		if !l.polled {
+			wg.Go(func() { l.read(p, pkts, done) })
+		}
 		if err := p.resolve(ctx); err != nil {
 			wg.Go(func() { l.resolveLater(ctx, p, err) })
 		}
@@ -318,6 +320,7 @@ func (n *Node) Share(b []byte) bool {
 	}
 	select {
 	case c <- bytes.Clone(b):
+		n.wake()
 		return true
 	default:
 		return false
@@ -341,6 +344,14 @@ func (n *Node) setLink(up bool) {
 	default:
 	}
 	n.linkc <- up
+	n.wake()
+}
+
+// wake tells a polling loop that something waits on its channels.
+func (n *Node) wake() {
+	if f := n.poke.Load(); f != nil {
+		(*f)()
+	}
 }
 
 // env is what on_active and on_standby commands find in their environment.

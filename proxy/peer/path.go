@@ -58,17 +58,6 @@ func (l *loop) read(p *path, out chan<- datagram, done <-chan struct{}) {
 	lockHeartbeatThread()
 	buf := make([]byte, MaxDatagram+1) // one more, so an oversized datagram shows
 	for {
-		// Wait in the kernel, on this thread, where that can be done: the
-		// datagram then wakes us directly, not through a Go scheduler
-		// that a busy host may starve.
-		if !waitReadable(p.conn, l.n.cfg.Interval.Duration) {
-			select {
-			case <-done:
-				return
-			default:
-			}
-			continue
-		}
 		k, from, err := p.conn.ReadFrom(buf)
 		if errors.Is(err, net.ErrClosed) {
 			return

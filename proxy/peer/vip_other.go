@@ -7,7 +7,6 @@ import (
 	"errors"
 	"net/netip"
 	"runtime"
-	"time"
 )
 
 func newAddresser(string, []netip.Prefix) (addresser, error) {
@@ -22,6 +21,6 @@ func lockHeartbeatThread() { runtime.LockOSThread() }
 
 func queued(any) bool { return false }
 
-func startClock([]*path, time.Duration, <-chan struct{}) <-chan time.Time { return nil }
+func pollable([]*path) bool { return false }
 
-func waitReadable(any, time.Duration) bool { return true }
+func (l *loop) runPolled(context.Context) {}
