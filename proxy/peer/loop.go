@@ -76,8 +76,9 @@ const shareRepeats = 3
 // run is the heartbeat loop: send every interval, take what arrives, and
 // elect again on every change. A node that just started waits dead_after
 // for its peer before it claims the active role. It runs on a thread of
-// its own, as the reader does, so that busy goroutines elsewhere (accept
-// loops, relays, commands) do not delay a heartbeat.
+// its own, as the readers do, so that busy goroutines elsewhere (accept
+// loops, relays, commands) do not delay a heartbeat; on real sockets on
+// Linux it hands over to runPolled, which needs no reader and no timer.
 func (l *loop) run(ctx context.Context, pkts <-chan datagram) {
 	lockHeartbeatThread()
 	l.deadline = time.Now().Add(l.n.cfg.DeadAfter.Duration)

@@ -10,8 +10,9 @@
 //
 // The pieces, one file each: the datagram and its HMAC (message.go), the
 // replay guard (replay.go), the election as a pure function (election.go),
-// the heartbeat loop that owns the state (loop.go), its sockets and
-// readers, one per heartbeat path (path.go), the goroutine that
+// the heartbeat loop that owns the state (loop.go; on Linux it polls its
+// sockets itself, poll_linux.go), its sockets and readers, one per
+// heartbeat path (path.go), the goroutine that
 // applies a role to the server and the addresses (switch.go), the
 // addresses themselves (vip.go, vip_linux.go), the commands
 // (commands.go) and the metrics (metrics.go).
