@@ -58,6 +58,10 @@ type LimitsConfig struct {
 	IdleTimeout         Duration `toml:"idle_timeout"`           // relay phase; default 30m; >= 1m with IMAP listeners (RFC 9051 §5.4 wants 29m)
 	AuthFailureDelay    Duration `toml:"auth_failure_delay"`     // before every failed-login reply; default 2s; 0 = none
 	ShutdownGrace       Duration `toml:"shutdown_grace"`         // default 10s (extension): sessions get this long to end on shutdown; 0 = close at once
+	// ParkAfter is how long a relay direction waits for its next burst in
+	// a goroutine before it is parked: its goroutine exits and one poller
+	// watches its socket (Linux). Default 5s; 0 = never park.
+	ParkAfter Duration `toml:"park_after"`
 }
 
 // AuthConfig says how logins are verified and turned into routing keys.

@@ -423,6 +423,7 @@ func (c *Config) applyDefaults(md *toml.MetaData, raw map[string]any) {
 	defDur(&lim.IdleTimeout, 30*time.Minute, md.IsDefined("limits", "idle_timeout"))
 	defDur(&lim.AuthFailureDelay, 2*time.Second, md.IsDefined("limits", "auth_failure_delay"))
 	defDur(&lim.ShutdownGrace, 10*time.Second, md.IsDefined("limits", "shutdown_grace"))
+	defDur(&lim.ParkAfter, 5*time.Second, md.IsDefined("limits", "park_after"))
 
 	for i := range c.Listeners {
 		l, m := &c.Listeners[i], rawTable(raw, "listener", i)

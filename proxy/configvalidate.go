@@ -53,6 +53,7 @@ func (c *Config) checkGlobal(ck *cfgChecker) {
 	}
 	ck.notNegative("limits.auth_failure_delay", lim.AuthFailureDelay)
 	ck.notNegative("limits.shutdown_grace", lim.ShutdownGrace)
+	ck.notNegative("limits.park_after", lim.ParkAfter)
 
 	a := c.Auth
 	ck.oneOf("auth.mode", a.Mode, "passthrough", "verify")

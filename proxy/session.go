@@ -39,8 +39,10 @@ type session struct {
 	user     string             // the login name, for the end line
 	backend  *protocols.Backend // the backend of the current login attempt
 	loggedIn bool
+	relaying bool // the relay owns the session's end (relayEnded)
 	res      relayResult
 	outcome  string // for the end line
+	release  func() // gives back what accept counted for the connection
 }
 
 // notice holds the few replies the proxy itself sends. It never parses a
@@ -79,26 +81,63 @@ func newID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// serveSession runs one connection from accept to close. Its own frame is
-// kept small: it sits under the relay for the whole life of an idle
-// session, so the login work lives in helpers whose frames are gone by then.
-func (s *Server) serveSession(lc *ListenerConfig, c net.Conn) {
-	ss := s.newSession(lc, c)
-	defer ss.finish()
+// serveSession runs one connection from accept to login, then starts the
+// relay, which ends the session (relayEnded) on whichever goroutine its
+// last direction ends: an idle session may have parked, and then no
+// goroutine of it is left. Its own frame is kept small: it sits under the
+// relay while the client to backend direction is busy, so the login work
+// lives in helpers whose frames are gone by then.
+func (s *Server) serveSession(lc *ListenerConfig, c net.Conn, release func()) {
+	ss := s.newSession(lc, c, release)
+	defer ss.endLogin()
 	r := ss.login()
 	if r == nil {
 		return
 	}
-	ss.res = relay(ss.ctx, r, s.cfg.Limits.IdleTimeout.Duration)
+	// The relay ties the connections to ctx itself, and closing the
+	// accepted one behind its back would leave a parked direction unwoken.
+	ss.stop()
+	ss.relaying = true
+	relay(ss.ctx, r, relayOpts{idle: s.cfg.Limits.IdleTimeout.Duration, park: s.cfg.Limits.ParkAfter.Duration,
+		poller: s.parkPoller(), onEnd: ss.relayEnded})
+}
+
+// endLogin ends a session that did not reach the relay. It is deferred
+// directly, so its recover catches a panic anywhere before the relay
+// (the relay's goroutines recover their own).
+func (ss *session) endLogin() {
+	if r := recover(); r != nil {
+		ss.log.Error("session panic", "panic", r, "stack", string(debug.Stack()))
+		say(ss.client, notices[ss.lc.Protocol].panic)
+		ss.outcome = "panic"
+		if ss.relaying {
+			ss.cancel() // the relay ends the session
+			return
+		}
+	}
+	if !ss.relaying {
+		ss.finish()
+	}
+}
+
+// relayEnded ends a session after its relay.
+func (ss *session) relayEnded(res relayResult) {
+	ss.res = res
 	ss.outcome = ss.relayOutcome()
+	var p *relayPanic
+	if errors.As(res.err, &p) {
+		ss.log.Error("session panic", "panic", p.value, "stack", string(p.stack))
+		ss.outcome = "panic"
+	}
+	ss.finish()
 }
 
 // newSession registers a session for c and logs its start.
-func (s *Server) newSession(lc *ListenerConfig, c net.Conn) *session {
+func (s *Server) newSession(lc *ListenerConfig, c net.Conn, release func()) *session {
 	proto, _ := routing.ParseProtocol(lc.Protocol)
 	ctx, cancel := context.WithCancel(context.Background())
 	ss := &session{srv: s, lc: lc, pool: s.pools[lc.Pool], proto: proto, ctx: ctx, cancel: cancel,
-		id: newID(), start: time.Now(), client: c, ps: &protocols.Session{}, outcome: "closed"}
+		id: newID(), start: time.Now(), client: c, ps: &protocols.Session{}, outcome: "closed", release: release}
 	ss.log = s.log.With("session", ss.id, "listener", lc.Name, "client", c.RemoteAddr().String())
 	// A kill (kick, backend down) cancels ctx from another goroutine:
 	// close the accepted conn, never ss.client, which this goroutine
@@ -111,15 +150,10 @@ func (s *Server) newSession(lc *ListenerConfig, c net.Conn) *session {
 	return ss
 }
 
-// finish tears the session down and writes its end line. It is deferred
-// directly, so its recover catches a panic anywhere in the session.
+// finish tears the session down and writes its end line.
 func (ss *session) finish() {
 	s, lc := ss.srv, ss.lc
-	if r := recover(); r != nil {
-		ss.log.Error("session panic", "panic", r, "stack", string(debug.Stack()))
-		say(ss.client, notices[lc.Protocol].panic)
-		ss.outcome = "panic"
-	}
+	defer ss.release()
 	ss.stop()
 	ss.cancel()
 	ss.client.Close()

@@ -1,0 +1,163 @@
+package proxy
+
+import (
+	"sync"
+	"time"
+)
+
+// poller watches the sockets of parked relay directions, one for a whole
+// server. A direction that has waited the park period for its next burst
+// registers its source with the poller and its goroutine exits; the first
+// readable byte (or the end, or an error) takes it out again and starts a
+// new goroutine for it, which reads what is there as any wait would. A
+// parked direction holds no goroutine, no stack and no buffer: only its
+// entry here and the relay state it already had.
+//
+// The wait itself is the operating system's (park_linux.go: one epoll
+// instance whose descriptor sits in Go's own network poller, so no
+// thread is blocked for it). Taking a direction back is always done
+// under mu, by whoever comes first: the readable socket, the relay's
+// context (kick, shutdown), the other direction ending, or the idle
+// timer of a relay whose both directions are parked.
+type poller struct {
+	mu     sync.Mutex
+	parked map[uint64]*direction // by token, which is never reused
+	next   uint64                // the last token handed out
+	closed bool
+	sys    pollerSys
+}
+
+// park hands d to the poller; false if it cannot (the relay is ending or
+// half-closed, the poller closed, the socket gone), and d's goroutine
+// waits on. Once it returns true d belongs to the poller, and the caller
+// must not touch it.
+func (p *poller) park(d *direction) bool {
+	st := d.st
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || st.dead || st.halfClosed.Load() || st.ctx.Err() != nil {
+		return false
+	}
+	p.next++
+	if err := p.watch(d.raw, p.next); err != nil {
+		return false
+	}
+	d.token = p.next
+	p.parked[d.token] = d
+	if st.nParked++; st.nParked == 2 {
+		// Both ways have been quiet for at least the park period.
+		var t *time.Timer
+		t = time.AfterFunc(max(st.idle-st.park, 0), func() { st.idleExpired(&t) })
+		st.timer = t
+	}
+	return true
+}
+
+// unparkLocked takes d out of the poller. Its socket may stay registered
+// with the operating system (one-shot, so it reports at most once more,
+// under a token nobody has any longer).
+func (p *poller) unparkLocked(d *direction) {
+	delete(p.parked, d.token)
+	d.token = 0
+	st := d.st
+	st.nParked--
+	if st.timer != nil {
+		st.timer.Stop()
+		st.timer = nil
+	}
+}
+
+// ready is called by the OS part for a token whose socket is readable.
+func (p *poller) ready(token uint64) {
+	p.mu.Lock()
+	d := p.parked[token]
+	if d != nil {
+		p.unparkLocked(d)
+	}
+	p.mu.Unlock()
+	if d != nil {
+		go d.pipe()
+	}
+}
+
+// close stops watching; directions still parked stay in parked until
+// their relay's context or timer takes them out.
+func (p *poller) close() {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.closed = true
+	p.mu.Unlock()
+	p.sys.close()
+}
+
+// count says how many relay directions are parked now.
+func (p *poller) count() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.parked)
+}
+
+// woken are the directions a wake took back from the poller; start gives
+// each a goroutine.
+type woken [2]*direction
+
+func (w woken) start() {
+	for _, d := range w {
+		if d != nil {
+			go d.pipe()
+		}
+	}
+}
+
+// wake takes directions i (and j, if not the same) back from the poller if
+// they are parked; dead keeps the relay from parking again.
+func (st *relayState) wake(dead bool, i, j uint8) woken {
+	var w woken
+	p := st.poller
+	if p == nil {
+		return w
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st.dead = st.dead || dead
+	for _, k := range [2]uint8{i, j} {
+		if d := &st.dirs[k]; d.token != 0 {
+			p.unparkLocked(d)
+			w[k] = d
+		}
+	}
+	return w
+}
+
+// parked says whether direction i is parked now.
+func (st *relayState) parked(i uint8) bool {
+	if st.poller == nil {
+		return false
+	}
+	st.poller.mu.Lock()
+	defer st.poller.mu.Unlock()
+	return st.dirs[i].token != 0
+}
+
+// idleExpired ends a relay whose both directions stayed parked for the
+// rest of the idle period, unless *t is no longer its timer (a direction
+// woke in the meantime). t is read under the lock that its writer held.
+func (st *relayState) idleExpired(t **time.Timer) {
+	p := st.poller
+	p.mu.Lock()
+	if st.timer != *t {
+		p.mu.Unlock()
+		return
+	}
+	p.unparkLocked(&st.dirs[0])
+	p.unparkLocked(&st.dirs[1])
+	st.dead = true
+	p.mu.Unlock()
+	st.dirs[0].err = errIdle
+	st.dirs[0].src.Close()
+	st.dirs[1].src.Close()
+	st.ended(2)
+}
