@@ -17,14 +17,24 @@ import (
 // instance whose descriptor sits in Go's own network poller, so no
 // thread is blocked for it). Taking a direction back is always done
 // under mu, by whoever comes first: the readable socket, the relay's
-// context (kick, shutdown), the other direction ending, or the idle
-// timer of a relay whose both directions are parked.
+// context (kick, shutdown), the other direction ending, or the sweep
+// that ends relays parked both ways for the rest of their idle period.
+// The sweep runs every tick from the poller's goroutine: a timer per
+// session would cost more memory than the rest of its relay state.
 type poller struct {
 	mu     sync.Mutex
 	parked map[uint64]*direction // by token, which is never reused
 	next   uint64                // the last token handed out
 	closed bool
+	tick   time.Duration // between sweeps
 	sys    pollerSys
+}
+
+// sweepTick is how often a poller looks for relays that reached their idle
+// timeout while parked: a sixteenth of the timeout, within bounds, so that
+// a relay ends at most that late.
+func sweepTick(idle time.Duration) time.Duration {
+	return min(max(idle/16, 10*time.Millisecond), time.Second)
 }
 
 // park hands d to the poller; false if it cannot (the relay is ending or
@@ -46,9 +56,7 @@ func (p *poller) park(d *direction) bool {
 	p.parked[d.token] = d
 	if st.nParked++; st.nParked == 2 {
 		// Both ways have been quiet for at least the park period.
-		var t *time.Timer
-		t = time.AfterFunc(max(st.idle-st.park, 0), func() { st.idleExpired(&t) })
-		st.timer = t
+		st.parkedAt = time.Now().UnixNano()
 	}
 	return true
 }
@@ -61,10 +69,7 @@ func (p *poller) unparkLocked(d *direction) {
 	d.token = 0
 	st := d.st
 	st.nParked--
-	if st.timer != nil {
-		st.timer.Stop()
-		st.timer = nil
-	}
+	st.parkedAt = 0
 }
 
 // ready is called by the OS part for a token whose socket is readable.
@@ -142,22 +147,26 @@ func (st *relayState) parked(i uint8) bool {
 	return st.dirs[i].token != 0
 }
 
-// idleExpired ends a relay whose both directions stayed parked for the
-// rest of the idle period, unless *t is no longer its timer (a direction
-// woke in the meantime). t is read under the lock that its writer held.
-func (st *relayState) idleExpired(t **time.Timer) {
-	p := st.poller
+// sweep ends the relays that have been parked both ways for the rest of
+// their idle period.
+func (p *poller) sweep() {
+	now := time.Now().UnixNano()
+	var expired []*relayState
 	p.mu.Lock()
-	if st.timer != *t {
-		p.mu.Unlock()
-		return
+	for _, d := range p.parked {
+		st := d.st
+		if d.dir == 0 && st.parkedAt != 0 && now-st.parkedAt >= int64(st.idle-st.park) {
+			p.unparkLocked(&st.dirs[0])
+			p.unparkLocked(&st.dirs[1])
+			st.dead = true
+			expired = append(expired, st)
+		}
 	}
-	p.unparkLocked(&st.dirs[0])
-	p.unparkLocked(&st.dirs[1])
-	st.dead = true
 	p.mu.Unlock()
-	st.dirs[0].err = errIdle
-	st.dirs[0].src.Close()
-	st.dirs[1].src.Close()
-	st.ended(2)
+	for _, st := range expired {
+		st.dirs[0].err = errIdle
+		st.dirs[0].src.Close()
+		st.dirs[1].src.Close()
+		st.ended(2)
+	}
 }

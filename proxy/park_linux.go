@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"errors"
 	"os"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -17,8 +19,9 @@ type pollerSys struct {
 	done chan struct{}
 }
 
-// newPoller starts the poller of a server.
-func newPoller() (*poller, error) {
+// newPoller starts the poller of a server whose relays have the idle
+// timeout idle.
+func newPoller(idle time.Duration) (*poller, error) {
 	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, os.NewSyscallError("epoll_create1", err)
@@ -33,12 +36,14 @@ func newPoller() (*poller, error) {
 		f.Close()
 		return nil, err
 	}
-	p := &poller{parked: make(map[uint64]*direction), sys: pollerSys{epfd: fd, file: f, done: make(chan struct{})}}
+	p := &poller{parked: make(map[uint64]*direction), tick: sweepTick(idle),
+		sys: pollerSys{epfd: fd, file: f, done: make(chan struct{})}}
 	go p.loop(rc)
 	return p, nil
 }
 
-// loop hands every event to ready until the poller is closed.
+// loop hands every event to ready, and sweeps every tick, until the
+// poller is closed.
 func (p *poller) loop(rc syscall.RawConn) {
 	defer close(p.sys.done)
 	var evs [128]unix.EpollEvent
@@ -53,8 +58,16 @@ func (p *poller) loop(rc syscall.RawConn) {
 			return n > 0 || err != nil
 		}
 	}
+	next := time.Now().Add(p.tick)
 	for {
-		if err := rc.Read(collect); err != nil {
+		p.sys.file.SetReadDeadline(next)
+		n = 0
+		err := rc.Read(collect)
+		if now := time.Now(); !now.Before(next) {
+			p.sweep()
+			next = now.Add(p.tick)
+		}
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 			return // closed
 		}
 		for _, ev := range evs[:n] {

@@ -15,10 +15,11 @@ import (
 	"mailproxy/internal/testkit"
 )
 
-// testPoller is a poller of its own for one test.
+// testPoller is a poller of its own for one test, sweeping for the
+// shortest idle timeout the tests use.
 func testPoller(t *testing.T) *poller {
 	t.Helper()
-	p, err := newPoller()
+	p, err := newPoller(300 * time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}

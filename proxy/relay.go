@@ -141,8 +141,8 @@ var errIdle = errors.New("idle timeout")
 // idle only when both directions are quiet, so a long one-way transfer (a
 // big FETCH, IDLE updates) keeps the silent side alive, and a dead
 // session ends within two idle periods. With parking, a wait lasts only
-// the park period; once both directions are parked, a timer (park.go)
-// ends the relay when the rest of the idle period has passed.
+// the park period; once both directions are parked, the poller's sweep
+// (park.go) ends the relay when the rest of the idle period has passed.
 type relayState struct {
 	idle, park time.Duration
 	quiet      [2]atomic.Bool
@@ -156,9 +156,9 @@ type relayState struct {
 	poller *poller // nil: never park
 
 	// Guarded by poller.mu.
-	dead    bool        // killed or ending: never park again
-	nParked uint8       // directions parked
-	timer   *time.Timer // ends the relay while both are parked
+	dead     bool  // killed or ending: never park again
+	nParked  uint8 // directions parked
+	parkedAt int64 // when both were parked (Unix ns), or 0
 }
 
 // direction is one way of a relay, owned by the goroutine that copies
@@ -174,37 +174,54 @@ type relayState struct {
 // memory while it lives); otherwise it is copied through the large
 // buffer, given back after the same linger. An idle session costs its
 // two sockets and, until it parks, two waiting goroutines.
+//
+// A parked session keeps its relay state, so it is kept small: the
+// destination is the other direction's source, and the buffer pool
+// follows from splice.
 type direction struct {
-	st       *relayState
-	dst, src net.Conn
-	w        *waiter         // waits for src to be readable, then reads; nil unless src is TCP on Linux
-	raw      syscall.RawConn // src's socket, for the poller; nil: this direction never parks
-	pool     *sync.Pool      // smallPool when splicing, largePool otherwise
-	total    int64           // bytes copied, the flushed read-ahead included
-	err      error           // why the copy ended; nil at EOF
-	token    uint64          // while parked: its key in poller.parked (guarded by poller.mu)
-	dir      uint8           // index in st.quiet
-	splice   bool            // src and dst are TCP on Linux: bulk is spliced
-	ahead    bool            // src is TLS: a wait reads one byte, the rest of its record is at hand
-	noPark   bool            // the poller refused once: wait in the goroutine from now on
-	first    [1]byte         // the byte such a wait read
+	st     *relayState
+	src    net.Conn
+	w      *waiter         // waits for src to be readable, then reads; nil unless src is TCP on Linux
+	raw    syscall.RawConn // src's socket, for the poller; nil: this direction never parks
+	total  int64           // bytes copied, the flushed read-ahead included
+	err    error           // why the copy ended; nil at EOF
+	token  uint64          // while parked: its key in poller.parked (guarded by poller.mu)
+	dir    uint8           // index in st.quiet
+	splice bool            // src and dst are TCP on Linux: bulk is spliced
+	ahead  bool            // src is TLS: a wait reads one byte, the rest of its record is at hand
+	noPark bool            // the poller refused once: wait in the goroutine from now on
+	first  [1]byte         // the byte such a wait read
 }
 
 func newDirection(st *relayState, dir uint8, dst, src net.Conn, flushed int) direction {
-	d := direction{st: st, dir: dir, dst: dst, src: src, pool: &largePool, total: int64(flushed)}
+	d := direction{st: st, dir: dir, src: src, total: int64(flushed)}
 	_, tcp := dst.(*net.TCPConn)
 	d.w = newWaiter(src)
-	if d.splice = d.w != nil && tcp; d.splice {
-		d.pool = &smallPool
-	}
+	d.splice = d.w != nil && tcp
 	if d.w != nil {
-		d.w.pool = d.pool
+		d.w.pool = d.pool()
 	}
 	_, d.ahead = src.(*tls.Conn)
-	if st.poller != nil {
+	switch {
+	case st.poller == nil:
+	case d.w != nil:
+		d.raw = d.w.rc
+	default:
 		d.raw = rawConn(src)
 	}
 	return d
+}
+
+// dst is where the direction writes: the other direction's source.
+func (d *direction) dst() net.Conn { return d.st.dirs[1-d.dir].src }
+
+// pool is where the direction takes its buffers: the small ones when
+// bulk is spliced, the large ones otherwise.
+func (d *direction) pool() *sync.Pool {
+	if d.splice {
+		return &smallPool
+	}
+	return &largePool
 }
 
 // rawConn returns the socket under c (TLS and a PROXY header unwrapped),
@@ -391,7 +408,7 @@ func (d *direction) burst() error {
 	if bulk && !d.splice {
 		err = d.copyBulk(buf)
 	}
-	d.pool.Put(bp)
+	d.pool().Put(bp)
 	if bulk && d.splice {
 		if err = d.spliceBulk(); err == errNoPipe {
 			err = d.copyBulkPooled()
@@ -417,7 +434,7 @@ func (d *direction) read() (*[]byte, int, error) {
 	if d.w != nil {
 		return d.w.take() // the wait has read already
 	}
-	bp := d.pool.Get().(*[]byte)
+	bp := d.pool().Get().(*[]byte)
 	buf := *bp
 	if !d.ahead {
 		n, err := d.src.Read(buf)
@@ -468,7 +485,7 @@ func (d *direction) copyBulk(buf []byte) error {
 
 // write sends b on and counts what went.
 func (d *direction) write(b []byte) error {
-	n, err := d.dst.Write(b)
+	n, err := d.dst().Write(b)
 	d.total += int64(n)
 	return err
 }
@@ -480,12 +497,12 @@ func (d *direction) finish() {
 	st := d.st
 	first := !st.halfClosed.Swap(true)
 	w := st.wake(false, 1-d.dir, 1-d.dir)
-	if cw, ok := d.dst.(interface{ CloseWrite() error }); ok && d.err == nil && first {
+	if cw, ok := d.dst().(interface{ CloseWrite() error }); ok && d.err == nil && first {
 		cw.CloseWrite()
 		// Wake the other direction so it picks up the grace deadline.
-		d.dst.SetReadDeadline(time.Now().Add(halfCloseGrace))
+		d.dst().SetReadDeadline(time.Now().Add(halfCloseGrace))
 	} else {
-		d.dst.Close()
+		d.dst().Close()
 		d.src.Close()
 	}
 	w.start()

@@ -98,7 +98,7 @@ const (
 // nothing; what went in is all spliced out to dst before the next one.
 // It returns errNoPipe, having moved nothing, when it cannot splice.
 func (d *direction) spliceBulk() error {
-	s, err := newSplicer(d.w.rc, d.dst)
+	s, err := newSplicer(d.w.rc, d.dst())
 	if err != nil {
 		return errNoPipe
 	}

@@ -447,7 +447,7 @@ func (s *Server) parkPoller() *poller {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.poller == nil && !s.pollerFailed && !s.closed.Load() {
-		p, err := newPoller()
+		p, err := newPoller(s.cfg.Limits.IdleTimeout.Duration)
 		if err != nil {
 			s.pollerFailed = true
 			s.log.Warn("idle sessions will not be parked", "err", err)

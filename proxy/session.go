@@ -27,7 +27,8 @@ type session struct {
 	lc     *ListenerConfig
 	pool   *routing.Pool
 	proto  routing.Protocol
-	log    *slog.Logger
+	log    *slog.Logger // nil while relaying: rebuilt for the end line (logger)
+	addr   string       // the client's address, for the log
 	ctx    context.Context
 	cancel context.CancelFunc
 	stop   func() bool // unregisters the close-on-cancel of the accepted conn
@@ -98,6 +99,9 @@ func (s *Server) serveSession(lc *ListenerConfig, c net.Conn, release func()) {
 	// accepted one behind its back would leave a parked direction unwoken.
 	ss.stop()
 	ss.relaying = true
+	// The logger's preformatted fields are a few hundred bytes that an
+	// idle session need not keep: the end line makes them again.
+	ss.log = nil
 	relay(ss.ctx, r, relayOpts{idle: s.cfg.Limits.IdleTimeout.Duration, park: s.cfg.Limits.ParkAfter.Duration,
 		poller: s.parkPoller(), onEnd: ss.relayEnded})
 }
@@ -107,7 +111,7 @@ func (s *Server) serveSession(lc *ListenerConfig, c net.Conn, release func()) {
 // (the relay's goroutines recover their own).
 func (ss *session) endLogin() {
 	if r := recover(); r != nil {
-		ss.log.Error("session panic", "panic", r, "stack", string(debug.Stack()))
+		ss.logger().Error("session panic", "panic", r, "stack", string(debug.Stack()))
 		say(ss.client, notices[ss.lc.Protocol].panic)
 		ss.outcome = "panic"
 		if ss.relaying {
@@ -126,7 +130,7 @@ func (ss *session) relayEnded(res relayResult) {
 	ss.outcome = ss.relayOutcome()
 	var p *relayPanic
 	if errors.As(res.err, &p) {
-		ss.log.Error("session panic", "panic", p.value, "stack", string(p.stack))
+		ss.logger().Error("session panic", "panic", p.value, "stack", string(p.stack))
 		ss.outcome = "panic"
 	}
 	ss.finish()
@@ -138,7 +142,8 @@ func (s *Server) newSession(lc *ListenerConfig, c net.Conn, release func()) *ses
 	ctx, cancel := context.WithCancel(context.Background())
 	ss := &session{srv: s, lc: lc, pool: s.pools[lc.Pool], proto: proto, ctx: ctx, cancel: cancel,
 		id: newID(), start: time.Now(), client: c, ps: &protocols.Session{}, outcome: "closed", release: release}
-	ss.log = s.log.With("session", ss.id, "listener", lc.Name, "client", c.RemoteAddr().String())
+	ss.addr = c.RemoteAddr().String()
+	ss.log = ss.logger()
 	// A kill (kick, backend down) cancels ctx from another goroutine:
 	// close the accepted conn, never ss.client, which this goroutine
 	// replaces after TLS and login.
@@ -148,6 +153,15 @@ func (s *Server) newSession(lc *ListenerConfig, c net.Conn, release func()) *ses
 	s.mu.Unlock()
 	ss.log.Info("session start", viaAttrs(c)...)
 	return ss
+}
+
+// logger returns the session's logger, making it again if the relay
+// dropped it.
+func (ss *session) logger() *slog.Logger {
+	if ss.log == nil {
+		ss.log = ss.srv.log.With("session", ss.id, "listener", ss.lc.Name, "client", ss.addr)
+	}
+	return ss.log
 }
 
 // finish tears the session down and writes its end line.
@@ -172,7 +186,7 @@ func (ss *session) finish() {
 		attrs = append(attrs, "backend", backend)
 	}
 	s.metrics.sessionEnded(lc, backend, ss.loggedIn, ss.user != "", res)
-	ss.log.Info("session end", attrs...)
+	ss.logger().Info("session end", attrs...)
 }
 
 // login runs TLS and the protocol's dialogue before login under the login
