@@ -431,7 +431,9 @@ func BenchmarkIdleSessionMemory(b *testing.B) {
 	// server's session ticket keys are the server's, not a session's.
 	warm := []func() (net.Conn, error){
 		func() (net.Conn, error) { return dialIdle(px.plain, nil) },
-		func() (net.Conn, error) { return dialIdle(px.tls, &tls.Config{RootCAs: px.roots, ServerName: "127.0.0.1"}) },
+		func() (net.Conn, error) {
+			return dialIdle(px.tls, &tls.Config{RootCAs: px.roots, ServerName: "127.0.0.1"})
+		},
 	}
 	for _, dial := range warm {
 		c, err := dial()

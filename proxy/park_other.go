@@ -12,7 +12,9 @@ import (
 // relays keep their goroutines for their whole life.
 type pollerSys struct{}
 
-func newPoller(time.Duration) (*poller, error) { return nil, errors.New("parking idle sessions needs Linux") }
+func newPoller(time.Duration) (*poller, error) {
+	return nil, errors.New("parking idle sessions needs Linux")
+}
 
 func (p *poller) watch(syscall.RawConn, uint64) error { return errors.ErrUnsupported }
 
