@@ -28,6 +28,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"runtime"
 	"strings"
 	"sync"
@@ -401,8 +402,9 @@ func startMemIMAP(tb testing.TB) memBackend {
 // the descriptor limit is low), and the ns/op, the cost of opening,
 // waiting for and measuring a batch, is not a target.
 //
-// The clients, the proxy and the fake backend all live in this process,
-// so the proxy's share is a difference of two phases of each batch. First
+// The clients and the proxy live in this process (the fake backend in a
+// child process), so the proxy's share is a difference of two phases of
+// each batch. First
 // n clients log in directly to the backend; then n clients log in
 // through the proxy to the same backend. Each phase starts from a
 // measured quiet state, and each ends after every session has answered a
@@ -415,8 +417,7 @@ func startMemIMAP(tb testing.TB) memBackend {
 // long-running proxy) before the memory and the descriptors (fds/session)
 // are counted again. A client keeps nothing but its TCP connection (a TLS
 // client drops its tls.Conn once logged in, and never uses the
-// connection again) and the backend keeps the same per-connection state
-// either way, so
+// connection again), so
 //
 //	(growth through the proxy − growth direct) / n
 //
@@ -425,8 +426,8 @@ func startMemIMAP(tb testing.TB) memBackend {
 // whatever the login left reachable; parked-fraction says how many of
 // the sessions were parked when it was measured.
 func BenchmarkIdleSessionMemory(b *testing.B) {
-	back := startFakeIMAP(b, 0)
-	px := startBenchProxyTLS(b, back.addr)
+	back := startFakeIMAPProcess(b)
+	px := startBenchProxyTLS(b, back)
 	// One session each way first: the poller's goroutine and the TLS
 	// server's session ticket keys are the server's, not a session's.
 	warm := []func() (net.Conn, error){
@@ -455,17 +456,17 @@ func BenchmarkIdleSessionMemory(b *testing.B) {
 				cfg := &tls.Config{RootCAs: px.roots, ServerName: "127.0.0.1"}
 				dial = func() (net.Conn, error) { return dialIdle(px.tls, cfg) }
 			}
-			direct := func() (net.Conn, error) { return dialIdle(back.addr, nil) }
+			direct := func() (net.Conn, error) { return dialIdle(back, nil) }
 			batch := idleBatch()
 			var dsum, psum footprint
 			parked := 0
 			for left := b.N; left > 0; left -= batch {
 				n := min(left, batch)
-				d, _, err := idleGrowth(direct, n, 2, nil)
+				d, _, err := idleGrowth(direct, n, 1, nil)
 				if err != nil {
 					b.Fatal(err)
 				}
-				p, k, err := idleGrowth(dial, n, 4, px.srv.ParkedDirections)
+				p, k, err := idleGrowth(dial, n, 3, px.srv.ParkedDirections)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -532,8 +533,8 @@ func idleBatch() int {
 // idleGrowth opens n logged-in sessions with dial, lets them become idle,
 // measures the growth over the quiet state before, closes them and waits
 // for the quiet state again. sockets is how many sockets a session has in
-// this process once idle: 2 direct (client, backend), 4 through the
-// proxy. parked, if not nil, counts the parked relay directions; it
+// this process once idle: 1 direct (the client's), 3 through the proxy
+// (and the proxy's two). parked, if not nil, counts the parked relay directions; it
 // returns that count as it was when measured.
 func idleGrowth(dial func() (net.Conn, error), n, sockets int, parked func() int) (footprint, int, error) {
 	before := measure()
@@ -659,10 +660,17 @@ func startFakeIMAP(tb testing.TB, size int) *fakeIMAP {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	f, stop := serveFakeIMAP(ln, size)
+	tb.Cleanup(stop)
+	return f
+}
+
+// serveFakeIMAP serves a message of size bytes on ln until stop.
+func serveFakeIMAP(ln net.Listener, size int) (f *fakeIMAP, stop func()) {
 	resp := fmt.Appendf(nil, "* 1 FETCH (BODY[] {%d}\r\n", size)
 	resp = append(resp, bytes.Repeat([]byte{'x'}, size)...)
 	resp = append(resp, ")\r\n"...)
-	f := &fakeIMAP{addr: ln.Addr().String(), fetch: resp, conns: map[net.Conn]struct{}{}}
+	f = &fakeIMAP{addr: ln.Addr().String(), fetch: resp, conns: map[net.Conn]struct{}{}}
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
@@ -678,7 +686,7 @@ func startFakeIMAP(tb testing.TB, size int) *fakeIMAP {
 			go f.serve(c)
 		}
 	}()
-	tb.Cleanup(func() {
+	return f, func() {
 		ln.Close()
 		f.mu.Lock()
 		for c := range f.conns {
@@ -686,8 +694,54 @@ func startFakeIMAP(tb testing.TB, size int) *fakeIMAP {
 		}
 		f.mu.Unlock()
 		f.wg.Wait()
-	})
-	return f
+	}
+}
+
+// fakeIMAPEnv, when set, makes the test binary a fake IMAP backend and
+// nothing else (TestMain): BenchmarkIdleSessionMemory runs its backend in
+// a process of its own, so that the backend's goroutine stacks, which
+// vary with what each phase sends it, are not in the figures.
+const fakeIMAPEnv = "MAILPROXY_BENCH_FAKE_IMAP"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(fakeIMAPEnv) == "" {
+		os.Exit(m.Run())
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	serveFakeIMAP(ln, 0)
+	fmt.Println(ln.Addr())
+	io.Copy(io.Discard, os.Stdin) // until the parent closes it or exits
+}
+
+// startFakeIMAPProcess runs a fake IMAP backend in a child process until
+// the benchmark ends and returns its address.
+func startFakeIMAPProcess(tb testing.TB) string {
+	tb.Helper()
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), fakeIMAPEnv+"=1")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { stdin.Close(); cmd.Wait() })
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		cmd.Process.Kill()
+		tb.Fatalf("fake IMAP backend process: %v", err)
+	}
+	return strings.TrimSpace(line)
 }
 
 func (f *fakeIMAP) serve(c net.Conn) {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"runtime/debug"
 	"sync"
 	"time"
 )
@@ -26,8 +27,35 @@ type poller struct {
 	parked map[uint64]*direction // by token, which is never reused
 	next   uint64                // the last token handed out
 	closed bool
+	parks  int           // directions parked since the last tick
 	tick   time.Duration // between sweeps
 	sys    pollerSys
+
+	// Owned by the poller's goroutine: see releaseMemory.
+	unreleased int       // directions parked since memory was last released
+	released   time.Time // when it was
+}
+
+// Giving memory back: a burst of logins leaves the stacks of the
+// goroutines that ran them, and their garbage, on the heap until the next
+// collection, which a proxy whose sessions are all parked may not run for
+// minutes; the process keeps that memory (RSS) meanwhile. Once parking
+// has settled (a tick without a new park) after at least releaseMin
+// directions parked, the poller has the runtime collect and return what is
+// free to the operating system, at most every releaseEvery.
+const (
+	releaseMin   = 128
+	releaseEvery = 30 * time.Second
+)
+
+// releaseMemory is called every tick with the directions parked in it.
+func (p *poller) releaseMemory(parked int, now time.Time) {
+	p.unreleased += parked
+	if parked > 0 || p.unreleased < releaseMin || now.Sub(p.released) < releaseEvery {
+		return
+	}
+	p.unreleased, p.released = 0, now
+	go debug.FreeOSMemory() // a collection: not on the goroutine that resumes sessions
 }
 
 // sweepTick is how often a poller looks for relays that reached their idle
@@ -54,6 +82,7 @@ func (p *poller) park(d *direction) bool {
 	}
 	d.token = p.next
 	p.parked[d.token] = d
+	p.parks++
 	if st.nParked++; st.nParked == 2 {
 		// Both ways have been quiet for at least the park period.
 		st.parkedAt = time.Now().UnixNano()
@@ -153,6 +182,8 @@ func (p *poller) sweep() {
 	now := time.Now().UnixNano()
 	var expired []*relayState
 	p.mu.Lock()
+	parks := p.parks
+	p.parks = 0
 	for _, d := range p.parked {
 		st := d.st
 		if d.dir == 0 && st.parkedAt != 0 && now-st.parkedAt >= int64(st.idle-st.park) {
@@ -163,6 +194,7 @@ func (p *poller) sweep() {
 		}
 	}
 	p.mu.Unlock()
+	p.releaseMemory(parks, time.Unix(0, now))
 	for _, st := range expired {
 		st.dirs[0].err = errIdle
 		st.dirs[0].src.Close()

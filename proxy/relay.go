@@ -100,7 +100,11 @@ func beginRelay(ctx context.Context, r *protocols.Relay, o relayOpts) (*relaySta
 	// The session keeps the Backend for its whole life; its login reader
 	// (4 KiB) was flushed into BackBuf and must not stay reachable.
 	r.ClientBuf, r.BackBuf, r.Backend.Reader = nil, nil, nil
-	st.stop = context.AfterFunc(ctx, st.kill)
+	if a, ok := ctx.(interface{ AfterFunc(func()) func() bool }); ok {
+		st.stop = a.AfterFunc(st.kill) // a session's context: no context of its own per call
+	} else {
+		st.stop = context.AfterFunc(ctx, st.kill)
+	}
 	go st.dirs[1].pipe()
 	return st, nil
 }

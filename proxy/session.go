@@ -98,6 +98,7 @@ func (s *Server) serveSession(lc *ListenerConfig, c net.Conn, release func()) {
 	// The relay ties the connections to ctx itself, and closing the
 	// accepted one behind its back would leave a parked direction unwoken.
 	ss.stop()
+	ss.stop = stopped // the registration stays reachable through its stop func
 	ss.relaying = true
 	// The logger's preformatted fields are a few hundred bytes that an
 	// idle session need not keep: the end line makes them again.
@@ -105,6 +106,9 @@ func (s *Server) serveSession(lc *ListenerConfig, c net.Conn, release func()) {
 	relay(ss.ctx, r, relayOpts{idle: s.cfg.Limits.IdleTimeout.Duration, park: s.cfg.Limits.ParkAfter.Duration,
 		poller: s.parkPoller(), onEnd: ss.relayEnded})
 }
+
+// stopped is the stop func of something already stopped.
+func stopped() bool { return false }
 
 // endLogin ends a session that did not reach the relay. It is deferred
 // directly, so its recover catches a panic anywhere before the relay
@@ -139,7 +143,7 @@ func (ss *session) relayEnded(res relayResult) {
 // newSession registers a session for c and logs its start.
 func (s *Server) newSession(lc *ListenerConfig, c net.Conn, release func()) *session {
 	proto, _ := routing.ParseProtocol(lc.Protocol)
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := newSessionCtx()
 	ss := &session{srv: s, lc: lc, pool: s.pools[lc.Pool], proto: proto, ctx: ctx, cancel: cancel,
 		id: newID(), start: time.Now(), client: c, ps: &protocols.Session{}, outcome: "closed", release: release}
 	ss.addr = c.RemoteAddr().String()
@@ -147,7 +151,7 @@ func (s *Server) newSession(lc *ListenerConfig, c net.Conn, release func()) *ses
 	// A kill (kick, backend down) cancels ctx from another goroutine:
 	// close the accepted conn, never ss.client, which this goroutine
 	// replaces after TLS and login.
-	ss.stop = context.AfterFunc(ctx, func() { c.Close() })
+	ss.stop = ctx.AfterFunc(func() { c.Close() })
 	s.mu.Lock()
 	s.live[ss] = struct{}{}
 	s.mu.Unlock()
