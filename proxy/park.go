@@ -102,16 +102,23 @@ func (p *poller) unparkLocked(d *direction) {
 }
 
 // ready is called by the OS part for a token whose socket is readable.
+// The other direction of the relay resumes with it: a command is
+// followed by its reply, which then finds a goroutine waiting in Go's
+// network poller instead of a second trip through this one (half the
+// latency parking adds to a first reply).
 func (p *poller) ready(token uint64) {
+	var w woken
 	p.mu.Lock()
-	d := p.parked[token]
-	if d != nil {
-		p.unparkLocked(d)
+	if d := p.parked[token]; d != nil {
+		for i := range d.st.dirs {
+			if o := &d.st.dirs[i]; o.token != 0 {
+				p.unparkLocked(o)
+				w[i] = o
+			}
+		}
 	}
 	p.mu.Unlock()
-	if d != nil {
-		go d.pipe()
-	}
+	w.start()
 }
 
 // close stops watching; directions still parked stay in parked until
