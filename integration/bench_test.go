@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mailproxy/proxy/config"
 	"net"
 	"os"
 	"os/exec"
@@ -39,8 +40,8 @@ import (
 	goimap "github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 
-	"mailproxy/demo"
 	"mailproxy/internal/benchkit"
+	"mailproxy/internal/demo"
 	"mailproxy/internal/testkit"
 	"mailproxy/proxy"
 	mtls "mailproxy/tls"
@@ -117,7 +118,7 @@ func startBenchProxyTLS(tb testing.TB, backend string) benchProxy {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	cfg, err := proxy.ParseConfig(fmt.Appendf(nil, benchConfig, backend), tb.Name())
+	cfg, err := config.Parse(fmt.Appendf(nil, benchConfig, backend), tb.Name())
 	if err != nil {
 		tb.Fatalf("config: %v", err)
 	}

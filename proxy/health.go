@@ -3,8 +3,10 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"mailproxy/proxy/config"
 	"time"
 
+	"mailproxy/protocols"
 	"mailproxy/routing"
 	mtls "mailproxy/tls"
 )
@@ -40,7 +42,7 @@ func (s *Server) startHealth(ctx context.Context) {
 // checkLoop checks b for proto at once and then every interval until ctx
 // ends. A check that outlasts the interval delays the next one rather than
 // overlapping it.
-func (s *Server) checkLoop(ctx context.Context, pool *routing.Pool, b *routing.Backend, proto routing.Protocol, hc HealthConfig) {
+func (s *Server) checkLoop(ctx context.Context, pool *routing.Pool, b *routing.Backend, proto routing.Protocol, hc config.HealthConfig) {
 	t := time.NewTicker(hc.Interval.Duration)
 	defer t.Stop()
 	for {
@@ -96,5 +98,16 @@ func (s *Server) probe(ctx context.Context, b *routing.Backend, proto routing.Pr
 		}
 		conn = tc
 	}
-	return s.handlers[proto.String()].Probe(tctx, conn)
+	h := s.handlers[proto.String()]
+	if mp, ok := h.(protocols.MechProber); ok && s.passthrough() && s.mechs.due(b, proto, time.Now()) {
+		pb := protocols.NewBackend(conn, b.Name, info.addr[proto], nil)
+		pb.TLS, pb.StartTLS = info.tls[proto], info.cfg.TLS == "starttls"
+		mechs, err := mp.ProbeMechs(tctx, pb)
+		conn = pb.Conn // the TLS conn after STARTTLS
+		if err == nil {
+			s.mechs.set(b, proto, mechs, time.Now())
+		}
+		return err
+	}
+	return h.Probe(tctx, conn)
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mailproxy/proxy/config"
 	"net"
 	"os"
 	"runtime/debug"
@@ -24,7 +25,7 @@ import (
 // session is one client connection, owned by its goroutine.
 type session struct {
 	srv    *Server
-	lc     *ListenerConfig
+	lc     *config.ListenerConfig
 	pool   *routing.Pool
 	proto  routing.Protocol
 	log    *slog.Logger // nil while relaying: rebuilt for the end line (logger)
@@ -34,6 +35,7 @@ type session struct {
 	stop   func() bool // unregisters the close-on-cancel of the accepted conn
 	id     string
 	start  time.Time
+	lookup *httpLogin // auth_http's state (logincheck.go); nil until a lookup
 
 	client   net.Conn           // the accepted conn, then TLS, then what the protocol hands back
 	ps       *protocols.Session // what the protocol sees; dropped after login
@@ -88,7 +90,7 @@ func newID() string {
 // goroutine of it is left. Its own frame is kept small: it sits under the
 // relay while the client to backend direction is busy, so the login work
 // lives in helpers whose frames are gone by then.
-func (s *Server) serveSession(lc *ListenerConfig, c net.Conn, release func()) {
+func (s *Server) serveSession(lc *config.ListenerConfig, c net.Conn, release func()) {
 	ss := s.newSession(lc, c, release)
 	defer ss.endLogin()
 	r := ss.login()
@@ -141,7 +143,7 @@ func (ss *session) relayEnded(res relayResult) {
 }
 
 // newSession registers a session for c and logs its start.
-func (s *Server) newSession(lc *ListenerConfig, c net.Conn, release func()) *session {
+func (s *Server) newSession(lc *config.ListenerConfig, c net.Conn, release func()) *session {
 	proto, _ := routing.ParseProtocol(lc.Protocol)
 	ctx, cancel := newSessionCtx()
 	ss := &session{srv: s, lc: lc, pool: s.pools[lc.Pool], proto: proto, ctx: ctx, cancel: cancel,
@@ -278,6 +280,7 @@ func (ss *session) protoSession(c net.Conn) *protocols.Session {
 	if s.auth != nil {
 		ps.Authenticate = s.auth.Authenticate
 	}
+	ss.loginChecks(ps)
 	return ps
 }
 
@@ -286,9 +289,9 @@ func (ss *session) protoSession(c net.Conn) *protocols.Session {
 func (ss *session) dialBackend(ctx context.Context, login string, hello func(context.Context, *protocols.Backend) error) (*protocols.Backend, error) {
 	key := ""
 	if login != "" {
-		key = ss.srv.routingKey(login)
+		key = ss.srv.cfg.Auth.RoutingKey(login)
 	}
-	var tried []*routing.Backend
+	tried := ss.excludeForced() // auth_http's Auth-Server
 	for range ss.pool.Backends() {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -372,7 +375,7 @@ func (ss *session) connect(ctx context.Context, lease *routing.Lease, hello func
 	return b, nil
 }
 
-func (s *Server) poolConfig(name string) *PoolConfig {
+func (s *Server) poolConfig(name string) *config.PoolConfig {
 	for i := range s.cfg.Pools {
 		if s.cfg.Pools[i].Name == name {
 			return &s.cfg.Pools[i]

@@ -1,4 +1,4 @@
-package proxy
+package config
 
 import (
 	"bytes"
@@ -14,7 +14,7 @@ import (
 	"github.com/BurntSushi/toml"
 )
 
-const exampleConfigPath = "../mailproxy.toml.example"
+const exampleConfigPath = "../../mailproxy.toml.example"
 
 // cfgBase is the smallest valid configuration; cases edit or extend it.
 const cfgBase = `[tls]
@@ -52,9 +52,9 @@ func cfgReplaced(old, new string) string {
 type cfgWant struct{ key, at, msg string }
 
 func TestExampleLoads(t *testing.T) {
-	c, err := LoadConfig(exampleConfigPath)
+	c, err := Load(exampleConfigPath)
 	if err != nil {
-		t.Fatalf("LoadConfig(%s): %v", exampleConfigPath, err)
+		t.Fatalf("Load(%s): %v", exampleConfigPath, err)
 	}
 	if err := c.Validate(); err != nil {
 		t.Errorf("Validate of loaded example: %v", err)
@@ -276,6 +276,12 @@ name = "imaponly"
 			[]cfgWant{{"auth.backend_login", "backend_login", `needs auth.mode = "verify": otherwise anyone could log in as anyone`}}},
 		{"no apop with verify", cfgWith("[auth]\nmode = \"verify\"\nusers_file = \"users\"\n[[listener]]\nname = \"pop3\"\nprotocol = \"pop3\"\naddress = \"127.0.0.1:10110\"\npool = \"main\"\napop = true\n"),
 			[]cfgWant{{"listener[1].apop", "apop", "cannot check an APOP digest"}}},
+		{"http needs a URL", cfgWith("[auth]\nmode = \"http\"\nhttp_url = \"ftp://x\"\nhttp_timeout = \"0s\"\n"),
+			[]cfgWant{{"auth.http_url", "http_url", "needs an http:// or https:// URL"}, {"auth.http_timeout", "http_timeout", ""}}},
+		{"no apop with http", cfgWith("[auth]\nmode = \"http\"\nhttp_url = \"http://127.0.0.1:9080/auth\"\n[[listener]]\nname = \"pop3\"\nprotocol = \"pop3\"\naddress = \"127.0.0.1:10110\"\npool = \"main\"\napop = true\n"),
+			[]cfgWant{{"listener[1].apop", "apop", "gets no APOP digest"}}},
+		{"penalty checks", cfgWith("[auth.penalty]\nwindow = \"0s\"\nip_user_limit = -1\n"),
+			[]cfgWant{{"auth.penalty.window", "window", "longer than 0s"}, {"auth.penalty.ip_user_limit", "ip_user_limit", "less than 0"}}},
 		{"peer checks", cfgWith("[peer]\nnode = \"lb1\"\nlisten = \"0.0.0.0:7946\"\naddress = \"lb2\"\ninterval = \"2s\"\n"),
 			[]cfgWant{{"peer.address", "lb2", "not host:port"}, {"peer.secret_file", "[peer]", "missing"}, {"peer.dead_after", "[peer]", "longer than peer.interval"}}},
 		{"multi-line values keep line numbers", cfgWith(`
@@ -294,7 +300,7 @@ on_standbi = []
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := ParseConfig([]byte(tt.doc), "test.toml")
+			_, err := Parse([]byte(tt.doc), "test.toml")
 			if err == nil {
 				t.Fatalf("no error; cfgWant %v", tt.cfgWant)
 			}
@@ -305,9 +311,9 @@ on_standbi = []
 
 func checkConfigProblems(t *testing.T, doc string, err error, wants []cfgWant) {
 	t.Helper()
-	var ce *ConfigError
+	var ce *Error
 	if !errors.As(err, &ce) {
-		t.Fatalf("error %T is not a *ConfigError: %v", err, err)
+		t.Fatalf("error %T is not a *Error: %v", err, err)
 	}
 	text := err.Error()
 	if !strings.HasPrefix(text, "test.toml: ") {
@@ -359,7 +365,7 @@ protocol = "pop3"
 address = "127.0.0.1:10143"
 pool = "missing"
 `)
-	_, err := ParseConfig([]byte(doc), "test.toml")
+	_, err := Parse([]byte(doc), "test.toml")
 	checkConfigProblems(t, doc, err, []cfgWant{
 		{"log.level", "loud", `not "loud"`},
 		{"limits.login_timeout", "login_timeout", "longer than 0s"},
@@ -377,7 +383,7 @@ pool = "missing"
 
 func TestUnknownKeyAlongsideValidation(t *testing.T) {
 	doc := cfgWith("[log]\nlevel = \"loud\"\ncolour = true\n")
-	_, err := ParseConfig([]byte(doc), "test.toml")
+	_, err := Parse([]byte(doc), "test.toml")
 	checkConfigProblems(t, doc, err, []cfgWant{
 		{"log.level", "loud", `not "loud"`},
 		{"log.colour", "colour", "unknown key"},
@@ -386,7 +392,7 @@ func TestUnknownKeyAlongsideValidation(t *testing.T) {
 
 func TestSyntaxError(t *testing.T) {
 	doc := cfgWith("[log]\nlevel = \"info\nformat = \"text\"\n")
-	_, err := ParseConfig([]byte(doc), "test.toml")
+	_, err := Parse([]byte(doc), "test.toml")
 	if err == nil {
 		t.Fatal("no error")
 	}
@@ -401,7 +407,7 @@ func TestSyntaxError(t *testing.T) {
 }
 
 func TestDefaults(t *testing.T) {
-	c, err := ParseConfig([]byte(cfgBase), "test.toml")
+	c, err := Parse([]byte(cfgBase), "test.toml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -421,7 +427,9 @@ func TestDefaults(t *testing.T) {
 		{"admin.listen", c.Admin.Listen, "127.0.0.1:9025"},
 		{"tls.min_version", c.TLS.MinVersion, "1.2"},
 		{"limits", c.Limits, LimitsConfig{20000, 100, d("60s"), d("30m"), d("2s"), d("10s"), d("5s")}},
-		{"auth", c.Auth, AuthConfig{Mode: "passthrough", UsernameCase: "lower", BackendLogin: "user"}},
+		{"auth", c.Auth, AuthConfig{Mode: "passthrough", UsernameCase: "lower", BackendLogin: "user",
+			HTTPTimeout: d("5s"), HTTPCacheTTL: d("30s"),
+			Penalty: PenaltyConfig{Enabled: true, Window: d("15m"), MaxDelay: d("15s"), IPUserLimit: 10, IPLimit: 1000, UserLimit: 100}}},
 		{"listener.tls", c.Listeners[0].TLS, "starttls"},
 		{"listener.smtp_auth", c.Listeners[0].SMTPAuth, "off"},
 		{"pool.imap", c.Pools[0].IMAP, "sticky"},
@@ -460,7 +468,7 @@ func TestExplicitZeroValuesKept(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := ParseConfig([]byte(tt.doc), "test.toml")
+			c, err := Parse([]byte(tt.doc), "test.toml")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -501,7 +509,7 @@ func TestDurationTOML(t *testing.T) {
 
 // TestRoundTrip encodes the loaded example and loads it again.
 func TestRoundTrip(t *testing.T) {
-	c, err := LoadConfig(exampleConfigPath)
+	c, err := Load(exampleConfigPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -509,7 +517,7 @@ func TestRoundTrip(t *testing.T) {
 	if err := toml.NewEncoder(&buf).Encode(c); err != nil {
 		t.Fatal(err)
 	}
-	c2, err := ParseConfig(buf.Bytes(), "encoded")
+	c2, err := Parse(buf.Bytes(), "encoded")
 	if err != nil {
 		t.Fatalf("%v\n%s", err, buf.String())
 	}
@@ -543,7 +551,7 @@ listen = "0.0.0.0:7946"
 address = "lb2:7946"
 secret_file = "peer.secret"
 `)
-	c, err := ParseConfig([]byte(doc), "test.toml")
+	c, err := Parse([]byte(doc), "test.toml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -553,7 +561,7 @@ secret_file = "peer.secret"
 }
 
 func TestWarnings(t *testing.T) {
-	c, err := ParseConfig([]byte(cfgWith("[limits]\nidle_timeout = \"5m\"\n")), "test.toml")
+	c, err := Parse([]byte(cfgWith("[limits]\nidle_timeout = \"5m\"\n")), "test.toml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -573,7 +581,7 @@ func TestValidateBuiltInCode(t *testing.T) {
 }
 
 func TestLoadConfigMissingFile(t *testing.T) {
-	_, err := LoadConfig("does-not-exist.toml")
+	_, err := Load("does-not-exist.toml")
 	if !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("got %v, cfgWant os.ErrNotExist", err)
 	}

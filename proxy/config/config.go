@@ -1,13 +1,14 @@
-package proxy
+package config
 
 import (
 	"fmt"
+	"mailproxy/routing"
 	"slices"
 	"time"
 )
 
 // Config is the whole TOML contract of mailproxy (see DESIGN.md and
-// mailproxy.toml.example). A Config returned by LoadConfig or ParseConfig has
+// mailproxy.toml.example). A Config returned by Load or Parse has
 // its defaults applied and has passed Validate; treat it as immutable: on
 // reload a new Config is loaded and swapped in whole.
 //
@@ -24,8 +25,8 @@ type Config struct {
 	Pools     []PoolConfig     `toml:"pool"`
 	Peer      *PeerConfig      `toml:"peer"` // nil: no pair, always active
 
-	source string         // file name for messages; set by ParseConfig
-	lines  map[string]int // indexed key path -> line; set by ParseConfig
+	source string         // file name for messages; set by Parse
+	lines  map[string]int // indexed key path -> line; set by Parse
 }
 
 // LogConfig selects the log level and format.
@@ -43,7 +44,7 @@ type AdminConfig struct {
 }
 
 // TLSConfig is the server certificate used by every TLS listener. The files
-// are read when the server starts and on SIGHUP, never by LoadConfig.
+// are read when the server starts and on SIGHUP, never by Load.
 type TLSConfig struct {
 	Cert       string `toml:"cert"`        // PEM chain; needed by any starttls/implicit listener
 	Key        string `toml:"key"`         // PEM private key
@@ -73,6 +74,27 @@ type AuthConfig struct {
 	BackendLogin       string `toml:"backend_login"` // user (default) | master (needs mode verify, master_user, master_password_file)
 	MasterUser         string `toml:"master_user"`
 	MasterPasswordFile string `toml:"master_password_file"` // read at start and on SIGHUP, white space trimmed
+
+	// mode = "http": nginx's mail auth_http protocol.
+	HTTPURL      string   `toml:"http_url"`       // required with mode http
+	HTTPTimeout  Duration `toml:"http_timeout"`   // one lookup, connect to reply; default 5s; > 0
+	HTTPCacheTTL Duration `toml:"http_cache_ttl"` // successful lookups kept (client address, user, salted password hash); default 30s; 0 = off
+
+	Penalty PenaltyConfig `toml:"penalty"`
+}
+
+// PenaltyConfig is [auth.penalty]: brute-force protection in every mode.
+// Failed logins count per client address, per user and per user from an
+// address over a sliding window; the failed-login reply waits
+// limits.auth_failure_delay doubled with each failure of the user from
+// that address, up to max_delay; beyond a limit, logins are refused.
+type PenaltyConfig struct {
+	Enabled     bool     `toml:"enabled"`       // default true
+	Window      Duration `toml:"window"`        // default 15m; > 0
+	MaxDelay    Duration `toml:"max_delay"`     // default 15s
+	IPUserLimit int      `toml:"ip_user_limit"` // one user from one address; default 10; 0 = no refusal
+	IPLimit     int      `toml:"ip_limit"`      // all users of one address (NAT); default 1000; 0 = no refusal
+	UserLimit   int      `toml:"user_limit"`    // one user from everywhere: max_delay from then on, never a refusal; default 100; 0 = off
 }
 
 // ListenerConfig is one [[listener]].
@@ -200,7 +222,7 @@ func (c *Config) Warnings() []string {
 	}
 	for i, l := range c.Listeners {
 		for j, n := range l.ProxyProtocolTrusted {
-			if p, err := parseTrusted(n); err == nil && p.Bits() == 0 && l.ProxyProtocol {
+			if p, err := ParseTrusted(n); err == nil && p.Bits() == 0 && l.ProxyProtocol {
 				ck.add(fmt.Sprintf("listener[%d].proxy_protocol_trusted[%d]", i, j), "%q trusts every address: any client can claim to be any other", n)
 			}
 		}
@@ -238,4 +260,11 @@ func (b *BackendConfig) addr(proto string) string {
 		return b.SMTP
 	}
 	return ""
+}
+
+// RoutingKey turns a login name into the routing key as username_case and
+// default_domain say, so "Alice", "alice" and "alice@example.org" are one
+// user. Every part of mailproxy that keys by user calls this one function.
+func (a AuthConfig) RoutingKey(login string) string {
+	return routing.Key(login, a.UsernameCase == "keep", a.DefaultDomain)
 }

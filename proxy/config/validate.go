@@ -1,9 +1,10 @@
-package proxy
+package config
 
 import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -11,11 +12,11 @@ import (
 )
 
 // Validate reports every problem of the configuration at once, as a
-// *ConfigError whose problems name their key path ("listener[2].pool") and,
+// *Error whose problems name their key path ("listener[2].pool") and,
 // for a loaded file, their line. It reads no files.
 func (c *Config) Validate() error {
 	if ps := c.problems(); len(ps) > 0 {
-		return &ConfigError{File: c.source, Problems: sortProblems(ps)}
+		return &Error{File: c.source, Problems: sortProblems(ps)}
 	}
 	return nil
 }
@@ -56,12 +57,13 @@ func (c *Config) checkGlobal(ck *cfgChecker) {
 	ck.notNegative("limits.park_after", lim.ParkAfter)
 
 	a := c.Auth
-	ck.oneOf("auth.mode", a.Mode, "passthrough", "verify")
+	ck.oneOf("auth.mode", a.Mode, "passthrough", "verify", "http")
 	ck.oneOf("auth.username_case", a.UsernameCase, "lower", "keep")
 	ck.oneOf("auth.backend_login", a.BackendLogin, "user", "master")
 	if strings.ContainsAny(a.DefaultDomain, "@ \t") {
 		ck.add("auth.default_domain", "%q must be a bare domain such as \"example.org\"", a.DefaultDomain)
 	}
+	c.checkAuthHTTP(ck)
 	if a.Mode == "verify" && a.UsersFile == "" {
 		ck.add("auth.users_file", `missing: auth.mode = "verify" needs it`)
 	}
@@ -211,6 +213,8 @@ func (c *Config) checkListenerExtensions(ck *cfgChecker, key string, l *Listener
 		ck.add(key+".apop", "only for pop3 listeners")
 	} else if l.APOP && c.Auth.Mode == "verify" {
 		ck.add(key+".apop", `not with auth.mode = "verify": mailproxy cannot check an APOP digest against a password hash`)
+	} else if l.APOP && c.Auth.Mode == "http" {
+		ck.add(key+".apop", `not with auth.mode = "http": an auth_http service gets no APOP digest from mailproxy`)
 	}
 	switch {
 	case l.MaxSize < 0:
@@ -231,7 +235,7 @@ func checkProxyProtocol(ck *cfgChecker, key string, l *ListenerConfig) {
 		ck.add(key+".proxy_protocol_trusted", "is empty: every connection would be refused")
 	}
 	for j, n := range l.ProxyProtocolTrusted {
-		p, err := parseTrusted(n)
+		p, err := ParseTrusted(n)
 		switch {
 		case err != nil:
 			ck.add(fmt.Sprintf("%s.proxy_protocol_trusted[%d]", key, j), "%q is not an address or a network such as \"192.0.2.0/24\"", n)
@@ -241,9 +245,9 @@ func checkProxyProtocol(ck *cfgChecker, key string, l *ListenerConfig) {
 	}
 }
 
-// parseTrusted reads a network ("192.0.2.0/24") or a single address
+// ParseTrusted reads a network ("192.0.2.0/24") or a single address
 // ("192.0.2.10", a /32 or /128). IPv4-mapped IPv6 is taken as IPv4.
-func parseTrusted(s string) (netip.Prefix, error) {
+func ParseTrusted(s string) (netip.Prefix, error) {
 	if a, err := netip.ParseAddr(s); err == nil {
 		if a.Zone() != "" {
 			return netip.Prefix{}, fmt.Errorf("%q: zones are not allowed", s)
@@ -363,4 +367,25 @@ func (ck *cfgChecker) claim(binds []listenAddr, key, addr string) []listenAddr {
 		}
 	}
 	return append(binds, listenAddr{key, host, port})
+}
+
+// checkAuthHTTP checks the auth_http keys and [auth.penalty].
+func (c *Config) checkAuthHTTP(ck *cfgChecker) {
+	a := c.Auth
+	if a.Mode == "http" {
+		if u, err := url.Parse(a.HTTPURL); a.HTTPURL == "" || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			ck.add("auth.http_url", `%q: auth.mode = "http" needs an http:// or https:// URL`, a.HTTPURL)
+		}
+		if a.BackendLogin == "master" {
+			ck.add("auth.backend_login", `"master" needs auth.mode = "verify"; with "http" the service's Auth-User and Auth-Pass say how to log in`)
+		}
+	}
+	ck.positive("auth.http_timeout", a.HTTPTimeout)
+	ck.notNegative("auth.http_cache_ttl", a.HTTPCacheTTL)
+	p := a.Penalty
+	ck.positive("auth.penalty.window", p.Window)
+	ck.notNegative("auth.penalty.max_delay", p.MaxDelay)
+	ck.atLeast("auth.penalty.ip_user_limit", p.IPUserLimit, 0)
+	ck.atLeast("auth.penalty.ip_limit", p.IPLimit, 0)
+	ck.atLeast("auth.penalty.user_limit", p.UserLimit, 0)
 }
