@@ -40,9 +40,9 @@ root=$(pwd)
 quick=0
 [[ ${1:-} == -quick ]] && quick=1
 if ((quick)); then
-	rounds=${ROUNDS:-1} login_n=300 tls_n=200 pop3_n=300 smtp_n=150 fetch_n=5 idle_n=1000
+	rounds=${ROUNDS:-1} login_n=300 tls_n=200 pop3_n=300 smtp_n=150 fetch_n=30 idle_n=1000
 else
-	rounds=${ROUNDS:-3} login_n=2000 tls_n=1000 pop3_n=1000 smtp_n=600 fetch_n=20 idle_n=1000
+	rounds=${ROUNDS:-3} login_n=1500 tls_n=1000 pop3_n=1000 smtp_n=600 fetch_n=100 idle_n=1000
 fi
 conc=${CONC:-8}
 idle_wait=10s # > mailproxy's park_after (5s) and the settling of its memory release
@@ -567,7 +567,9 @@ END {
 }' "$out/results.txt")
 
 loadavg=$(printf '%s\n' "${loads[@]}" | sort -n | awk '{a[NR]=$1} END {printf "%s–%s (median %s)", a[1], a[NR], a[int((NR+1)/2)]}')
-cmd="bench/peers.sh$([[ $quick == 1 ]] && echo ' -quick')$([[ -n ${ROUNDS:-} ]] && echo " (ROUNDS=$ROUNDS)")"
+cmd=bench/peers.sh
+((quick)) && cmd+=" -quick"
+[[ -z ${ROUNDS:-} ]] || cmd="ROUNDS=$ROUNDS $cmd"
 cat >"$out/peers.md" <<EOF
 # Benchmarks: mailproxy and the proxies users would pick instead
 
