@@ -40,12 +40,14 @@ root=$(pwd)
 quick=0
 [[ ${1:-} == -quick ]] && quick=1
 if ((quick)); then
-	rounds=${ROUNDS:-1} login_n=300 tls_n=200 pop3_n=300 smtp_n=150 fetch_n=30 idle_n=1000
+	rounds=${ROUNDS:-1} login_n=200 tls_n=150 pop3_n=200 smtp_n=150 fetch_n=30 idle_n=500
+	idle_wait=8s cpu_window=3s
 else
 	rounds=${ROUNDS:-3} login_n=1500 tls_n=1000 pop3_n=1000 smtp_n=600 fetch_n=100 idle_n=1000
+	idle_wait=10s cpu_window=10s
 fi
 conc=${CONC:-8}
-idle_wait=10s # > mailproxy's park_after (5s) and the settling of its memory release
+# idle_wait > mailproxy's park_after (5s) and the settling of its memory release
 port=${PORT:-31500}
 [[ $(id -u) == 0 ]] || { echo "bench/peers.sh: run as root (Dovecot, Postfix, taskset, apt-get)" >&2; exit 1; }
 [[ $(nproc) -ge 2 ]] || { echo "bench/peers.sh: needs 2 cores (proxy on core 0, the rest on core 1)" >&2; exit 1; }
@@ -461,9 +463,9 @@ run_target() { # TARGET ROUND
 		# Each idle row on a fresh proxy, so that neither finds the
 		# memory the other freed.
 		stop_target "$t" && start_target "$t"
-		load "$t" "$r" idle -mode idle -addr "$(a "$p_idle")" -user idle -users "$idle_n" -n "$idle_n" -conc 16 -idle-wait "$idle_wait"
+		load "$t" "$r" idle -mode idle -addr "$(a "$p_idle")" -user idle -users "$idle_n" -n "$idle_n" -conc 16 -idle-wait "$idle_wait" -cpu-window "$cpu_window"
 		stop_target "$t" && start_target "$t"
-		load "$t" "$r" idle-tls -mode idle -addr "$(a "$p_idles")" -tls -user idle -users "$idle_n" -n "$idle_n" -conc 16 -idle-wait "$idle_wait"
+		load "$t" "$r" idle-tls -mode idle -addr "$(a "$p_idles")" -tls -user idle -users "$idle_n" -n "$idle_n" -conc 16 -idle-wait "$idle_wait" -cpu-window "$cpu_window"
 	fi
 }
 
@@ -555,13 +557,13 @@ END {
 		for (j = 1; j <= n; j++) s = s abs_cell(T[j], R[i] "-pcpu", "%.0f")
 		print s " – |"
 	}
-	s = "| memory per idle IMAP session, KiB (RSS growth / 1000) |"
+	s = "| memory per idle IMAP session, KiB (RSS growth / sessions) |"
 	for (j = 1; j <= n; j++) s = s abs_cell(T[j], "idle", "%.1f")
 	print s " – |"
 	s = "| memory per idle IMAPS session, KiB (TLS terminated) |"
 	for (j = 1; j <= n; j++) s = s abs_cell(T[j], "idle-tls", "%.1f")
 	print s " – |"
-	s = "| proxy CPU while 1000 sessions idle, % of a core per 10,000 sessions |"
+	s = "| proxy CPU while idle, % of a core per 10,000 sessions |"
 	for (j = 1; j <= n; j++) s = s abs_cell(T[j], "idle-cpu", "%.2f")
 	print s " – |"
 }' "$out/results.txt")
@@ -576,9 +578,9 @@ cat >"$out/peers.md" <<EOF
 Written by \`$cmd\` on $(date -u +%F) (raw results: \`$out/results.txt\`).
 
 - **Machine:** $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r); load average at the start of each target's turn: $loadavg (the machine is shared with other work, so rates move between rounds).
-- **Backends:** integration/realmail (Dovecot $(dovecot --version | cut -d' ' -f1) ×2 on one Maildir, Postfix $(postconf -h mail_version)), and for the idle rows a fake IMAP backend (bench/compare/fakeimap) so that 1000 sessions do not need 1000 Dovecot processes.
+- **Backends:** integration/realmail (Dovecot $(dovecot --version | cut -d' ' -f1) ×2 on one Maildir, Postfix $(postconf -d -h mail_version 2>/dev/null)), and for the idle rows a fake IMAP backend (bench/compare/fakeimap) so that 1000 sessions do not need 1000 Dovecot processes.
 - **Proxies:** mailproxy $version (defaults, log level warn); nginx $(nginx -v 2>&1 | sed 's/.*\///') mail module, 1 worker, auth_http by bench/compare/authhttp (its CPU and memory counted with nginx's); HAProxy $(haproxy -v | head -1 | cut -d' ' -f3) mode tcp, 1 thread, terminating TLS on the IMAPS port; Dovecot $(dovecot --version | cut -d' ' -f1) as a proxy (passdb proxy=y, login processes in high-performance mode).
-- **Placement:** the proxy under test on core 0, backends and load client on core 1 (taskset). $rounds round(s), each target started afresh per round in rotated order; ratios are to the direct rate of the same round. Load: $conc connections at a time; $login_n plain and $tls_n TLS logins, $fetch_n FETCHes of a 10 MiB message, $smtp_n messages of 10 KiB (one per session), $pop3_n POP3 sessions, $idle_n idle sessions per idle row (logged in, one NOOP, RSS measured $idle_wait later, CPU over the next $idle_wait).
+- **Placement:** the proxy under test on core 0, backends and load client on core 1 (taskset). $rounds round(s), each target started afresh per round in rotated order; ratios are to the direct rate of the same round. Load: $conc connections at a time; $login_n plain and $tls_n TLS logins, $fetch_n FETCHes of a 10 MiB message, $smtp_n messages of 10 KiB (one per session), $pop3_n POP3 sessions, $idle_n idle sessions per idle row (logged in, one NOOP, RSS measured $idle_wait later, CPU over the next $cpu_window).
 
 $table
 

@@ -58,6 +58,7 @@ var (
 	size      = flag.Int("size", 10<<10, "SMTP message size, bytes")
 	pids      = flag.String("pids", "", "comma-separated PIDs of the proxy under test (descendants included)")
 	idleWait  = flag.Duration("idle-wait", 3*time.Second, "idle mode: wait after the last session before measuring")
+	cpuWindow = flag.Duration("cpu-window", 0, "idle mode: how long the idle CPU is measured; default -idle-wait")
 	deadline  = flag.Duration("deadline", 3*time.Minute, "give up after this long")
 	label     = flag.String("label", "", "copied into the RESULT line")
 	tlsAddr   = flag.String("tls-addr", "", "soak mode: implicit-TLS address for every other session")
@@ -384,7 +385,10 @@ func idleRun() {
 	time.Sleep(*idleWait) // the proxy's own timers (parking, pipes) run out
 	after, fds1 := rss()
 	cpu0, t0 := cpuTicks(), time.Now()
-	time.Sleep(*idleWait) // CPU while idle
+	if *cpuWindow == 0 {
+		*cpuWindow = *idleWait
+	}
+	time.Sleep(*cpuWindow) // CPU while idle
 	idleCPU := float64(cpuTicks()-cpu0) * 1e4 / float64(time.Since(t0).Microseconds()) * 100
 	fmt.Printf("RESULT %s mode=idle%s sessions=%d rss_before_kib=%d rss_after_kib=%d rss_per_session_b=%.0f fds_per_session=%.2f idle_cpu_pct=%.3f\n",
 		*label, map[bool]string{true: "-tls"}[*useTLS], *n, before, after, float64(after-before)*1024/float64(*n), float64(fds1-fds0)/float64(*n), idleCPU)
