@@ -420,8 +420,10 @@ start_target() {
 		write_dovecot "$dir"
 		dovecot_confs+=("$dir/dovecot.conf")
 		taskset -c 0 dovecot -c "$dir/dovecot.conf"
-		wait_port $((port + 31)) "$(cat "$dir/run/master.pid")"
+		local i
+		for i in $(seq 100); do [[ -s $dir/run/master.pid ]] && break; sleep 0.05; done # the daemon writes it
 		proxy_pids=$(cat "$dir/run/master.pid")
+		wait_port $((port + 31)) "$proxy_pids"
 		;;
 	esac
 }
@@ -432,7 +434,7 @@ stop_target() {
 	dovecot)
 		dovecot -c "$out/dovecot/dovecot.conf" stop
 		local i
-		for i in $(seq 50); do port_free $((port + 31)) && break; sleep 0.1; done
+		for i in $(seq 100); do [[ ! -e $out/dovecot/run/master.pid ]] && port_free $((port + 31)) && break; sleep 0.1; done
 		;;
 	*) local p; for p in "${started[@]:1}"; do stop_pid "$p"; done ;; # all but fakeimap
 	esac
