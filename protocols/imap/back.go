@@ -13,8 +13,14 @@ import (
 	mtls "mailproxy/tls"
 )
 
-// maxBackendLine bounds a backend's response line before login.
-const maxBackendLine = 64 << 10
+// Bounds on what a backend may send before login: one response line, and
+// all the lines that answer one command (a login's untagged CAPABILITY and
+// the like are a few hundred bytes).
+const (
+	maxBackendLine  = 64 << 10
+	maxReplyBytes   = 256 << 10
+	maxUntaggedRows = 1000
+)
 
 // errBackend is a backend that does not speak IMAP as expected.
 var errBackend = errors.New("unexpected backend response")
@@ -60,13 +66,18 @@ func backendCommand(b *protocols.Backend, tag, line string) (string, []string, e
 	return resp, untagged, err
 }
 
-// readTagged reads the backend's lines up to the one tagged tag.
+// readTagged reads the backend's lines up to the one tagged tag, at most
+// maxUntaggedRows lines and maxReplyBytes in all.
 func readTagged(b *protocols.Backend, tag string) (string, []string, error) {
 	var untagged []string
+	total := 0
 	for {
 		line, err := protocols.ReadLine(b.Reader, maxBackendLine)
 		if err != nil {
 			return "", untagged, err
+		}
+		if total += len(line); total > maxReplyBytes || len(untagged) >= maxUntaggedRows {
+			return "", untagged, fmt.Errorf("%w: answer to %s over %d lines or %d bytes", errBackend, tag, maxUntaggedRows, maxReplyBytes)
 		}
 		s := string(line)
 		if rest, ok := strings.CutPrefix(s, tag+" "); ok {

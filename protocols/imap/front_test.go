@@ -49,6 +49,33 @@ func TestFrontNoBackend(t *testing.T) {
 	}
 }
 
+// TestFrontOverlongCommandTaggedAndClosed is issue 10 point 3: a command
+// line over the limit (a test suite's 32 KB ID) is answered with its own
+// tag and the connection closes; nothing after it is run.
+func TestFrontOverlongCommandTaggedAndClosed(t *testing.T) {
+	out := runFront("a1 ID (\"name\" \"" + strings.Repeat("x", 32<<10) + "\")\r\nb NOOP\r\n")
+	want := "a1 BAD Line too long\r\n* BYE "
+	if !strings.Contains(out, want) || strings.Contains(out, "b OK") {
+		t.Errorf("reply %q, want %q and nothing for b", out, want)
+	}
+	out = runFront(strings.Repeat("x", 600) + "\r\nb NOOP\r\n")
+	if !strings.Contains(out, "* BAD Line too long\r\n* BYE ") || strings.Contains(out, "b OK") {
+		t.Errorf("no tag: reply %q", out)
+	}
+}
+
+// TestFrontBadLiteralSizeCloses is issue 10 point 3: a non-synchronising
+// literal whose size does not parse closes the connection like one too
+// big, for its bytes are on their way and must not run as commands.
+func TestFrontBadLiteralSizeCloses(t *testing.T) {
+	for _, lit := range []string{"{4294967296+}", "{-1+}", "{9999+}"} {
+		out := runFront("a2 LOGIN " + lit + "\r\nb NOOP\r\n")
+		if !strings.Contains(out, "a2 BAD ") || !strings.Contains(out, "* BYE ") || strings.Contains(out, "b OK") {
+			t.Errorf("%s: reply %q, want a2 BAD, BYE and nothing for b", lit, out)
+		}
+	}
+}
+
 func FuzzFront(f *testing.F) {
 	addTranscripts(f)
 	f.Add("a AUTHENTICATE LOGIN\r\nYQ==\r\nYg==\r\n")

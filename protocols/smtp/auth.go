@@ -81,6 +81,9 @@ func (f *front) login(creds protocols.Credentials) error {
 	for retry := true; ; retry = false {
 		if f.back == nil {
 			if err := f.open(); err != nil {
+				if se, ok := refusal(err); ok {
+					return se
+				}
 				return errAuthTemp
 			}
 		}
@@ -89,6 +92,7 @@ func (f *front) login(creds protocols.Credentials) error {
 		switch {
 		case err == nil:
 			f.creds = &back
+			f.fc.loggedIn()
 			f.s.Log.Info("login", "user", creds.Username, "backend", f.back.b.Name)
 			return nil
 		case errors.Is(err, errNoPlain):

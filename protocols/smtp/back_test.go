@@ -185,10 +185,11 @@ func TestGreetSequence(t *testing.T) {
 	attrs := clientAttrs(&net.TCPAddr{IP: net.IPv4(192, 0, 2, 9), Port: 5}, nil, "client.example")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	cl, err := greet(ctx, b, "client.example", attrs, discardLog())
+	bk, err := greet(ctx, b, "client.example", attrs, discardLog())
 	if err != nil {
 		t.Fatal(err)
 	}
+	cl := bk.c
 	if n, ok := cl.MaxMessageSize(); !ok || n != 1000 {
 		t.Errorf("SIZE %d %v", n, ok)
 	}
@@ -292,11 +293,10 @@ func TestBackendAuth(t *testing.T) {
 			tt.script["EHLO"] = tt.ehlo
 			fake := startFake(t, s, "220 mx\r\n", tt.script)
 			b := protocols.NewBackend(c, "mx", "pipe", nil)
-			cl, err := greet(context.Background(), b, "h", nil, discardLog())
+			bk, err := greet(context.Background(), b, "h", nil, discardLog())
 			if err != nil {
 				t.Fatal(err)
 			}
-			bk := &backend{b: b, c: cl}
 			err = bk.auth(creds)
 			var se *gosmtp.SMTPError
 			switch {
