@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -41,7 +42,10 @@ type backend struct {
 // it and sends the EHLO whose reply it keeps (SIZE, AUTH, DSN, ...). Every
 // EHLO carries the client's HELO name, so a 5xx to one is the client's
 // (protocols.ErrClientFault, carrying the backend's reply).
-func greet(ctx context.Context, b *protocols.Backend, helo string, xattrs []attr, log *slog.Logger) (*backend, error) {
+//
+// name, when not nil, gives the client's host name for XCLIENT NAME
+// (clientName); it is asked only of a backend that takes NAME.
+func greet(ctx context.Context, b *protocols.Backend, helo string, xattrs []attr, name func(context.Context) string, log *slog.Logger) (*backend, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		b.Conn.SetDeadline(dl)
 	}
@@ -59,7 +63,7 @@ func greet(ctx context.Context, b *protocols.Backend, helo string, xattrs []attr
 		}
 	}
 	if b.ForwardClient {
-		if greeting, err = forward(b, helo, xattrs, greeting, log); err != nil {
+		if greeting, err = forward(ctx, b, helo, xattrs, name, greeting, log); err != nil {
 			return nil, err
 		}
 	}
@@ -153,7 +157,7 @@ func startTLS(ctx context.Context, b *protocols.Backend, helo string) error {
 // A backend that refuses XCLIENT (it does not trust mailproxy's address)
 // is used anyway, as IMAP does with a refused ID, with a warning: it then
 // sees mailproxy as the client.
-func forward(b *protocols.Backend, helo string, xattrs []attr, greeting reply, log *slog.Logger) (reply, error) {
+func forward(ctx context.Context, b *protocols.Backend, helo string, xattrs []attr, name func(context.Context) string, greeting reply, log *slog.Logger) (reply, error) {
 	rep, err := ehlo(b, helo)
 	if err != nil {
 		return greeting, err
@@ -163,7 +167,11 @@ func forward(b *protocols.Backend, helo string, xattrs []attr, greeting reply, l
 		log.Debug("backend has no XCLIENT", "backend", b.Name)
 		return greeting, nil
 	}
-	for _, cmd := range xclientCommands(strings.Fields(names), xattrs) {
+	supported := strings.Fields(names)
+	if name != nil && slices.ContainsFunc(supported, func(s string) bool { return strings.EqualFold(s, "NAME") }) {
+		xattrs = append([]attr{{"NAME", name(ctx)}}, xattrs...)
+	}
+	for _, cmd := range xclientCommands(supported, xattrs) {
 		rep, err := command(b, cmd)
 		if err != nil {
 			return greeting, fmt.Errorf("xclient: %w", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 
@@ -96,6 +97,7 @@ type front struct {
 	creds         *protocols.Credentials // the client's login, for a new backend
 	logoutPending atomic.Bool            // STARTTLS came during a BDAT Data
 	err           error                  // why the session could not be served
+	name          string                 // the client's name, once looked up
 }
 
 func newFront(ctx context.Context, s *protocols.Session, fc *frontConn) *front {
@@ -129,6 +131,15 @@ func (f *front) NewSession(c *gosmtp.Conn) (gosmtp.Session, error) {
 	return f, nil
 }
 
+// clientName looks up the client's host name for XCLIENT NAME once per
+// session; a temporary failure is asked again for the next backend.
+func (f *front) clientName(ctx context.Context) string {
+	if f.name == "" || f.name == nameTempFail {
+		f.name = clientName(ctx, net.DefaultResolver, f.s.Conn.RemoteAddr())
+	}
+	return f.name
+}
+
 // rehello gives the backend the client's new HELO name (typically the EHLO
 // after STARTTLS, the backend having been picked at the one before). RSET
 // is what lets go-smtp's client say EHLO again. The caller holds mu.
@@ -155,7 +166,7 @@ func (f *front) open() error {
 	var bk *backend
 	attrs := clientAttrs(f.s.Conn.RemoteAddr(), f.s.Conn.LocalAddr(), f.helo)
 	b, err := f.s.Dial(f.ctx, "", func(ctx context.Context, b *protocols.Backend) (err error) {
-		bk, err = greet(ctx, b, f.helo, attrs, f.s.Log)
+		bk, err = greet(ctx, b, f.helo, attrs, f.clientName, f.s.Log)
 		return err
 	})
 	if _, ok := refusal(err); ok {
