@@ -576,3 +576,59 @@ func lastBackend(logs, msg string) string {
 	}
 	return b
 }
+
+// TestPOP3HangUpAfterWrongPasswordIsNotTheBackends is issue 10 point 1
+// for the retry of point 14: a backend that hangs up after a wrong
+// password (some count failures) is not charged when the client's retry
+// finds the kept connection gone; the retry is served afresh.
+func TestPOP3HangUpAfterWrongPasswordIsNotTheBackends(t *testing.T) {
+	var addrs []string
+	for range 2 {
+		srv := &testkit.ConnServer{Handle: func(c net.Conn) {
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			io.WriteString(c, "+OK ready\r\n")
+			r := bufio.NewReader(c)
+			for {
+				line, err := r.ReadString('\n')
+				if err != nil {
+					return
+				}
+				switch verb, arg, _ := strings.Cut(strings.TrimRight(line, "\r\n"), " "); verb {
+				case "CAPA":
+					io.WriteString(c, "+OK\r\nUSER\r\n.\r\n")
+				case "USER":
+					io.WriteString(c, "+OK\r\n")
+				case "PASS":
+					if arg != "pw" {
+						io.WriteString(c, "-ERR [AUTH] Authentication failed.\r\n")
+						return // and hang up
+					}
+					io.WriteString(c, "+OK logged in\r\n")
+				case "QUIT":
+					io.WriteString(c, "+OK bye\r\n")
+					return
+				default:
+					io.WriteString(c, "-ERR no\r\n")
+				}
+			}
+		}}
+		addrs = append(addrs, testkit.Serve(t, srv))
+	}
+	e := startProxy(t, pop3Config("", "", "mail1", addrs[0], "mail2", addrs[1]))
+	c, err := dialPOP3(e.Addr["pop3"], nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for range 3 {
+		c.ok("USER u")
+		if line, err := c.cmd("PASS wrong"); err != nil || !strings.HasPrefix(line, "-ERR") {
+			t.Fatalf("wrong password: %q %v", line, err)
+		}
+	}
+	if err := c.login("u", "pw"); err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+	c.quit()
+	allUp(t, e, "main", routing.POP3)
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"strings"
@@ -89,6 +90,21 @@ func FuzzFront(f *testing.F) {
 			t.Fatalf("reply not made of CRLF lines: %q", out)
 		}
 	})
+}
+
+// TestForwardIDBounded: however much the client said in ID, the ID
+// forwarded stays within what Dovecot's login process reads, so the
+// client's ID can never make the backend refuse the login.
+func TestForwardIDBounded(t *testing.T) {
+	s := &protocols.Session{ID: "abc", Conn: &scriptConn{}}
+	var id []string
+	for i := range 30 {
+		id = append(id, fmt.Sprintf("field%d", i), strings.Repeat("v", 1000))
+	}
+	got := forwardID(s, &net.TCPAddr{IP: net.IPv4(192, 0, 2, 7), Port: 4711}, clientID(id))
+	if len("P2 "+got) > maxForwardID || !strings.HasSuffix(got, ")") || !strings.Contains(got, `"field0"`) || !strings.Contains(got, `"x-session-ext-id" "abc"`) {
+		t.Errorf("%d bytes: %.200s...", len(got), got)
+	}
 }
 
 func TestForwardID(t *testing.T) {

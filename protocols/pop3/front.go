@@ -59,6 +59,9 @@ type front struct {
 	// it would talking to that server directly.
 	kept     *protocols.Backend
 	keptUser string
+	// fixedRefused: the fixed backend has refused a login, after which
+	// some servers hang up; its failing next is then not its fault.
+	fixedRefused bool
 }
 
 // Serve implements protocols.Handler.
@@ -395,7 +398,8 @@ func (f *front) retryBackend(user string) *protocols.Backend {
 func (f *front) finish(ctx context.Context, b *protocols.Backend, user string, ok bool, text string, err error) (*protocols.Relay, bool, error) {
 	switch {
 	case err != nil:
-		if !errors.Is(err, errNoPlain) { // a setting, not the backend's health
+		// errNoPlain is a setting, not the backend's health.
+		if !errors.Is(err, errNoPlain) && !(b == f.fixed && f.fixedRefused) {
 			b.Fail("login: " + err.Error())
 		}
 		b.Close()
@@ -408,6 +412,8 @@ func (f *front) finish(ctx context.Context, b *protocols.Backend, user string, o
 	case !ok:
 		if b != f.fixed {
 			f.kept, f.keptUser = b, user
+		} else {
+			f.fixedRefused = true
 		}
 		f.s.Log.Info("login rejected by backend", "user", user, "backend", b.Name)
 		return nil, false, f.rejected(ctx, text)
