@@ -632,3 +632,46 @@ func TestPOP3HangUpAfterWrongPasswordIsNotTheBackends(t *testing.T) {
 	c.quit()
 	allUp(t, e, "main", routing.POP3)
 }
+
+// TestSMTPBackendFloodBounded is issue 10 point 6 for SMTP: a backend that
+// answers EHLO with endless continuation lines is cut off after a bounded
+// amount (go-smtp's client has no bound of its own) and the client gets
+// 421 at once.
+func TestSMTPBackendFloodBounded(t *testing.T) {
+	var mu sync.Mutex
+	var sent int64
+	srv := &testkit.ConnServer{Handle: func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		io.WriteString(c, "220 flood ESMTP\r\n")
+		r := bufio.NewReader(c)
+		if _, err := r.ReadString('\n'); err != nil {
+			return
+		}
+		chunk := []byte(strings.Repeat("250-"+strings.Repeat("y", 1000)+"\r\n", 64))
+		for range 100000 { // at most 6.4 GB
+			n, err := c.Write(chunk)
+			mu.Lock()
+			sent += int64(n)
+			mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}}
+	addr := testkit.Serve(t, srv)
+	e := startProxy(t, smtpConfig(smtpListeners, smtpBack{"flood", addr, ""}))
+	s := dialScript(t, e.Addr["smtp"])
+	s.expect("220 ")
+	start := time.Now()
+	s.send("EHLO client.example\r\n")
+	s.expect("421 ")
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("answered after %v", d)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if sent > 64<<20 {
+		t.Errorf("the proxy read %d MB of EHLO reply before giving up", sent>>20)
+	}
+	t.Logf("the backend got %d KB out before the proxy hung up", sent>>10)
+}
