@@ -81,6 +81,9 @@ func FuzzFront(f *testing.F) {
 	addTranscripts(f)
 	f.Add("a AUTHENTICATE LOGIN\r\nYQ==\r\nYg==\r\n")
 	f.Add("a AUTHENTICATE PLAIN\r\n*\r\nb LOGIN {3+}\r\nabc x\r\n")
+	f.Add("a2 LOGIN {4294967296+}\r\nb NOOP\r\n")
+	f.Add("a3 LOGIN {-1+}\r\nb NOOP\r\n")
+	f.Add("a1 ID (\"name\" \"" + strings.Repeat("x", 600) + "\")\r\nb NOOP\r\n")
 	f.Fuzz(func(t *testing.T, in string) {
 		out := runFront(in)
 		if !strings.HasPrefix(out, "* OK [CAPABILITY ") {

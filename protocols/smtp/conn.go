@@ -1,6 +1,7 @@
 package smtp
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"net"
@@ -19,6 +20,8 @@ type frontConn struct {
 	readTimeout, writeTimeout time.Duration
 
 	loginBy    atomic.Int64 // Unix nanoseconds; 0 once logged in, or with no bound
+	greeted    atomic.Bool  // the greeting is written
+	inTLS      atomic.Bool  // a 220 after the greeting: STARTTLS goes ahead
 	closed     chan struct{}
 	closeOnce  sync.Once
 	closeAfter atomic.Bool
@@ -59,7 +62,21 @@ func (c *frontConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Write writes p, unless it is a plain-text reply after STARTTLS went
+// ahead. SMTP says 220 only to greet and to start TLS (RFC 3207); after the
+// latter the client speaks TLS, and a plain-text reply (go-smtp's to a
+// failed handshake, or a timeout's) would only garble its handshake, so
+// the connection ends without it. TLS records never start with a digit.
 func (c *frontConn) Write(p []byte) (int, error) {
+	if len(p) > 0 && p[0] >= '0' && p[0] <= '9' {
+		if c.inTLS.Load() {
+			c.Close()
+			return 0, net.ErrClosed
+		}
+		if c.greeted.Swap(true) && bytes.HasPrefix(p, []byte("220")) {
+			c.inTLS.Store(true)
+		}
+	}
 	c.Conn.SetWriteDeadline(c.deadline(c.writeTimeout, loginGrace))
 	n, err := c.Conn.Write(p)
 	c.out.Add(int64(n))
