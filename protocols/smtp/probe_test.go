@@ -12,8 +12,8 @@ import (
 
 // TestProbeLogsOutPolitely is issue 10 point 14: the probe ends with
 // QUIT and reads the answer before it returns (and the health checker
-// closes), so the backend logs a client that logged out, not one that
-// vanished mid-dialogue.
+// closes), so the logout is complete on the backend's side before the
+// connection goes, instead of racing the close.
 func TestProbeLogsOutPolitely(t *testing.T) {
 	c, s := net.Pipe()
 	defer c.Close()
