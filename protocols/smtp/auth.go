@@ -56,7 +56,11 @@ func (a *authServer) Next(resp []byte) ([]byte, bool, error) {
 	case !done:
 		return challenge, false, nil
 	}
-	return nil, true, a.f.login(a.creds)
+	if err := a.f.login(a.creds); err != nil {
+		return nil, true, err
+	}
+	a.f.fc.loggedIn() // the login bound is met
+	return nil, true, nil
 }
 
 // login logs in to the backend with the credentials that
@@ -92,7 +96,6 @@ func (f *front) login(creds protocols.Credentials) error {
 		switch {
 		case err == nil:
 			f.creds = &back
-			f.fc.loggedIn()
 			f.s.Log.Info("login", "user", creds.Username, "backend", f.back.b.Name)
 			return nil
 		case errors.Is(err, errNoPlain):
