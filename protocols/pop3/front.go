@@ -59,9 +59,6 @@ type front struct {
 	// it would talking to that server directly.
 	kept     *protocols.Backend
 	keptUser string
-	// fixedRefused: the fixed backend has refused a login, after which
-	// some servers hang up; its failing next is then not its fault.
-	fixedRefused bool
 }
 
 // Serve implements protocols.Handler.
@@ -398,8 +395,7 @@ func (f *front) retryBackend(user string) *protocols.Backend {
 func (f *front) finish(ctx context.Context, b *protocols.Backend, user string, ok bool, text string, err error) (*protocols.Relay, bool, error) {
 	switch {
 	case err != nil:
-		// errNoPlain is a setting, not the backend's health.
-		if !errors.Is(err, errNoPlain) && !(b == f.fixed && f.fixedRefused) {
+		if !errors.Is(err, errNoPlain) { // a setting, not the backend's health
 			b.Fail("login: " + err.Error())
 		}
 		b.Close()
@@ -413,7 +409,9 @@ func (f *front) finish(ctx context.Context, b *protocols.Backend, user string, o
 		if b != f.fixed {
 			f.kept, f.keptUser = b, user
 		} else {
-			f.fixedRefused = true
+			// Some servers hang up after a refused login: the fixed
+			// backend failing from now on is not its health.
+			b.Fail = func(string) {}
 		}
 		f.s.Log.Info("login rejected by backend", "user", user, "backend", b.Name)
 		return nil, false, f.rejected(ctx, text)
