@@ -382,9 +382,11 @@ func TestSMTPLoginTimeout(t *testing.T) {
 		if err != nil {
 			t.Fatalf("still open after %v: %v (read %q)", time.Since(start), err, out)
 		}
-		if d := time.Since(start); d > 3*time.Second {
+		d := time.Since(start)
+		if d > 3*time.Second {
 			t.Errorf("closed after %v, want about login_timeout (1s)", d)
 		}
+		t.Logf("trickling client closed after %v (login_timeout 1s), after %q", d.Round(time.Millisecond), out)
 		c.Close()
 		<-done
 	})
@@ -401,9 +403,11 @@ func TestSMTPLoginTimeout(t *testing.T) {
 		if err != nil {
 			t.Fatalf("still open after %v: %v", time.Since(start), err)
 		}
-		if d := time.Since(start); d > 3*time.Second {
+		d := time.Since(start)
+		if d > 3*time.Second {
 			t.Errorf("closed after %v, want about login_timeout (1s)", d)
 		}
+		t.Logf("stalled STARTTLS closed %v after the 220", d.Round(time.Millisecond))
 		if out != "" {
 			t.Errorf("after the 220 to STARTTLS the client got %q in plain text", out)
 		}
