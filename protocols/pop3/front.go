@@ -363,9 +363,9 @@ func (f *front) login(ctx context.Context, creds protocols.Credentials) (*protoc
 		return nil, false, f.rejected(ctx, replyAuthFailed)
 	}
 	if b := f.retryBackend(creds.Username); b != nil {
-		ok, text, err := backendLogin(b, back)
-		if err == nil {
-			return f.finish(ctx, b, creds.Username, ok, text, nil)
+		ok, text, err := backendLogin(b, back, f.relayChallenge)
+		if err == nil || errors.Is(err, errClientGone) || errors.Is(err, errNoMech) {
+			return f.finish(ctx, b, creds.Username, ok, text, err)
 		}
 		// It hung up after the failed try (some servers count them):
 		// the client's doing, not the backend's. Start afresh.
