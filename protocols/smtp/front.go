@@ -96,6 +96,7 @@ type front struct {
 	rcpts         int                    // accepted recipients of the open transaction
 	creds         *protocols.Credentials // the client's login, for a new backend
 	logoutPending atomic.Bool            // STARTTLS came during a BDAT Data
+	backAuth      atomic.Bool            // the backend announced AUTH (smtp_auth = "optional" offers it then)
 	err           error                  // why the session could not be served
 	name          string                 // the client's name, once looked up
 }
@@ -167,6 +168,9 @@ func (f *front) open() error {
 	attrs := clientAttrs(f.s.Conn.RemoteAddr(), f.s.Conn.LocalAddr(), f.helo)
 	b, err := f.s.Dial(f.ctx, "", func(ctx context.Context, b *protocols.Backend) (err error) {
 		bk, err = greet(ctx, b, f.helo, attrs, f.clientName, f.s.Log)
+		if err == nil {
+			bk.loginTimeout = f.s.BackendTimeout
+		}
 		return err
 	})
 	if _, ok := refusal(err); ok {
@@ -203,6 +207,8 @@ func (f *front) adopt() {
 	f.srv.MaxMessageBytes = limit
 	f.srv.EnableSMTPUTF8, _ = c.Extension("SMTPUTF8")
 	f.srv.EnableDSN, _ = c.Extension("DSN")
+	auth, _ := c.Extension("AUTH")
+	f.backAuth.Store(auth)
 }
 
 // drop closes a backend connection that failed; the next MAIL opens a new
