@@ -92,6 +92,9 @@ func (p *passServer) step(line string) ([]byte, bool, error) {
 	}
 	if f.back == nil {
 		if err := f.open(); err != nil {
+			if se, ok := refusal(err); ok {
+				return nil, true, se
+			}
 			return nil, true, errAuthTemp
 		}
 	}
@@ -100,7 +103,7 @@ func (p *passServer) step(line string) ([]byte, bool, error) {
 		f.s.Log.Warn("login failed: backend error", "user", p.creds.Username, "backend", bk.b.Name, "err", "backend does not offer "+p.mech)
 		return nil, true, errAuthTemp
 	}
-	bk.b.SetDeadline(time.Now().Add(backendTimeout))
+	bk.b.SetDeadline(time.Now().Add(bk.authTimeout()))
 	defer bk.b.SetDeadline(time.Time{})
 	rep, err := command(bk.b, line)
 	bk.saslPending = err == nil && rep.code == 334
@@ -111,6 +114,7 @@ func (p *passServer) step(line string) ([]byte, bool, error) {
 	case rep.code == 235:
 		bk.authed = true
 		f.creds = &p.creds
+		f.fc.loggedIn() // the login bound is met
 		f.s.LoginSucceeded()
 		f.s.Log.Info("login", "user", p.creds.Username, "backend", bk.b.Name)
 		return nil, true, nil
@@ -140,7 +144,7 @@ func (f *front) settle() {
 		return
 	}
 	f.back.saslPending = false
-	f.back.b.SetDeadline(time.Now().Add(backendTimeout))
+	f.back.b.SetDeadline(time.Now().Add(f.back.authTimeout()))
 	defer func() {
 		if f.back != nil {
 			f.back.b.SetDeadline(time.Time{})
