@@ -18,6 +18,7 @@ type metrics struct {
 	reg    *prometheus.Registry
 	logins *prometheus.CounterVec
 	bytes  *prometheus.CounterVec
+	store  *storeMetrics
 }
 
 // The descriptions of the scrape-time gauges; read-only.
@@ -45,6 +46,7 @@ func newMetrics(s *Server) *metrics {
 			Help: "Bytes relayed after login; in is client to backend.",
 		}, []string{"listener", "backend", "direction"}),
 	}
+	m.store = newStoreMetrics(m.reg)
 	m.reg.MustRegister(m.logins, m.bytes, stateCollector{s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -20,6 +20,7 @@ import (
 	"mailproxy/auth"
 	"mailproxy/protocols"
 	"mailproxy/routing"
+	rstore "mailproxy/routing/redis"
 	mtls "mailproxy/tls"
 )
 
@@ -68,6 +69,9 @@ type Server struct {
 	auth *auth.Authenticator // auth.mode = "verify"; nil in passthrough (auth.go)
 
 	hostname string // the machine's name, for listeners without hostname
+
+	state  routing.StateStore // runtime drains, weights, pins (store.go)
+	rstore *rstore.Store      // [store] type = "redis"; nil for memory
 }
 
 // backendInfo is what the proxy keeps per backend as routing.Backend.Data.
@@ -100,6 +104,9 @@ func New(cfg *Config, opts Options) (*Server, error) {
 		return nil, err
 	}
 	if err := s.setupAuth(); err != nil {
+		return nil, err
+	}
+	if err := s.setupStore(); err != nil {
 		return nil, err
 	}
 	for _, l := range cfg.Listeners {
@@ -153,6 +160,7 @@ func (s *Server) newPool(pc PoolConfig) (*routing.Pool, error) {
 	opts.Name = pc.Name
 	opts.Linger = pc.Linger.Duration
 	opts.Rise, opts.Fall = pc.Health.Rise, pc.Health.Fall
+	opts.Table = s.table(pc)
 	opts.Pins = make(map[string]string, len(pc.Pins))
 	for u, b := range pc.Pins {
 		opts.Pins[s.routingKey(u)] = b
@@ -428,6 +436,7 @@ func (s *Server) StartBackground() {
 	ctx, cancel := context.WithCancel(context.Background())
 	s.bgStop = cancel
 	s.startHealth(ctx)
+	s.startStore(ctx)
 }
 
 func (s *Server) stopBackground() {
@@ -435,4 +444,5 @@ func (s *Server) stopBackground() {
 		s.bgStop()
 		s.bgDone.Wait()
 	}
+	s.closeStore()
 }

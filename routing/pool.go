@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -35,7 +36,7 @@ type Pool struct {
 	backends []*Backend
 	byName   map[string]*Backend
 	table    Table
-	pick     picker
+	pins     map[string]string // routing key -> backend; config pins, then runtime changes
 }
 
 // NewPool builds a pool. Backend names must be unique.
@@ -50,15 +51,14 @@ func NewPool(opts Options, specs []BackendSpec) (*Pool, error) {
 		opts.Table = NewMemTable(nil)
 	}
 	p := &Pool{Name: opts.Name, opts: opts, table: opts.Table, byName: make(map[string]*Backend)}
-	p.pick = picker{p: p}
-	p.pick.decide = p.pick.run
+	p.pins = make(map[string]string, len(opts.Pins))
 	for i, s := range specs {
 		if _, dup := p.byName[s.Name]; dup {
 			return nil, fmt.Errorf("pool %s: duplicate backend %q", opts.Name, s.Name)
 		}
 		b := &Backend{
 			Name: s.Name, Data: s.Data, index: i, seed: hashString(s.Name),
-			serves: s.Serves, disabled: s.Disabled, weight: max(s.Weight, 0),
+			serves: s.Serves, disabled: s.Disabled, weight: max(s.Weight, 0), baseWeight: max(s.Weight, 0),
 		}
 		p.backends = append(p.backends, b)
 		p.byName[s.Name] = b
@@ -67,6 +67,7 @@ func NewPool(opts Options, specs []BackendSpec) (*Pool, error) {
 		if p.byName[name] == nil {
 			return nil, fmt.Errorf("pool %s: pin %q names unknown backend %q", opts.Name, u, name)
 		}
+		p.pins[u] = name
 	}
 	return p, nil
 }
@@ -78,8 +79,8 @@ func (p *Pool) Backends() []*Backend { return p.backends }
 func (p *Pool) Backend(name string) *Backend { return p.byName[name] }
 
 // Lookup returns the user's binding in the lease table.
-func (p *Pool) Lookup(user string) (backend string, live int, ok bool) {
-	return p.table.Lookup(user)
+func (p *Pool) Lookup(ctx context.Context, user string) (backend string, live int, ok bool, err error) {
+	return p.table.Lookup(ctx, user)
 }
 
 // usable reports whether b may carry a session of proto at all: it serves
@@ -106,82 +107,99 @@ func (p *Pool) open(b *Backend, proto Protocol) bool {
 //  3. A sticky user still lingering on an open backend goes back there.
 //  4. A pinned user goes to the pin if it is open.
 //  5. Anyone else goes where the protocol's policy says.
-func (p *Pool) Acquire(proto Protocol, user string, exclude ...*Backend) (*Lease, error) {
+//
+// The pool's lock is not held while the table runs (a shared store is a
+// network round trip): the decision takes it briefly, and the lease is
+// registered under it afterwards. An error from the table wraps its cause
+// (ErrStoreDown when the store refuses); ErrNoBackend when nothing fits.
+func (p *Pool) Acquire(ctx context.Context, proto Protocol, user string, exclude ...*Backend) (*Lease, error) {
+	if user == "" {
+		p.mu.Lock()
+		l := p.register(p.choose(proto, "", exclude), user, proto, Token{})
+		p.mu.Unlock()
+		if l == nil {
+			return nil, ErrNoBackend
+		}
+		return l, nil
+	}
+	k := picker{p: p, proto: proto, user: user, exclude: exclude}
+	tok, err := p.table.Acquire(ctx, user, k.run)
+	if err != nil {
+		return nil, fmt.Errorf("routing table: %w", err)
+	}
+	if tok.Backend == "" {
+		return nil, ErrNoBackend
+	}
 	var kill []func()
 	p.mu.Lock()
-	var chosen *Backend
-	if user == "" {
-		chosen = p.choose(proto, "", exclude)
-	} else {
-		k := &p.pick
-		k.proto, k.user, k.exclude = proto, user, exclude
-		if p.table.Acquire(user, k.decide) != "" {
-			chosen = k.chosen
-		}
-		if chosen != nil && k.moveFrom != nil {
+	chosen := p.byName[tok.Backend]
+	var l *Lease
+	// The backend may have gone down while the table ran: Observe killed
+	// the leases it knew of, and this one would escape it.
+	if chosen != nil && p.usable(chosen, proto) {
+		l = p.register(chosen, user, proto, tok)
+		if k.moveFrom != nil {
 			kill = p.detachUser(k.moveFrom, user, kill)
 		}
-		k.reset()
-	}
-	var l *Lease
-	if chosen != nil {
-		l = &Lease{Backend: chosen, User: user, Proto: proto, pool: p}
-		chosen.leases.add(l)
-		chosen.sessions.Add(1)
 	}
 	p.mu.Unlock()
 	runKills(kill)
 	if l == nil {
+		p.table.Release(ctx, user, tok, p.opts.Linger)
 		return nil, ErrNoBackend
 	}
 	return l, nil
 }
 
-// picker is the decision Acquire hands to Table.Acquire. The pool keeps one,
-// guarded by p.mu, with its decide method value bound once, so a session
-// costs no closure allocation. decide only decides: a Table may call it more
-// than once (a shared store retrying its compare-and-set), so the sessions
-// to kill are acted on after the table has answered.
+// register adds a live lease on b (nil: none). The caller holds p.mu.
+func (p *Pool) register(b *Backend, user string, proto Protocol, tok Token) *Lease {
+	if b == nil {
+		return nil
+	}
+	l := &Lease{Backend: b, User: user, Proto: proto, pool: p, tok: tok}
+	b.leases.add(l)
+	b.sessions.Add(1)
+	return l
+}
+
+// picker is the decision Acquire hands to Table.Acquire. decide only
+// decides: a Table may call it more than once (a shared store retrying its
+// compare-and-set), so the sessions to kill are acted on after the table
+// has answered.
 type picker struct {
 	p        *Pool
-	decide   func(cur string, live int, ok bool) string // bound to run
 	proto    Protocol
 	user     string
 	exclude  []*Backend
-	chosen   *Backend
 	moveFrom *Backend // the user's live backend, down for proto
 }
 
-func (k *picker) reset() {
-	k.user, k.exclude, k.chosen, k.moveFrom = "", nil, nil, nil
-}
-
-// run applies rules 1 to 5 of Acquire to the user's current binding.
+// run applies rules 1 to 5 of Acquire to the user's current binding, under
+// the pool's lock.
 func (k *picker) run(cur string, live int, ok bool) string {
 	p := k.p
-	k.chosen, k.moveFrom = nil, nil
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	k.moveFrom = nil
 	if b := p.byName[cur]; ok && b != nil {
 		switch {
 		case live > 0 && p.usable(b, k.proto):
 			if excluded(b, k.exclude) {
 				return "" // never split the user
 			}
-			k.chosen = b
 			return cur
 		case live > 0 && p.servingUser(b, k.user):
 			return "" // healthy sessions of another protocol hold the user there
 		case live > 0:
 			k.moveFrom = b
 		case p.opts.Policies[k.proto] == Sticky && p.open(b, k.proto) && !excluded(b, k.exclude):
-			k.chosen = b
 			return cur
 		}
 	}
-	k.chosen = p.choose(k.proto, k.user, k.exclude)
-	if k.chosen == nil {
-		return ""
+	if c := p.choose(k.proto, k.user, k.exclude); c != nil {
+		return c.Name
 	}
-	return k.chosen.Name
+	return ""
 }
 
 // servingUser reports whether b still serves one of user's live sessions:
@@ -209,7 +227,7 @@ func excluded(b *Backend, list []*Backend) bool {
 
 // choose applies the pin and the policy. The caller holds p.mu.
 func (p *Pool) choose(proto Protocol, user string, exclude []*Backend) *Backend {
-	if pin := p.byName[p.opts.Pins[user]]; user != "" && pin != nil && p.open(pin, proto) && !excluded(pin, exclude) {
+	if pin := p.byName[p.pins[user]]; user != "" && pin != nil && p.open(pin, proto) && !excluded(pin, exclude) {
 		return pin
 	}
 	switch p.opts.Policies[proto] {
@@ -247,7 +265,7 @@ func (p *Pool) detach(l *Lease, kill []func()) []func() {
 	l.Backend.sessions.Add(-1)
 	l.killed = true
 	if l.User != "" {
-		p.table.Release(l.User, l.Backend.Name, p.opts.Linger)
+		kill = append(kill, l.release)
 	}
 	if l.onKill != nil {
 		kill = append(kill, l.onKill) // again, if it was kicked before
@@ -269,6 +287,7 @@ type Lease struct {
 	Proto   Protocol
 
 	pool *Pool
+	tok  Token // what the table acquired; zero for sessions of no user
 	// Guarded by pool.mu.
 	prev, next *Lease // in Backend.leases while live
 	onKill     func()
@@ -297,17 +316,25 @@ func (l *Lease) OnKill(f func()) {
 func (l *Lease) Release() {
 	p := l.pool
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if l.released {
+		p.mu.Unlock()
 		return
 	}
 	l.released = true
 	if l.killed {
+		p.mu.Unlock()
 		return // detach already released it
 	}
 	l.Backend.leases.remove(l)
 	l.Backend.sessions.Add(-1)
+	p.mu.Unlock()
 	if l.User != "" {
-		p.table.Release(l.User, l.Backend.Name, p.opts.Linger)
+		l.release()
 	}
+}
+
+// release gives the lease's session back to the table, outside the pool's
+// lock. A store that cannot be reached keeps its own account of it.
+func (l *Lease) release() {
+	l.pool.table.Release(context.Background(), l.User, l.tok, l.pool.opts.Linger)
 }
