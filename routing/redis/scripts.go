@@ -50,7 +50,8 @@ end
 // yet, just read; "0": no binding), ARGV[4] "1" if it saw live sessions,
 // ARGV[5] the decision, ARGV[6] this instance's count field. When the
 // binding is not what the decision saw, nothing changes and the caller
-// decides again on what is returned: {applied, backend, gen, live}.
+// decides again on what is returned: {applied, backend, gen, live}; an
+// applied empty decision returns backend "" (nothing placed).
 var acquireScript = goredis.NewScript(liveLua + `
 local k = KEYS[1]
 local b, g, n = live(k)
@@ -61,7 +62,7 @@ if ARGV[3] == '-' or (g or '0') ~= ARGV[3] or seen ~= ARGV[4] then
 end
 local to = ARGV[5]
 if to == '' then
-  return {1, b or '', g or '0', n}
+  return {1, '', g or '0', n}
 end
 if b ~= to then
   g = tostring(redis.call('INCR', KEYS[2]))
