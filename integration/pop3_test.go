@@ -19,7 +19,7 @@ import (
 
 	"github.com/emersion/go-imap/v2/imapclient"
 
-	"mailproxy/demo"
+	"mailproxy/internal/demo"
 	"mailproxy/internal/testkit"
 )
 

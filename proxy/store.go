@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -12,13 +11,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"mailproxy/proxy/config"
 	"mailproxy/routing"
 	rstore "mailproxy/routing/redis"
 )
-
-// ErrNotFound is wrapped by the admin changes when a pool, backend or user
-// name is unknown.
-var ErrNotFound = errors.New("not found")
 
 // setupStore builds the routing state store of [store]: the Redis store
 // (tables and admin state shared by every instance) or, for memory, the
@@ -73,7 +69,7 @@ func (s *Server) setupStore() error {
 
 // table returns the routing table of a pool: the store's, or nil for the
 // in-memory default.
-func (s *Server) table(pc PoolConfig) routing.Table {
+func (s *Server) table(pc config.PoolConfig) routing.Table {
 	if s.rstore == nil {
 		return nil
 	}
@@ -146,11 +142,11 @@ func (s *Server) remoteKick(k rstore.Kick) {
 func (s *Server) findBackend(pool, backend string) (*routing.Pool, *routing.Backend, error) {
 	p := s.pools[pool]
 	if p == nil {
-		return nil, nil, fmt.Errorf("%w: no pool %q", ErrNotFound, pool)
+		return nil, nil, fmt.Errorf("%w: no pool %q", routing.ErrNotFound, pool)
 	}
 	b := p.Backend(backend)
 	if b == nil {
-		return nil, nil, fmt.Errorf("%w: no backend %q in pool %q", ErrNotFound, backend, pool)
+		return nil, nil, fmt.Errorf("%w: no backend %q in pool %q", routing.ErrNotFound, backend, pool)
 	}
 	return p, b, nil
 }
@@ -198,9 +194,9 @@ func (s *Server) SetPin(ctx context.Context, pool, user, backend string) error {
 			return err
 		}
 	} else if s.pools[pool] == nil {
-		return fmt.Errorf("%w: no pool %q", ErrNotFound, pool)
+		return fmt.Errorf("%w: no pool %q", routing.ErrNotFound, pool)
 	}
-	return s.change(ctx, routing.Change{Pool: pool, Kind: "pin", Name: s.routingKey(user), Value: backend})
+	return s.change(ctx, routing.Change{Pool: pool, Kind: "pin", Name: s.cfg.Auth.RoutingKey(user), Value: backend})
 }
 
 // Kick closes every session on a backend, on every instance; it returns
@@ -227,7 +223,7 @@ func (s *Server) Move(ctx context.Context, pool, user, backend string) (int, err
 	if err != nil {
 		return 0, err
 	}
-	key := s.routingKey(user)
+	key := s.cfg.Auth.RoutingKey(user)
 	if s.rstore != nil {
 		if err := s.rstore.BroadcastKick(ctx, rstore.Kick{Pool: pool, User: key, Keep: backend}); err != nil {
 			return 0, fmt.Errorf("tell the other instances: %w", err)

@@ -10,6 +10,10 @@ import (
 	"sync"
 )
 
+// ErrNotFound is wrapped by admin changes that name an unknown pool or
+// backend.
+var ErrNotFound = errors.New("not found")
+
 // AdminState is the runtime admin state of every pool: what operators changed
 // through the admin API (drains, weights, pins) on top of the config. It is
 // what a StateStore keeps, so that the changes survive a restart and, with a

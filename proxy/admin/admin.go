@@ -21,8 +21,8 @@
 // {"error": "..."} with 404 for an unknown pool, backend or path and 405
 // for a wrong method.
 //
-// The package imports proxy, never the other way round: cmd/mailproxy
-// builds the API from the running *proxy.Server and serves it.
+// The package does not import the server: it reads it through the small
+// Server interface, which cmd/mailproxy fills with the running server.
 package admin
 
 import (
@@ -40,7 +40,7 @@ import (
 	"strings"
 	"time"
 
-	"mailproxy/proxy"
+	"mailproxy/proxy/config"
 	"mailproxy/proxy/peer"
 	"mailproxy/routing"
 )
@@ -61,10 +61,27 @@ type Options struct {
 	Peer func() peer.Status
 }
 
-// API is the admin HTTP API of one proxy.Server. Its methods are safe for
+// Server is what the API reads and changes: the running server.
+type Server interface {
+	Listeners() []ListenerStatus
+	Pools() []*routing.Pool
+	Pool(name string) *routing.Pool // nil when there is none
+	Config() *config.Config         // the config in force; not modified
+
+	// The admin changes. Errors wrap routing.ErrNotFound for an unknown
+	// pool, backend or user; others mean the routing store did not take
+	// the change.
+	SetDraining(ctx context.Context, pool, backend string, on bool) error
+	SetWeight(ctx context.Context, pool, backend string, weight int) error
+	SetPin(ctx context.Context, pool, user, backend string) error
+	Kick(ctx context.Context, pool, backend string) (int, error)
+	Move(ctx context.Context, pool, user, backend string) (int, error)
+}
+
+// API is the admin HTTP API of one Server. Its methods are safe for
 // concurrent use.
 type API struct {
-	srv   *proxy.Server
+	srv   Server
 	opts  Options
 	log   *slog.Logger
 	token [sha256.Size]byte
@@ -74,7 +91,7 @@ type API struct {
 
 // New builds the API for srv. It does not listen: call Serve, or mount
 // Handler in a server of your own.
-func New(srv *proxy.Server, opts Options) *API {
+func New(srv Server, opts Options) *API {
 	a := &API{srv: srv, opts: opts, log: opts.Logger, mux: http.NewServeMux()}
 	if a.log == nil {
 		a.log = slog.Default()
@@ -163,7 +180,7 @@ func (a *API) status(w http.ResponseWriter, r *http.Request) {
 // user reports a user under the routing key, so "Alice" finds "alice" (and
 // "alice@example.org" with a default_domain).
 func (a *API) user(w http.ResponseWriter, r *http.Request) {
-	key := a.srv.RoutingKey(r.PathValue("user"))
+	key := a.srv.Config().Auth.RoutingKey(r.PathValue("user"))
 	us := UserStatus{User: key, Pools: []UserPool{}}
 	for _, p := range a.srv.Pools() {
 		up := UserPool{Pool: p.Name, Sessions: p.UserSessions(key), Pin: p.Pin(key)}
@@ -199,7 +216,7 @@ func (a *API) refuse(w http.ResponseWriter, r *http.Request) bool {
 // for a bad value, 503 when the routing store did not take it.
 func changeError(w http.ResponseWriter, err error, bad bool) {
 	switch {
-	case errors.Is(err, proxy.ErrNotFound):
+	case errors.Is(err, routing.ErrNotFound):
 		writeError(w, http.StatusNotFound, err.Error())
 	case bad:
 		writeError(w, http.StatusBadRequest, err.Error())
@@ -229,7 +246,7 @@ func (a *API) userAction(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	user, act := r.PathValue("user"), r.PathValue("action")
-	res := UserResult{User: a.srv.RoutingKey(user), Pool: body.Pool, Backend: body.Backend, Action: act}
+	res := UserResult{User: a.srv.Config().Auth.RoutingKey(user), Pool: body.Pool, Backend: body.Backend, Action: act}
 	attrs := []any{"user", res.User, "pool", body.Pool, "backend", body.Backend, "client", r.RemoteAddr}
 	var err error
 	switch act {
