@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 )
 
 // Observe records one health result for b and proto: from a health probe,
@@ -138,13 +139,20 @@ func (p *Pool) Pin(user string) string {
 	return p.pins[user]
 }
 
+// MoveLinger is the least time a moved user's binding lingers with no
+// session, so that a move holds until the user's next login even with
+// linger = 0.
+const MoveLinger = time.Minute
+
 // Move re-points user to b: the user's sessions on other backends are
-// kicked, and the binding moves to b, lingering for the pool's linger, so
-// the user's next session goes there (Dovecot director's move). It
-// returns how many sessions it kicked. The kicked sessions count no longer.
+// kicked, and the binding moves to b, lingering for the pool's linger (at
+// least MoveLinger), so the user's next session goes there (Dovecot
+// director's move). Pins are not changed: a pin applies again once the
+// binding has expired. It returns how many sessions it kicked; they count
+// no longer.
 func (p *Pool) Move(ctx context.Context, user string, b *Backend) (int, error) {
 	n := p.KickUser(user, b)
-	if err := p.table.Move(ctx, user, b.Name, p.opts.Linger); err != nil {
+	if err := p.table.Move(ctx, user, b.Name, max(p.opts.Linger, MoveLinger)); err != nil {
 		return n, fmt.Errorf("move %s: %w", user, err)
 	}
 	return n, nil

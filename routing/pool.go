@@ -103,7 +103,10 @@ func (p *Pool) open(b *Backend, proto Protocol) bool {
 //     is draining or hashing would now say otherwise. If that backend is in
 //     exclude, the session fails rather than split the user.
 //  2. A user whose live backend is down is moved; the user's sessions still
-//     held on it are killed (only when there is somewhere to move to).
+//     held on it are killed (only when there is somewhere to move to). With
+//     a table shared by several instances, only when every live session
+//     there is this pool's: another instance's sessions hold the user until
+//     that instance ends them.
 //  3. A sticky user still lingering on an open backend goes back there.
 //  4. A pinned user goes to the pin if it is open.
 //  5. Anyone else goes where the protocol's policy says.
@@ -190,6 +193,11 @@ func (k *picker) run(cur string, live int, ok bool) string {
 			return cur
 		case live > 0 && p.servingUser(b, k.user):
 			return "" // healthy sessions of another protocol hold the user there
+		case live > 0 && p.userLeases(b, k.user) < live:
+			// Other instances sharing the table hold sessions there, and
+			// only they can end them: the user moves when they have
+			// (their backend is down for them too, or soon).
+			return ""
 		case live > 0:
 			k.moveFrom = b
 		case p.opts.Policies[k.proto] == Sticky && p.open(b, k.proto) && !excluded(b, k.exclude):
@@ -214,6 +222,18 @@ func (p *Pool) servingUser(b *Backend, user string) bool {
 		}
 	}
 	return false
+}
+
+// userLeases counts the user's live leases on b in this pool. The caller
+// holds p.mu.
+func (p *Pool) userLeases(b *Backend, user string) int {
+	n := 0
+	for l := range b.leases.all() {
+		if l.User == user {
+			n++
+		}
+	}
+	return n
 }
 
 func excluded(b *Backend, list []*Backend) bool {
