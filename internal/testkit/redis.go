@@ -92,6 +92,29 @@ func (r *Redis) Stop() {
 	r.cmd = nil
 }
 
+// CPU is the CPU time (user and system) the running server has used, read
+// from /proc; 0 where that cannot be read.
+func (r *Redis) CPU() time.Duration {
+	if r.cmd == nil || r.cmd.Process == nil {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", r.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name (which is in parentheses): utime and
+	// stime are the 12th and 13th, in clock ticks (100 per second on Linux).
+	_, rest, ok := strings.Cut(string(b), ") ")
+	f := strings.Fields(rest)
+	if !ok || len(f) < 13 {
+		return 0
+	}
+	var ut, st int64
+	fmt.Sscan(f[11], &ut)
+	fmt.Sscan(f[12], &st)
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
 func (r *Redis) ping() bool {
 	c, err := net.DialTimeout("tcp", r.Addr, time.Second)
 	if err != nil {

@@ -100,15 +100,33 @@ type Store struct {
 	genKey  string
 	channel string
 
-	down      atomic.Bool
-	fenced    atomic.Bool
-	lastOK    atomic.Int64 // unix nanos when the last successful refresh was sent
-	localSeq  atomic.Uint64
-	mu        sync.Mutex
-	inc       string // incarnation; guarded by mu
-	tables    map[string]*Table
-	stateSeen string // the last admin state loaded, to skip no-op OnState
+	down     atomic.Bool
+	fenced   atomic.Bool
+	lastOK   atomic.Int64 // unix nanos when the last successful refresh was sent
+	localSeq atomic.Uint64
+	mu       sync.Mutex
+	inc      string // incarnation; guarded by mu
+	tables   map[string]*Table
+
+	acqQ    chan *acqReq  // acquires for the batcher (batch.go)
+	acqDone chan struct{} // closed when the batcher has ended
+
+	flushMu sync.Mutex // held while a batch is sent: a flush returns after every earlier release arrived
+	relMu   sync.Mutex
+	relQ    []release     // releases not yet sent; guarded by relMu
+	relWake chan struct{} // a release was queued
 }
+
+// release is one session's release waiting to be sent.
+type release struct {
+	t    *Table
+	user string
+	args []any
+}
+
+// maxQueued bounds the releases waiting to be sent; past it, a release is
+// sent at once.
+const maxQueued = 4096
 
 var _ routing.StateStore = (*Store)(nil)
 
@@ -143,7 +161,8 @@ func New(opts Options) (*Store, error) {
 		opts: opts, log: opts.Logger, obs: opts.Observer, prefix: prefix,
 		regPfx: prefix + "i:", regKey: prefix + "i:" + opts.Instance,
 		genKey: prefix + "gen", channel: prefix + "events",
-		tables: map[string]*Table{}, inc: newIncarnation(),
+		tables: map[string]*Table{}, inc: newIncarnation(), relWake: make(chan struct{}, 1),
+		acqQ: make(chan *acqReq, 1024), acqDone: make(chan struct{}),
 	}
 	s.c = goredis.NewUniversalClient(&goredis.UniversalOptions{
 		Addrs: opts.Addrs, MasterName: opts.MasterName, Password: opts.Password, TLSConfig: opts.TLS,
@@ -225,6 +244,8 @@ func (s *Store) setDown(cause error) {
 // the store is back publishes what changed meanwhile.
 func (s *Store) Run(ctx context.Context) {
 	go s.listen(ctx)
+	go s.sendReleases(ctx)
+	go s.sendAcquires(ctx)
 	tick := time.NewTicker(max(s.opts.LeaseTTL/5, 10*time.Millisecond))
 	defer tick.Stop()
 	s.lastOK.Store(time.Now().UnixNano())
@@ -349,6 +370,79 @@ func (s *Store) listen(ctx context.Context) {
 			case ev.Type == "kick" && ev.Kick != nil && s.opts.OnKick != nil:
 				s.opts.OnKick(*ev.Kick)
 			}
+		}
+	}
+}
+
+// queueRelease queues a release for the next batch, and reports false when
+// the queue is full (the caller sends it itself).
+func (s *Store) queueRelease(r release) bool {
+	s.relMu.Lock()
+	defer s.relMu.Unlock()
+	if len(s.relQ) >= maxQueued {
+		return false
+	}
+	s.relQ = append(s.relQ, r)
+	if len(s.relQ) == 1 {
+		select {
+		case s.relWake <- struct{}{}:
+		default:
+		}
+	}
+	return true
+}
+
+// sendReleases sends queued releases until ctx ends. Releases are not on
+// any login's path: batching them into one pipelined round trip halves
+// the store calls per session. A release sent a moment late only keeps
+// its user bound a moment longer.
+func (s *Store) sendReleases(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.relWake:
+			s.flushReleases(ctx)
+		}
+	}
+}
+
+// flushReleases sends every queued release in one pipeline. Those that
+// fail are left to the next sync, as releases made while the store was
+// down are.
+func (s *Store) flushReleases(ctx context.Context) {
+	s.flushMu.Lock()
+	defer s.flushMu.Unlock()
+	s.relMu.Lock()
+	q := s.relQ
+	s.relQ = nil
+	s.relMu.Unlock()
+	if len(q) == 0 {
+		return
+	}
+	var cmds []goredis.Cmder
+	err := s.call(ctx, "release", func(ctx context.Context) error {
+		pipe := s.c.Pipeline()
+		for _, r := range q {
+			releaseScript.EvalSha(ctx, pipe, []string{r.t.key(r.user)}, r.args...)
+		}
+		var err error
+		cmds, err = pipe.Exec(ctx)
+		if err != nil && goredis.HasErrorPrefix(err, "NOSCRIPT") {
+			// The store restarted and lost its scripts: load it, send again.
+			if err = releaseScript.Load(ctx, s.c).Err(); err == nil {
+				pipe := s.c.Pipeline()
+				for _, r := range q {
+					releaseScript.EvalSha(ctx, pipe, []string{r.t.key(r.user)}, r.args...)
+				}
+				cmds, err = pipe.Exec(ctx)
+			}
+		}
+		return err
+	})
+	for i, r := range q {
+		if err != nil || i < len(cmds) && cmds[i].Err() != nil {
+			r.t.markDirty(r.user)
 		}
 	}
 }

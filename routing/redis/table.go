@@ -2,6 +2,7 @@ package redis
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -83,15 +84,9 @@ func (t *Table) Acquire(ctx context.Context, user string, decide func(string, in
 		t.mu.Unlock()
 	}
 	for range 8 {
-		var res []any
-		err := t.s.call(ctx, "acquire", func(ctx context.Context) error {
-			var err error
-			res, err = acquireScript.Run(ctx, t.s.c, []string{t.key(user), t.s.genKey},
-				t.args(expGen, expLive, choice, field)...).Slice()
-			return err
-		})
+		res, err := t.s.runAcquire([]string{t.key(user), t.s.genKey}, t.args(expGen, expLive, choice, field))
 		if err != nil {
-			if t.s.Down() {
+			if t.s.Down() || errors.Is(err, errStopped) {
 				return t.fallback(user, decide)
 			}
 			return routing.Token{}, fmt.Errorf("acquire %s: %w", user, err)
@@ -187,8 +182,9 @@ func (t *Table) fallback(user string, decide func(string, int, bool) string) (ro
 	return routing.Token{Backend: to, Gen: e.gen}, nil
 }
 
-// Release implements routing.Table. While the store is down the release
-// is only counted here, and written back when it returns.
+// Release implements routing.Table. The release is queued and sent with
+// others in one round trip; while the store is down it is only counted
+// here, and written back when the store returns.
 func (t *Table) Release(ctx context.Context, user string, tok routing.Token, linger time.Duration) error {
 	t.mu.Lock()
 	e := t.cache[user]
@@ -210,25 +206,34 @@ func (t *Table) Release(ctx context.Context, user string, tok routing.Token, lin
 		return nil
 	}
 	t.mu.Unlock()
+	args := t.args(strconv.FormatUint(gen, 10), t.s.field())
+	if t.s.queueRelease(release{t: t, user: user, args: args}) {
+		return nil
+	}
 	err := t.s.call(ctx, "release", func(ctx context.Context) error {
-		return releaseScript.Run(ctx, t.s.c, []string{t.key(user)},
-			t.args(strconv.FormatUint(gen, 10), t.s.field())...).Err()
+		return releaseScript.Run(ctx, t.s.c, []string{t.key(user)}, args...).Err()
 	})
 	if err != nil {
-		t.mu.Lock()
-		if e := t.cache[user]; e != nil {
-			e.dirty = true
-		}
-		t.mu.Unlock()
+		t.markDirty(user)
 		return fmt.Errorf("release %s: %w", user, err)
 	}
 	return nil
 }
 
-// Lookup implements routing.Table. While the store is down it answers from
-// the cache.
+// markDirty notes that the store may not have the user's count right.
+func (t *Table) markDirty(user string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if e := t.cache[user]; e != nil {
+		e.dirty = true
+	}
+}
+
+// Lookup implements routing.Table. The releases queued so far are sent
+// first. While the store is down it answers from the cache.
 func (t *Table) Lookup(ctx context.Context, user string) (string, int, bool, error) {
 	if !t.s.Down() {
+		t.s.flushReleases(ctx)
 		var res []any
 		err := t.s.call(ctx, "lookup", func(ctx context.Context) error {
 			var err error
