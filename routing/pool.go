@@ -247,7 +247,8 @@ func excluded(b *Backend, list []*Backend) bool {
 
 // choose applies the pin and the policy. The caller holds p.mu.
 func (p *Pool) choose(proto Protocol, user string, exclude []*Backend) *Backend {
-	if pin := p.byName[p.pins[user]]; user != "" && pin != nil && p.open(pin, proto) && !excluded(pin, exclude) {
+	// A pin holds on a backend of weight 0 (weight is hashing's share).
+	if pin := p.byName[p.pins[user]]; user != "" && pin != nil && p.usable(pin, proto) && !pin.draining && !excluded(pin, exclude) {
 		return pin
 	}
 	switch p.opts.Policies[proto] {
