@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -164,14 +165,32 @@ func New(opts Options) (*Store, error) {
 		tables: map[string]*Table{}, inc: newIncarnation(), relWake: make(chan struct{}, 1),
 		acqQ: make(chan *acqReq, 1024), acqDone: make(chan struct{}),
 	}
-	s.c = goredis.NewUniversalClient(&goredis.UniversalOptions{
-		Addrs: opts.Addrs, MasterName: opts.MasterName, Password: opts.Password, TLSConfig: opts.TLS,
+	uo := &goredis.UniversalOptions{
+		Addrs: opts.Addrs, MasterName: opts.MasterName, Password: opts.Password,
 		DialTimeout: opts.Timeout, ReadTimeout: opts.Timeout, WriteTimeout: opts.Timeout,
 		MaxRetries:            -1, // a failed call falls back at once; Run retries
 		ContextTimeoutEnabled: true,
-	})
+	}
+	if opts.TLS != nil {
+		uo.Dialer = tlsDialer(opts.TLS, opts.Timeout)
+	}
+	s.c = goredis.NewUniversalClient(uo)
 	s.down.Store(true) // until the first registration
 	return s, nil
+}
+
+// tlsDialer dials TLS with the server name taken from each address, so
+// that one config verifies a single server, Sentinels and the masters they
+// name, or cluster nodes.
+func tlsDialer(cfg *tls.Config, timeout time.Duration) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c := cfg.Clone()
+		if c.ServerName == "" {
+			c.ServerName, _, _ = net.SplitHostPort(addr)
+		}
+		d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: timeout}, Config: c}
+		return d.DialContext(ctx, network, addr)
+	}
 }
 
 func newIncarnation() string {
@@ -198,7 +217,7 @@ func (s *Store) Table(pool string, linger time.Duration) *Table {
 	defer s.mu.Unlock()
 	t := s.tables[pool]
 	if t == nil {
-		t = &Table{s: s, pool: pool, keyPfx: s.prefix + "u:" + pool + ":", linger: linger, cache: map[string]*entry{}}
+		t = &Table{s: s, pool: pool, keyPfx: s.prefix + "u:" + pool + ":", linger: linger, cache: map[string]*entry{}, dirty: map[string]struct{}{}}
 		s.tables[pool] = t
 	}
 	return t
@@ -302,7 +321,25 @@ func (s *Store) refresh(ctx context.Context) {
 	s.lastOK.Store(sent.UnixNano())
 	if s.down.Load() || fresh {
 		s.recover(ctx, fresh)
+		return
 	}
+	// Counts that did not reach the store (a release that failed, sessions
+	// placed while a recovery ran) are written back on the next tick.
+	for _, t := range s.tableList() {
+		if t.sync(ctx, false) != nil {
+			return
+		}
+	}
+}
+
+func (s *Store) tableList() []*Table {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*Table, 0, len(s.tables))
+	for _, t := range s.tables {
+		out = append(out, t)
+	}
+	return out
 }
 
 // maybeFence ends the counted sessions once 3/4 of lease_ttl passed since
@@ -324,13 +361,7 @@ func (s *Store) maybeFence(now time.Time) {
 // anew): every count it holds locally is written back, conflicts end
 // local sessions, and the admin state is re-read.
 func (s *Store) recover(ctx context.Context, all bool) {
-	s.mu.Lock()
-	tables := make([]*Table, 0, len(s.tables))
-	for _, t := range s.tables {
-		tables = append(tables, t)
-	}
-	s.mu.Unlock()
-	for _, t := range tables {
+	for _, t := range s.tableList() {
 		if err := t.sync(ctx, all); err != nil {
 			return // still down; the next refresh tries again
 		}

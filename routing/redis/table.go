@@ -15,6 +15,10 @@ import (
 // down: store generations never have it.
 const localGen = 1 << 63
 
+// maxAlias bounds the earlier generations an entry remembers: one per
+// outage its sessions lived through.
+const maxAlias = 8
+
 // maxCache bounds the bindings a Table remembers for the store's outages;
 // past it, bindings with no local session are dropped.
 const maxCache = 1 << 20
@@ -31,6 +35,7 @@ type Table struct {
 
 	mu    sync.Mutex
 	cache map[string]*entry
+	dirty map[string]struct{} // users whose entry is dirty
 }
 
 type entry struct {
@@ -124,15 +129,38 @@ func parseState(res []any) (applied bool, backend string, gen uint64, live int64
 // acquired records a session the store counted.
 func (t *Table) acquired(user, backend string, gen uint64) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	e := t.cache[user]
+	conflict := false
 	if e == nil || !e.owns(gen) {
-		// A new binding: sessions of an older one no longer count.
-		e = &entry{backend: backend, gen: gen}
+		// A new binding: sessions of an older one no longer count, except
+		// those placed while the store was down and not yet written back.
+		ne := &entry{backend: backend, gen: gen}
+		if e != nil && e.local > 0 && e.gen&localGen != 0 {
+			if e.backend == backend {
+				ne.local, ne.alias = e.local, append(e.alias[:0:0], e.gen)
+				t.setDirty(user, ne)
+			} else {
+				conflict = true
+			}
+		}
+		e = ne
 		t.put(user, e)
 	}
 	e.live = true
 	e.local++
+	t.mu.Unlock()
+	if conflict && t.s.opts.OnConflict != nil {
+		t.s.log.Warn("routing store: user placed here while the store was down is bound elsewhere; ending those sessions",
+			"pool", t.pool, "user", user, "store", backend)
+		t.s.opts.OnConflict(t.pool, user)
+	}
+}
+
+// setDirty marks e, the entry of user, as not what the store has. The
+// caller holds t.mu.
+func (t *Table) setDirty(user string, e *entry) {
+	e.dirty = true
+	t.dirty[user] = struct{}{}
 }
 
 // put adds e, making room first. The caller holds t.mu.
@@ -178,7 +206,8 @@ func (t *Table) fallback(user string, decide func(string, int, bool) string) (ro
 		t.put(user, e)
 	}
 	e.local++
-	e.live, e.dirty = true, true
+	e.live = true
+	t.setDirty(user, e)
 	return routing.Token{Backend: to, Gen: e.gen}, nil
 }
 
@@ -200,7 +229,7 @@ func (t *Table) Release(ctx context.Context, user string, tok routing.Token, lin
 	}
 	if t.s.Down() || gen&localGen != 0 {
 		if e != nil {
-			e.dirty = true
+			t.setDirty(user, e)
 		}
 		t.mu.Unlock()
 		return nil
@@ -225,7 +254,7 @@ func (t *Table) markDirty(user string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if e := t.cache[user]; e != nil {
-		e.dirty = true
+		t.setDirty(user, e)
 	}
 }
 
@@ -279,12 +308,21 @@ func (t *Table) sync(ctx context.Context, all bool) error {
 	type item struct {
 		user, backend string
 		local         int
+		e             *entry
 	}
 	var todo []item
 	t.mu.Lock()
-	for u, e := range t.cache {
-		if e.dirty || all && e.local > 0 {
-			todo = append(todo, item{u, e.backend, e.local})
+	if all {
+		for u, e := range t.cache {
+			if e.dirty || e.local > 0 {
+				todo = append(todo, item{u, e.backend, e.local, e})
+			}
+		}
+	} else {
+		for u := range t.dirty {
+			if e := t.cache[u]; e != nil && e.dirty {
+				todo = append(todo, item{u, e.backend, e.local, e})
+			}
 		}
 	}
 	t.mu.Unlock()
@@ -305,15 +343,26 @@ func (t *Table) sync(ctx context.Context, all bool) error {
 		e := t.cache[it.user]
 		switch {
 		case e == nil:
+			delete(t.dirty, it.user)
+		case e != it.e:
+			// Replaced while this ran (a new binding): its own state counts.
 		case applied:
 			if e.gen != gen {
-				e.alias = append(e.alias[:0:0], e.gen)
+				// Sessions hold tokens of the earlier generations still.
+				e.alias = append(e.alias, e.gen)
+				if len(e.alias) > maxAlias {
+					e.alias = e.alias[len(e.alias)-maxAlias:]
+				}
 				e.gen = gen
 			}
 			e.live = e.live || e.local > 0
 			e.dirty = e.local != it.local // a change while this ran: again next time
+			if !e.dirty {
+				delete(t.dirty, it.user)
+			}
 		default:
 			t.cache[it.user] = &entry{backend: b, gen: gen, live: true}
+			delete(t.dirty, it.user)
 		}
 		t.mu.Unlock()
 		if !applied {
