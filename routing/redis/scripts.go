@@ -11,10 +11,11 @@ import goredis "github.com/redis/go-redis/v9"
 // holding the user after lease_ttl, and the scripts delete them as they
 // pass. A binding with no live count expires after the pool's linger.
 
-// liveLua is shared by the scripts: it reads the binding, drops the counts
-// of dead incarnations, and gives a binding left with no live session its
-// linger (a binding made live has no expiry). ARGV[1] is the registration
-// key prefix, ARGV[2] the linger in milliseconds.
+// liveLua is shared by the scripts. live reads the binding and drops the
+// counts of dead incarnations; settle gives a binding left with no live
+// session its linger (a binding with live sessions has no expiry), and
+// returns false for b and g if that deleted it (linger 0). ARGV[1] is the
+// registration key prefix, ARGV[2] the linger in milliseconds.
 const liveLua = `
 local function live(k)
   local f = redis.call('HGETALL', k)
@@ -33,15 +34,21 @@ local function live(k)
       end
     end
   end
-  if b and n == 0 and redis.call('PTTL', k) == -1 then
-    if tonumber(ARGV[2]) > 0 then
-      redis.call('PEXPIRE', k, ARGV[2])
-    else
-      redis.call('DEL', k)
-      b, g = false, false
-    end
-  end
   return b, g, n
+end
+local function expire(k)
+  if tonumber(ARGV[2]) > 0 then
+    redis.call('PEXPIRE', k, ARGV[2])
+    return true
+  end
+  redis.call('DEL', k)
+  return false
+end
+local function settle(k, b, g, n)
+  if b and n == 0 and redis.call('PTTL', k) == -1 and not expire(k) then
+    return false, false
+  end
+  return b, g
 end
 `
 
@@ -58,10 +65,12 @@ local b, g, n = live(k)
 local seen = '0'
 if n > 0 then seen = '1' end
 if ARGV[3] == '-' or (g or '0') ~= ARGV[3] or seen ~= ARGV[4] then
+  b, g = settle(k, b, g, n)
   return {0, b or '', g or '0', n}
 end
 local to = ARGV[5]
 if to == '' then
+  b, g = settle(k, b, g, n)
   return {1, '', g or '0', n}
 end
 if b ~= to then
@@ -71,7 +80,9 @@ if b ~= to then
   return {1, to, g, 1}
 end
 redis.call('HINCRBY', k, ARGV[6], 1)
-redis.call('PERSIST', k)
+if n == 0 then
+  redis.call('PERSIST', k)
+end
 return {1, to, g, n + 1}
 `)
 
@@ -80,20 +91,24 @@ return {1, to, g, n + 1}
 // ARGV[4] the count field.
 var releaseScript = goredis.NewScript(liveLua + `
 local k = KEYS[1]
-if redis.call('HGET', k, 'g') ~= ARGV[3] then return 0 end
-local c = tonumber(redis.call('HGET', k, ARGV[4]) or '0')
-if c <= 1 then
-  redis.call('HDEL', k, ARGV[4])
-else
+local v = redis.call('HMGET', k, 'g', ARGV[4])
+if v[1] ~= ARGV[3] then return 0 end
+if (tonumber(v[2]) or 0) > 1 then
   redis.call('HINCRBY', k, ARGV[4], -1)
+  return 1
 end
-live(k)
+redis.call('HDEL', k, ARGV[4])
+local b, g, n = live(k)
+if b and n == 0 then
+  expire(k)
+end
 return 1
 `)
 
 // lookupScript reads a binding: {backend, gen, live}.
 var lookupScript = goredis.NewScript(liveLua + `
 local b, g, n = live(KEYS[1])
+b, g = settle(KEYS[1], b, g, n)
 return {b or '', g or '0', n}
 `)
 
@@ -131,6 +146,7 @@ else
   redis.call('HDEL', k, ARGV[4])
 end
 b, g, n = live(k)
+b, g = settle(k, b, g, n)
 return {1, b or '', g or '0'}
 `)
 

@@ -125,6 +125,11 @@ type release struct {
 	args []any
 }
 
+// releaseDelay is how long a release may wait for others to share its
+// round trip: its user stays bound that much longer, which never splits
+// anyone.
+const releaseDelay = 2 * time.Millisecond
+
 // maxQueued bounds the releases waiting to be sent; past it, a release is
 // sent at once.
 const maxQueued = 4096
@@ -428,13 +433,23 @@ func (s *Store) queueRelease(r release) bool {
 // the store calls per session. A release sent a moment late only keeps
 // its user bound a moment longer.
 func (s *Store) sendReleases(ctx context.Context) {
+	t := time.NewTimer(0)
+	<-t.C
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.relWake:
-			s.flushReleases(ctx)
 		}
+		// Let the releases of a few milliseconds gather: one round trip
+		// then carries many.
+		t.Reset(releaseDelay)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.flushReleases(ctx)
 	}
 }
 
