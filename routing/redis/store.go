@@ -101,13 +101,14 @@ type Store struct {
 	genKey  string
 	channel string
 
-	down     atomic.Bool
-	fenced   atomic.Bool
-	lastOK   atomic.Int64 // unix nanos when the last successful refresh was sent
-	localSeq atomic.Uint64
-	mu       sync.Mutex
-	inc      string // incarnation; guarded by mu
-	tables   map[string]*Table
+	down      atomic.Bool
+	fenced    atomic.Bool
+	nameTaken atomic.Bool  // logged that another instance has this name
+	lastOK    atomic.Int64 // unix nanos when the last successful refresh was sent
+	localSeq  atomic.Uint64
+	mu        sync.Mutex
+	inc       string // incarnation; guarded by mu
+	tables    map[string]*Table
 
 	acqQ    chan *acqReq  // acquires for the batcher (batch.go)
 	acqDone chan struct{} // closed when the batcher has ended
@@ -315,15 +316,30 @@ func (s *Store) refresh(ctx context.Context) {
 		}
 		inc = s.inc
 		s.mu.Unlock()
+		var set bool
 		err = s.call(ctx, "register", func(ctx context.Context) error {
-			return s.c.Set(ctx, s.regKey, inc, s.opts.LeaseTTL).Err()
+			var err error
+			set, err = s.c.SetNX(ctx, s.regKey, inc, s.opts.LeaseTTL).Result()
+			return err
 		})
 		if err != nil {
 			s.maybeFence(sent)
 			return
 		}
+		if !set {
+			// Another live instance registered under this name: counting
+			// beside it would mix the two instances' sessions.
+			if s.nameTaken.CompareAndSwap(false, true) {
+				s.log.Error("routing store: this instance's name is registered by another live instance; give each its own [store] instance",
+					"instance", s.opts.Instance)
+			}
+			s.setDown(fmt.Errorf("instance name %q taken", s.opts.Instance))
+			s.maybeFence(sent)
+			return
+		}
 	}
 	s.lastOK.Store(sent.UnixNano())
+	s.nameTaken.Store(false)
 	if s.down.Load() || fresh {
 		s.recover(ctx, fresh)
 		return

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -229,4 +230,29 @@ func TestRegistrationExpires(t *testing.T) {
 		t.Errorf("freed after %v, lease_ttl is %v", took, ttl)
 	}
 	s.c.Close()
+}
+
+// TestInstanceNameTaken: a second instance under a live instance's name
+// does not register over it; it stays down (decides without the store).
+func TestInstanceNameTaken(t *testing.T) {
+	addr := redisAddr(t)
+	newStore(t, addr, "same", 10*time.Second, nil)
+	var logs testkit.SyncBuffer
+	s, err := New(Options{Addrs: []string{addr}, Instance: "same", LeaseTTL: 10 * time.Second, Prefix: "t:",
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); s.Run(ctx) }()
+	defer func() { cancel(); <-done; s.c.Close() }()
+	if !testkit.Eventually(5*time.Second, 5*time.Millisecond, func() bool {
+		return strings.Contains(logs.String(), "registered by another live instance")
+	}) {
+		t.Fatalf("no complaint about the name:\n%s", logs.String())
+	}
+	if !s.Down() {
+		t.Error("the second instance is up under a taken name")
+	}
 }
