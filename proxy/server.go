@@ -19,6 +19,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"mailproxy/protocols"
 	"mailproxy/proxy/auth"
 	"mailproxy/routing"
@@ -42,6 +44,10 @@ type Options struct {
 	// Listen opens the client listeners in ListenAndServe and
 	// OpenListeners; default net.Listen.
 	Listen func(network, addr string) (net.Listener, error)
+	// LoginWait waits before failed-login replies and refusals (the
+	// auth penalty, auth_http's Auth-Wait); default a timer. Tests inject
+	// one to see the delays without waiting them.
+	LoginWait func(ctx context.Context, d time.Duration)
 }
 
 // Server runs the listeners of one config.
@@ -68,7 +74,14 @@ type Server struct {
 	bgDone sync.WaitGroup
 	opened *listenerSet // by OpenListeners (standby.go); guarded by mu
 
-	auth *auth.Authenticator // auth.mode = "verify"; nil in passthrough (auth.go)
+	auth  *auth.Authenticator // auth.mode = "verify"; nil in passthrough (auth.go)
+	mechs mechTable           // passthrough SASL mechanisms the backends announced (mechs.go)
+
+	// The login checks of logincheck.go.
+	penalty     *auth.Penalty // [auth.penalty]; nil when disabled
+	authHTTP    *auth.HTTP    // auth.mode = "http"
+	authLookups *prometheus.CounterVec
+	loginWait   func(context.Context, time.Duration)
 
 	hostname string // the machine's name, for listeners without hostname
 
@@ -86,7 +99,7 @@ type backendInfo struct {
 // New builds a server from a validated config. It does not listen yet.
 func New(cfg *config.Config, opts Options) (*Server, error) {
 	s := &Server{
-		cfg: cfg, log: opts.Logger, handlers: opts.Handlers, dial: opts.Dial, listen: opts.Listen, certs: opts.Certs,
+		cfg: cfg, log: opts.Logger, handlers: opts.Handlers, dial: opts.Dial, listen: opts.Listen, certs: opts.Certs, loginWait: opts.LoginWait,
 		pools: make(map[string]*routing.Pool), perIP: make(map[string]int),
 		lns: make(map[*net.Listener]string), live: make(map[*session]struct{}),
 	}
