@@ -224,12 +224,14 @@ func (s *Server) Move(ctx context.Context, pool, user, backend string) (int, err
 		return 0, err
 	}
 	key := s.cfg.Auth.RoutingKey(user)
-	if s.rstore != nil {
-		if err := s.rstore.BroadcastKick(ctx, rstore.Kick{Pool: pool, User: key, Keep: backend}); err != nil {
-			return 0, fmt.Errorf("tell the other instances: %w", err)
-		}
+	n, err := p.Move(ctx, key, b)
+	if err != nil || s.rstore == nil {
+		return n, err
 	}
-	return p.Move(ctx, key, b)
+	if err := s.rstore.BroadcastKick(ctx, rstore.Kick{Pool: pool, User: key, Keep: backend}); err != nil {
+		return n, fmt.Errorf("tell the other instances: %w", err)
+	}
+	return n, nil
 }
 
 // storeMetrics are the [store] metrics; the Redis store reports to them.

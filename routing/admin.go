@@ -151,11 +151,13 @@ const MoveLinger = time.Minute
 // binding has expired. It returns how many sessions it kicked; they count
 // no longer.
 func (p *Pool) Move(ctx context.Context, user string, b *Backend) (int, error) {
-	n := p.KickUser(user, b)
+	// Re-point first, then kick: a session that starts in between goes to
+	// b, and one on the old backend ends with the kick. The other order
+	// could let a new session start on the old backend and stay there.
 	if err := p.table.Move(ctx, user, b.Name, max(p.opts.Linger, MoveLinger)); err != nil {
-		return n, fmt.Errorf("move %s: %w", user, err)
+		return 0, fmt.Errorf("move %s: %w", user, err)
 	}
-	return n, nil
+	return p.KickUser(user, b), nil
 }
 
 // State returns b's state for proto.
