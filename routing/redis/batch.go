@@ -3,16 +3,19 @@ package redis
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 )
 
-// Acquires are sent through one goroutine that pipelines whatever has
-// queued while the previous batch was on the wire (group commit): with one
-// login at a time that is one command per round trip, as before, and
-// under load many logins share a round trip and its system calls, which
-// is what a store call costs most on a busy machine. Nothing waits for a
+// Acquires are pipelined by group commit: the caller that finds nobody
+// sending becomes the leader and sends, itself, its own call together with
+// whatever others queued meanwhile; when its batch is answered, it hands
+// the turn to the first caller that queued since. With one login at a time
+// that is one command per round trip and no hand-off between goroutines;
+// under load many logins share a round trip and its system calls, which is
+// what a store call costs most on a busy machine. Nothing waits for a
 // batch to fill.
 
 // acqReq is one acquire script call waiting for its batch.
@@ -21,11 +24,16 @@ type acqReq struct {
 	args []any
 	res  []any
 	err  error
-	done chan struct{}
+	done chan struct{} // closed when answered
+	turn chan struct{} // this caller leads the next batch
 }
 
-// errStopped answers acquires after Run has ended.
-var errStopped = errors.New("redis store stopped")
+// batcher is the queue of acquires. Guarded by mu.
+type batcher struct {
+	mu      sync.Mutex
+	q       []*acqReq
+	sending bool // a leader is sending
+}
 
 // errNoAnswer is a pipeline that came back short.
 var errNoAnswer = errors.New("redis pipeline: answers missing")
@@ -33,67 +41,40 @@ var errNoAnswer = errors.New("redis pipeline: answers missing")
 // maxBatch bounds one pipeline.
 const maxBatch = 128
 
-// runAcquire runs the acquire script through the batcher and waits for its
-// answer. It does not give up when the caller's ctx ends: the script may
-// have run, and its answer must be seen (the caller releases what it got).
+// runAcquire runs the acquire script in the next batch and waits for its
+// answer. It does not give up when the caller's context ends: the script
+// may have run, and its answer must be seen (the caller releases what it
+// got). The store's timeout bounds the wait.
 func (s *Store) runAcquire(keys []string, args []any) ([]any, error) {
-	r := &acqReq{keys: keys, args: args, done: make(chan struct{})}
-	select {
-	case s.acqQ <- r:
-	case <-s.acqDone:
-		return nil, errStopped
-	}
-	select {
-	case <-r.done:
-		return r.res, r.err
-	case <-s.acqDone:
+	r := &acqReq{keys: keys, args: args, done: make(chan struct{}), turn: make(chan struct{}, 1)}
+	b := &s.acq
+	b.mu.Lock()
+	b.q = append(b.q, r)
+	lead := !b.sending
+	b.sending = true
+	b.mu.Unlock()
+	if !lead {
 		select {
 		case <-r.done:
 			return r.res, r.err
-		default:
-			return nil, errStopped // queued after the batcher's last look
+		case <-r.turn:
 		}
 	}
-}
-
-// sendAcquires is the batcher; it runs until ctx ends, then fails
-// whatever is left.
-func (s *Store) sendAcquires(ctx context.Context) {
-	batch := make([]*acqReq, 0, maxBatch)
-	for {
-		select {
-		case <-ctx.Done():
-			s.failAcquires(ctx.Err())
-			return
-		case r := <-s.acqQ:
-			batch = append(batch[:0], r)
-		}
-	fill:
-		for len(batch) < maxBatch {
-			select {
-			case r := <-s.acqQ:
-				batch = append(batch, r)
-			default:
-				break fill
-			}
-		}
-		s.sendBatch(context.WithoutCancel(ctx), batch)
+	b.mu.Lock()
+	n := min(len(b.q), maxBatch)
+	batch := append([]*acqReq(nil), b.q[:n]...)
+	b.q = b.q[n:]
+	b.mu.Unlock()
+	s.sendBatch(context.Background(), batch)
+	b.mu.Lock()
+	if len(b.q) > 0 {
+		b.q[0].turn <- struct{}{}
+	} else {
+		b.sending = false
 	}
-}
-
-// failAcquires answers queued requests after the batcher stopped, and from
-// then on: a Store whose Run ended decides no more.
-func (s *Store) failAcquires(err error) {
-	close(s.acqDone)
-	for {
-		select {
-		case r := <-s.acqQ:
-			r.err = err
-			close(r.done)
-		default:
-			return
-		}
-	}
+	b.mu.Unlock()
+	<-r.done // answered: a leader is first in the queue, so in its own batch
+	return r.res, r.err
 }
 
 func (s *Store) sendBatch(ctx context.Context, batch []*acqReq) {

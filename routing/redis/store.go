@@ -110,8 +110,7 @@ type Store struct {
 	inc       string // incarnation; guarded by mu
 	tables    map[string]*Table
 
-	acqQ    chan *acqReq  // acquires for the batcher (batch.go)
-	acqDone chan struct{} // closed when the batcher has ended
+	acq batcher // acquires waiting for a round trip (batch.go)
 
 	flushMu sync.Mutex // held while a batch is sent: a flush returns after every earlier release arrived
 	relMu   sync.Mutex
@@ -169,7 +168,6 @@ func New(opts Options) (*Store, error) {
 		regPfx: prefix + "i:", regKey: prefix + "i:" + opts.Instance,
 		genKey: prefix + "gen", channel: prefix + "events",
 		tables: map[string]*Table{}, inc: newIncarnation(), relWake: make(chan struct{}, 1),
-		acqQ: make(chan *acqReq, 1024), acqDone: make(chan struct{}),
 	}
 	uo := &goredis.UniversalOptions{
 		Addrs: opts.Addrs, MasterName: opts.MasterName, Password: opts.Password,
@@ -270,7 +268,6 @@ func (s *Store) setDown(cause error) {
 func (s *Store) Run(ctx context.Context) {
 	go s.listen(ctx)
 	go s.sendReleases(ctx)
-	go s.sendAcquires(ctx)
 	tick := time.NewTicker(max(s.opts.LeaseTTL/5, 10*time.Millisecond))
 	defer tick.Stop()
 	s.lastOK.Store(time.Now().UnixNano())

@@ -2,7 +2,6 @@ package redis
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -91,7 +90,7 @@ func (t *Table) Acquire(ctx context.Context, user string, decide func(string, in
 	for range 8 {
 		res, err := t.s.runAcquire([]string{t.key(user), t.s.genKey}, t.args(expGen, expLive, choice, field))
 		if err != nil {
-			if t.s.Down() || errors.Is(err, errStopped) {
+			if t.s.Down() {
 				return t.fallback(user, decide)
 			}
 			return routing.Token{}, fmt.Errorf("acquire %s: %w", user, err)
