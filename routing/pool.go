@@ -89,9 +89,16 @@ func (p *Pool) usable(b *Backend, proto Protocol) bool {
 	return b.serves[proto] && !b.disabled && !b.health[proto].down
 }
 
-// open reports whether b may take a user that has no live session on it.
+// open reports whether hashing and the policies may put a user with no
+// live session on b.
 func (p *Pool) open(b *Backend, proto Protocol) bool {
-	return p.usable(b, proto) && !b.draining && b.weight > 0
+	return p.accepting(b, proto) && b.weight > 0
+}
+
+// accepting reports whether b takes users brought to it by a pin: weight
+// 0 keeps a backend out of hashing, not away from its pinned users.
+func (p *Pool) accepting(b *Backend, proto Protocol) bool {
+	return p.usable(b, proto) && !b.draining
 }
 
 // Acquire picks the backend for a new session of proto and returns its
@@ -108,8 +115,11 @@ func (p *Pool) open(b *Backend, proto Protocol) bool {
 //     there is this pool's: another instance's sessions hold the user until
 //     that instance ends them.
 //  3. A sticky user still lingering on an open backend goes back there.
-//  4. A pinned user goes to the pin if it is open.
+//  4. A pinned user goes to the pin if it is up and not draining.
 //  5. Anyone else goes where the protocol's policy says.
+//
+// Weight 0 keeps a backend out of rules 3 and 5 only: live sessions and
+// pins still bring users to it.
 //
 // The pool's lock is not held while the table runs (a shared store is a
 // network round trip): the decision takes it briefly, and the lease is
@@ -247,8 +257,7 @@ func excluded(b *Backend, list []*Backend) bool {
 
 // choose applies the pin and the policy. The caller holds p.mu.
 func (p *Pool) choose(proto Protocol, user string, exclude []*Backend) *Backend {
-	// A pin holds on a backend of weight 0 (weight is hashing's share).
-	if pin := p.byName[p.pins[user]]; user != "" && pin != nil && p.usable(pin, proto) && !pin.draining && !excluded(pin, exclude) {
+	if pin := p.byName[p.pins[user]]; user != "" && pin != nil && p.accepting(pin, proto) && !excluded(pin, exclude) {
 		return pin
 	}
 	switch p.opts.Policies[proto] {
