@@ -37,6 +37,8 @@ type Pool struct {
 	byName   map[string]*Backend
 	table    Table
 	pins     map[string]string // routing key -> backend; config pins, then runtime changes
+	// Sessions whose table release runs outside the lock, not yet done.
+	inRelease map[userAt]int
 }
 
 // NewPool builds a pool. Backend names must be unique.
@@ -52,6 +54,7 @@ func NewPool(opts Options, specs []BackendSpec) (*Pool, error) {
 	}
 	p := &Pool{Name: opts.Name, opts: opts, table: opts.Table, byName: make(map[string]*Backend)}
 	p.pins = make(map[string]string, len(opts.Pins))
+	p.inRelease = make(map[userAt]int)
 	for i, s := range specs {
 		if _, dup := p.byName[s.Name]; dup {
 			return nil, fmt.Errorf("pool %s: duplicate backend %q", opts.Name, s.Name)
@@ -135,6 +138,23 @@ func (p *Pool) Acquire(ctx context.Context, proto Protocol, user string, exclude
 		}
 		return l, nil
 	}
+	// The backend chosen may go down while the table runs: Observe kills
+	// the leases it knows of, and this one would escape it. Then the
+	// session is given back and the decision made again.
+	for range 3 {
+		l, err := p.acquireUser(ctx, proto, user, exclude)
+		if !errors.Is(err, errWentDown) {
+			return l, err
+		}
+	}
+	return nil, ErrNoBackend
+}
+
+// errWentDown is acquireUser's answer when the backend it chose went down
+// before the lease was registered.
+var errWentDown = errors.New("backend went down while acquiring")
+
+func (p *Pool) acquireUser(ctx context.Context, proto Protocol, user string, exclude []*Backend) (*Lease, error) {
 	k := picker{p: p, proto: proto, user: user, exclude: exclude}
 	tok, err := p.table.Acquire(ctx, user, k.run)
 	if err != nil {
@@ -147,8 +167,6 @@ func (p *Pool) Acquire(ctx context.Context, proto Protocol, user string, exclude
 	p.mu.Lock()
 	chosen := p.byName[tok.Backend]
 	var l *Lease
-	// The backend may have gone down while the table ran: Observe killed
-	// the leases it knew of, and this one would escape it.
 	if chosen != nil && p.usable(chosen, proto) {
 		l = p.register(chosen, user, proto, tok)
 		if k.moveFrom != nil {
@@ -159,7 +177,7 @@ func (p *Pool) Acquire(ctx context.Context, proto Protocol, user string, exclude
 	runKills(kill)
 	if l == nil {
 		p.table.Release(ctx, user, tok, p.opts.Linger)
-		return nil, ErrNoBackend
+		return nil, errWentDown
 	}
 	return l, nil
 }
@@ -234,10 +252,10 @@ func (p *Pool) servingUser(b *Backend, user string) bool {
 	return false
 }
 
-// userLeases counts the user's live leases on b in this pool. The caller
-// holds p.mu.
+// userLeases counts the user's live leases on b in this pool, and those
+// on their way out of the table. The caller holds p.mu.
 func (p *Pool) userLeases(b *Backend, user string) int {
-	n := 0
+	n := p.inRelease[userAt{b, user}]
 	for l := range b.leases.all() {
 		if l.User == user {
 			n++
@@ -295,7 +313,7 @@ func (p *Pool) detach(l *Lease, kill []func()) []func() {
 	l.Backend.sessions.Add(-1)
 	l.killed = true
 	if l.User != "" {
-		kill = append(kill, l.release)
+		kill = append(kill, p.releasing(l))
 	}
 	if l.onKill != nil {
 		kill = append(kill, l.onKill) // again, if it was kicked before
@@ -357,14 +375,35 @@ func (l *Lease) Release() {
 	}
 	l.Backend.leases.remove(l)
 	l.Backend.sessions.Add(-1)
-	p.mu.Unlock()
+	var release func()
 	if l.User != "" {
-		l.release()
+		release = p.releasing(l)
+	}
+	p.mu.Unlock()
+	if release != nil {
+		release()
 	}
 }
 
-// release gives the lease's session back to the table, outside the pool's
-// lock. A store that cannot be reached keeps its own account of it.
-func (l *Lease) release() {
-	l.pool.table.Release(context.Background(), l.User, l.tok, l.pool.opts.Linger)
+// releasing returns the function that gives l's session back to the
+// table, to be run outside the pool's lock (a store call). Until it has,
+// the session still counts as this pool's in userLeases: the table counts
+// it too. The caller holds p.mu.
+func (p *Pool) releasing(l *Lease) func() {
+	k := userAt{l.Backend, l.User}
+	p.inRelease[k]++
+	return func() {
+		p.table.Release(context.Background(), l.User, l.tok, p.opts.Linger)
+		p.mu.Lock()
+		if p.inRelease[k]--; p.inRelease[k] <= 0 {
+			delete(p.inRelease, k)
+		}
+		p.mu.Unlock()
+	}
+}
+
+// userAt names a user's sessions on one backend.
+type userAt struct {
+	b    *Backend
+	user string
 }
