@@ -127,3 +127,44 @@ func TestFileState(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// slowRelease is a MemTable whose releases wait until let is closed, as a
+// store's round trip would.
+type slowRelease struct {
+	*MemTable
+	entered chan struct{}
+	let     chan struct{}
+}
+
+func (s slowRelease) Release(ctx context.Context, user string, tok Token, linger time.Duration) error {
+	s.entered <- struct{}{}
+	<-s.let
+	return s.MemTable.Release(ctx, user, tok, linger)
+}
+
+// TestMoveWhileReleaseInFlight: when a backend goes down, its sessions are
+// given back to the table after the pool's lock is released. A new session
+// of the same user in that moment is moved, not refused: the session
+// being given back is this pool's own.
+func TestMoveWhileReleaseInFlight(t *testing.T) {
+	c := newClock()
+	tab := slowRelease{NewMemTable(c.now), make(chan struct{}), make(chan struct{})}
+	p, _ := newPool(t, Options{Policies: mailPolicies, Linger: time.Minute, Table: tab}, specs(3))
+	l := acquire(t, p, IMAP, "u")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for !p.Observe(l.Backend, IMAP, false, "test") {
+		}
+	}()
+	<-tab.entered // the killed lease's release is on its way
+	next, err := p.Acquire(context.Background(), IMAP, "u")
+	close(tab.let)
+	<-done
+	if err != nil {
+		t.Fatalf("Acquire while the old session's release is in flight: %v", err)
+	}
+	if next.Backend == l.Backend {
+		t.Errorf("moved onto the down backend %s", next.Backend.Name)
+	}
+}
