@@ -523,6 +523,11 @@ func (d *direction) finish() {
 		// Wake the other direction so it picks up the grace deadline.
 		d.dst().SetReadDeadline(time.Now().Add(halfCloseGrace))
 	} else {
+		if tc, ok := d.dst().(*tls.Conn); ok && errors.Is(d.err, errStalled) {
+			// Its peer reads nothing: the close_notify that Close
+			// sends would wait five seconds for room.
+			tc.NetConn().Close()
+		}
 		d.dst().Close()
 		d.src.Close()
 	}
