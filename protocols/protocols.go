@@ -78,6 +78,13 @@ type Session struct {
 	// nil (passthrough): the backend checks the client's credentials.
 	Authenticate func(ctx context.Context, c Credentials) (Credentials, error)
 
+	// Route, on listeners of a protocol that routes each recipient on
+	// its own (LMTP), places user as an IMAP login of user would be placed
+	// and holds the user there until the returned Lease is released. The
+	// protocol never picks a backend itself: it asks Route for every user.
+	// Nil on other listeners.
+	Route func(ctx context.Context, user string) (*Lease, error)
+
 	// User is the login name of the last login attempt, for the session log.
 	User string
 	// BytesIn and BytesOut are what the client sent and was sent, filled
