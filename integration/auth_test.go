@@ -17,7 +17,7 @@ import (
 
 	"github.com/emersion/go-sasl"
 
-	"mailproxy/demo"
+	"mailproxy/internal/demo"
 	"mailproxy/internal/testkit"
 )
 

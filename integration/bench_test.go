@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mailproxy/proxy/config"
 	"net"
 	"os"
 	"runtime"
@@ -35,8 +36,8 @@ import (
 	goimap "github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 
-	"mailproxy/demo"
 	"mailproxy/internal/benchkit"
+	"mailproxy/internal/demo"
 	"mailproxy/proxy"
 )
 
@@ -80,7 +81,7 @@ imap = %q
 // in memory, which would grow with every session.
 func startBenchProxy(tb testing.TB, backend string) string {
 	tb.Helper()
-	cfg, err := proxy.ParseConfig(fmt.Appendf(nil, benchConfig, backend), tb.Name())
+	cfg, err := config.Parse(fmt.Appendf(nil, benchConfig, backend), tb.Name())
 	if err != nil {
 		tb.Fatalf("config: %v", err)
 	}

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"mailproxy/demo"
+	"mailproxy/internal/demo"
 )
 
 // churnPhase is what the test has done to the backends so far.

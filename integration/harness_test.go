@@ -11,13 +11,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mailproxy/proxy/config"
 	"net"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"mailproxy/demo"
+	"mailproxy/internal/demo"
 	"mailproxy/internal/testkit"
 	"mailproxy/protocols"
 	"mailproxy/protocols/imap"
@@ -37,7 +38,7 @@ func handlers() map[string]protocols.Handler {
 type env struct {
 	t     *testing.T
 	Srv   *proxy.Server
-	Cfg   *proxy.Config
+	Cfg   *config.Config
 	Addr  map[string]string   // listener name -> real address
 	Logs  *testkit.SyncBuffer // everything logged, at debug level
 	Roots *x509.CertPool      // trusts the proxy's certificate
@@ -61,21 +62,21 @@ var testCert = sync.OnceValues(func() (struct {
 // such as "127.0.0.1:1"), starts the server and its health checks, and
 // stops everything when the test ends. A [tls] section is added when the
 // text has none; the certificate is generated.
-func startProxy(t *testing.T, config string) *env {
+func startProxy(t *testing.T, text string) *env {
 	t.Helper()
 	tc, err := testCert()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(config, "[tls]") {
-		config = "[tls]\ncert = \"generated.pem\"\nkey = \"generated.pem\"\n" + config
+	if !strings.Contains(text, "[tls]") {
+		text = "[tls]\ncert = \"generated.pem\"\nkey = \"generated.pem\"\n" + text
 	}
-	if !strings.Contains(config, "[admin]") {
-		config = "[admin]\nlisten = \"\"\n" + config
+	if !strings.Contains(text, "[admin]") {
+		text = "[admin]\nlisten = \"\"\n" + text
 	}
-	cfg, err := proxy.ParseConfig([]byte(config), t.Name())
+	cfg, err := config.Parse([]byte(text), t.Name())
 	if err != nil {
-		t.Fatalf("config: %v", err)
+		t.Fatalf("text: %v", err)
 	}
 	e := &env{t: t, Cfg: cfg, Addr: map[string]string{}, Logs: &testkit.SyncBuffer{}, Roots: tc.roots, Cert: tc.cert}
 	log := slog.New(slog.NewTextHandler(e.Logs, &slog.HandlerOptions{Level: slog.LevelDebug}))

@@ -13,7 +13,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/emersion/go-sasl"
 
-	"mailproxy/demo"
+	"mailproxy/internal/demo"
 )
 
 // imapConfig is one pool of the given backends (name=address pairs) behind

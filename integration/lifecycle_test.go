@@ -12,7 +12,7 @@ import (
 
 	"github.com/emersion/go-imap/v2/imapclient"
 
-	"mailproxy/demo"
+	"mailproxy/internal/demo"
 )
 
 // TestSessionLogLines: one start and one end line per session, with the

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"mailproxy/proxy/config"
 	"net"
 	"net/http/httptest"
 	"strings"
@@ -92,7 +93,7 @@ func startPairNode(t *testing.T, s pairSpec, conn *cuttableConn, peerAddr net.Ad
 	if s.secret == nil {
 		s.secret = pairSecret
 	}
-	config := fmt.Sprintf(`
+	text := fmt.Sprintf(`
 [admin]
 listen = ""
 
@@ -121,7 +122,7 @@ interval = %q
 dead_after = %q
 preempt = %v
 `, backend, s.name, peerAddr.String(), s.priority, pairInterval.String(), pairDeadAfter.String(), s.preempt)
-	cfg, err := proxy.ParseConfig([]byte(config), t.Name()+"/"+s.name)
+	cfg, err := config.Parse([]byte(text), t.Name()+"/"+s.name)
 	if err != nil {
 		t.Fatal(err)
 	}

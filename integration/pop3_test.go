@@ -18,7 +18,7 @@ import (
 
 	"github.com/emersion/go-imap/v2/imapclient"
 
-	"mailproxy/demo"
+	"mailproxy/internal/demo"
 	"mailproxy/internal/testkit"
 )
 

@@ -15,7 +15,7 @@ import (
 
 	gosmtp "github.com/emersion/go-smtp"
 
-	"mailproxy/demo"
+	"mailproxy/internal/demo"
 	"mailproxy/internal/testkit"
 	"mailproxy/proxy/proxyproto"
 	"mailproxy/routing"

@@ -17,7 +17,7 @@ import (
 	"github.com/emersion/go-sasl"
 	gosmtp "github.com/emersion/go-smtp"
 
-	"mailproxy/demo"
+	"mailproxy/internal/demo"
 	"mailproxy/internal/testkit"
 	"mailproxy/internal/transcript"
 )

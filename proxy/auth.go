@@ -4,9 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"mailproxy/proxy/config"
 	"os"
 
-	"mailproxy/auth"
+	"mailproxy/proxy/auth"
 	"mailproxy/routing"
 )
 
@@ -18,7 +19,7 @@ func (s *Server) setupAuth() error {
 	if a.Mode != "verify" {
 		return nil
 	}
-	opts := auth.Options{UsersFile: a.UsersFile, Normalize: s.routingKey}
+	opts := auth.Options{UsersFile: a.UsersFile, Normalize: s.cfg.Auth.RoutingKey}
 	if a.BackendLogin == "master" {
 		opts.MasterUser, opts.MasterPasswordFile = a.MasterUser, a.MasterPasswordFile
 	}
@@ -49,7 +50,7 @@ func (s *Server) ReloadAuth() error {
 // exists (`mailproxy check`): its syntax, schemes and duplicate users. A
 // file that is not there is no error, so that a config can be checked
 // away from the machine it runs on; `run` needs it.
-func CheckAuthFiles(cfg *Config) error {
+func CheckAuthFiles(cfg *config.Config) error {
 	a := cfg.Auth
 	if a.Mode != "verify" || a.UsersFile == "" {
 		return nil

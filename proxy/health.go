@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"mailproxy/proxy/config"
 	"time"
 
 	"mailproxy/routing"
@@ -40,7 +41,7 @@ func (s *Server) startHealth(ctx context.Context) {
 // checkLoop checks b for proto at once and then every interval until ctx
 // ends. A check that outlasts the interval delays the next one rather than
 // overlapping it.
-func (s *Server) checkLoop(ctx context.Context, pool *routing.Pool, b *routing.Backend, proto routing.Protocol, hc HealthConfig) {
+func (s *Server) checkLoop(ctx context.Context, pool *routing.Pool, b *routing.Backend, proto routing.Protocol, hc config.HealthConfig) {
 	t := time.NewTicker(hc.Interval.Duration)
 	defer t.Stop()
 	for {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"mailproxy/proxy/config"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -58,7 +59,7 @@ func (s *Server) MetricsHandler() http.Handler {
 
 // sessionEnded counts a finished session: a login when it reached the
 // relay, a failed one when it named a user and never got there.
-func (m *metrics) sessionEnded(lc *ListenerConfig, backend string, loggedIn, triedLogin bool, res relayResult) {
+func (m *metrics) sessionEnded(lc *config.ListenerConfig, backend string, loggedIn, triedLogin bool, res relayResult) {
 	switch {
 	case loggedIn:
 		m.logins.WithLabelValues(lc.Name, lc.Protocol, "ok").Inc()
@@ -80,7 +81,7 @@ func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 	s := c.s
-	open := map[*ListenerConfig]int{}
+	open := map[*config.ListenerConfig]int{}
 	s.mu.Lock()
 	for ss := range s.live {
 		open[ss.lc]++

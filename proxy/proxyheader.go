@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mailproxy/proxy/config"
 	"net"
 	"net/netip"
 	"time"
@@ -29,14 +30,14 @@ const proxyHeaderTimeout = 5 * time.Second
 // fromBalancer reports whether c comes from an address the listener trusts
 // to send a PROXY header. The list is a handful of networks, parsed here
 // rather than kept apart from the config it belongs to.
-func fromBalancer(lc *ListenerConfig, c net.Conn) bool {
+func fromBalancer(lc *config.ListenerConfig, c net.Conn) bool {
 	ap, err := netip.ParseAddrPort(c.RemoteAddr().String())
 	if err != nil {
 		return false
 	}
 	ip := ap.Addr().Unmap().WithZone("")
 	for _, n := range lc.ProxyProtocolTrusted {
-		if p, err := parseTrusted(n); err == nil && p.Contains(ip) {
+		if p, err := config.ParseTrusted(n); err == nil && p.Contains(ip) {
 			return true
 		}
 	}
@@ -49,7 +50,7 @@ func fromBalancer(lc *ListenerConfig, c net.Conn) bool {
 // balancer's own address says nothing about a client, so accept did not
 // count it). It returns the connection with the client's addresses and the
 // IP counted, or nil when the connection was closed.
-func (s *Server) admitProxied(lc *ListenerConfig, c net.Conn) (net.Conn, string) {
+func (s *Server) admitProxied(lc *config.ListenerConfig, c net.Conn) (net.Conn, string) {
 	pc, err := readProxyHeader(c, min(proxyHeaderTimeout, s.cfg.Limits.LoginTimeout.Duration))
 	if err != nil {
 		// A balancer's plain TCP check connects and closes without a

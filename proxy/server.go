@@ -11,14 +11,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"mailproxy/proxy/admin"
+	"mailproxy/proxy/config"
 	"net"
 	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"mailproxy/auth"
 	"mailproxy/protocols"
+	"mailproxy/proxy/auth"
 	"mailproxy/routing"
 	mtls "mailproxy/tls"
 )
@@ -43,7 +45,7 @@ type Options struct {
 
 // Server runs the listeners of one config.
 type Server struct {
-	cfg      *Config
+	cfg      *config.Config
 	log      *slog.Logger
 	handlers map[string]protocols.Handler
 	dial     func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -72,13 +74,13 @@ type Server struct {
 
 // backendInfo is what the proxy keeps per backend as routing.Backend.Data.
 type backendInfo struct {
-	cfg  BackendConfig
+	cfg  config.BackendConfig
 	addr [3]string     // by routing.Protocol
 	tls  []*tls.Config // by routing.Protocol; client config for tls != none
 }
 
 // New builds a server from a validated config. It does not listen yet.
-func New(cfg *Config, opts Options) (*Server, error) {
+func New(cfg *config.Config, opts Options) (*Server, error) {
 	s := &Server{
 		cfg: cfg, log: opts.Logger, handlers: opts.Handlers, dial: opts.Dial, listen: opts.Listen, certs: opts.Certs,
 		pools: make(map[string]*routing.Pool), perIP: make(map[string]int),
@@ -148,14 +150,14 @@ func (s *Server) ReloadCertificates() error {
 	return s.certs.Reload()
 }
 
-func (s *Server) newPool(pc PoolConfig) (*routing.Pool, error) {
+func (s *Server) newPool(pc config.PoolConfig) (*routing.Pool, error) {
 	var opts routing.Options
 	opts.Name = pc.Name
 	opts.Linger = pc.Linger.Duration
 	opts.Rise, opts.Fall = pc.Health.Rise, pc.Health.Fall
 	opts.Pins = make(map[string]string, len(pc.Pins))
 	for u, b := range pc.Pins {
-		opts.Pins[s.routingKey(u)] = b
+		opts.Pins[s.cfg.Auth.RoutingKey(u)] = b
 	}
 	for i, name := range []string{pc.IMAP, pc.POP3, pc.SMTP} {
 		pol, err := routing.ParsePolicy(name)
@@ -207,38 +209,19 @@ func (s *Server) Pools() []*routing.Pool {
 }
 
 // Config returns the config the server runs; it must not be modified.
-func (s *Server) Config() *Config { return s.cfg }
-
-// RoutingKey turns a login name into the routing key, as [auth] says
-// (username_case, default_domain).
-func (s *Server) RoutingKey(login string) string { return s.routingKey(login) }
-
-// routingKey normalises a login name as [auth] says.
-func (s *Server) routingKey(login string) string {
-	return routing.Key(login, s.cfg.Auth.UsernameCase == "keep", s.cfg.Auth.DefaultDomain)
-}
-
-// ListenerStatus describes one configured listener for the admin API.
-type ListenerStatus struct {
-	Name     string `json:"name"`
-	Protocol string `json:"protocol"`
-	Address  string `json:"address"` // the bound address while serving, else the configured one
-	TLS      string `json:"tls"`
-	Pool     string `json:"pool"`
-	Serving  bool   `json:"serving"`
-}
+func (s *Server) Config() *config.Config { return s.cfg }
 
 // Listeners reports every configured listener, in config order.
-func (s *Server) Listeners() []ListenerStatus {
+func (s *Server) Listeners() []admin.ListenerStatus {
 	bound := map[string]string{}
 	s.mu.Lock()
 	for ln, name := range s.lns {
 		bound[name] = (*ln).Addr().String()
 	}
 	s.mu.Unlock()
-	out := make([]ListenerStatus, 0, len(s.cfg.Listeners))
+	out := make([]admin.ListenerStatus, 0, len(s.cfg.Listeners))
 	for _, l := range s.cfg.Listeners {
-		ls := ListenerStatus{Name: l.Name, Protocol: l.Protocol, Address: l.Address, TLS: l.TLS, Pool: l.Pool}
+		ls := admin.ListenerStatus{Name: l.Name, Protocol: l.Protocol, Address: l.Address, TLS: l.TLS, Pool: l.Pool}
 		if a, ok := bound[l.Name]; ok {
 			ls.Address, ls.Serving = a, true
 		}
@@ -272,7 +255,7 @@ func (s *Server) ListenAndServe() error {
 // Shutdown or Close; it always returns a non-nil error, ErrServerClosed
 // after a shutdown. Tests hand in their own listeners here.
 func (s *Server) Serve(name string, ln net.Listener) error {
-	var lc *ListenerConfig
+	var lc *config.ListenerConfig
 	for i := range s.cfg.Listeners {
 		if s.cfg.Listeners[i].Name == name {
 			lc = &s.cfg.Listeners[i]
@@ -325,7 +308,7 @@ func (s *Server) untrack(ln *net.Listener) {
 // accept applies the connection limits and starts the session goroutine.
 // On a proxy_protocol listener only trusted balancers get in, and the
 // per-IP limit waits for the header to name the client (admitProxied).
-func (s *Server) accept(lc *ListenerConfig, c net.Conn) {
+func (s *Server) accept(lc *config.ListenerConfig, c net.Conn) {
 	ip := remoteIP(c)
 	if lc.ProxyProtocol {
 		if !fromBalancer(lc, c) {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mailproxy/proxy/config"
 	"net"
 	"os"
 	"runtime/debug"
@@ -24,7 +25,7 @@ import (
 // session is one client connection, owned by its goroutine.
 type session struct {
 	srv    *Server
-	lc     *ListenerConfig
+	lc     *config.ListenerConfig
 	pool   *routing.Pool
 	proto  routing.Protocol
 	log    *slog.Logger
@@ -82,7 +83,7 @@ func newID() string {
 // serveSession runs one connection from accept to close. Its own frame is
 // kept small: it sits under the relay for the whole life of an idle
 // session, so the login work lives in helpers whose frames are gone by then.
-func (s *Server) serveSession(lc *ListenerConfig, c net.Conn) {
+func (s *Server) serveSession(lc *config.ListenerConfig, c net.Conn) {
 	ss := s.newSession(lc, c)
 	defer ss.finish()
 	r := ss.login()
@@ -94,7 +95,7 @@ func (s *Server) serveSession(lc *ListenerConfig, c net.Conn) {
 }
 
 // newSession registers a session for c and logs its start.
-func (s *Server) newSession(lc *ListenerConfig, c net.Conn) *session {
+func (s *Server) newSession(lc *config.ListenerConfig, c net.Conn) *session {
 	proto, _ := routing.ParseProtocol(lc.Protocol)
 	ctx, cancel := context.WithCancel(context.Background())
 	ss := &session{srv: s, lc: lc, pool: s.pools[lc.Pool], proto: proto, ctx: ctx, cancel: cancel,
@@ -234,7 +235,7 @@ func (ss *session) protoSession(c net.Conn) *protocols.Session {
 func (ss *session) dialBackend(ctx context.Context, login string, hello func(context.Context, *protocols.Backend) error) (*protocols.Backend, error) {
 	key := ""
 	if login != "" {
-		key = ss.srv.routingKey(login)
+		key = ss.srv.cfg.Auth.RoutingKey(login)
 	}
 	var tried []*routing.Backend
 	for range ss.pool.Backends() {
@@ -320,7 +321,7 @@ func (ss *session) connect(ctx context.Context, lease *routing.Lease, hello func
 	return b, nil
 }
 
-func (s *Server) poolConfig(name string) *PoolConfig {
+func (s *Server) poolConfig(name string) *config.PoolConfig {
 	for i := range s.cfg.Pools {
 		if s.cfg.Pools[i].Name == name {
 			return &s.cfg.Pools[i]

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"mailproxy/proxy/config"
 	"net"
 	"net/http"
 	"time"
@@ -18,7 +19,7 @@ import (
 // and returns the function that stops it. The API is wired here rather
 // than in proxy.Server so that admin imports proxy and not the other way
 // round. It runs in both roles of a pair; node is nil without [peer].
-func startAdmin(srv *proxy.Server, node *peer.Node, cfg *proxy.Config, log *slog.Logger) (stop func(), err error) {
+func startAdmin(srv *proxy.Server, node *peer.Node, cfg *config.Config, log *slog.Logger) (stop func(), err error) {
 	if cfg.Admin.Listen == "" {
 		return func() {}, nil
 	}

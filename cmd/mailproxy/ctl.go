@@ -7,10 +7,10 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"mailproxy/proxy/config"
 	"net"
 	"time"
 
-	"mailproxy/proxy"
 	"mailproxy/proxy/admin"
 )
 
@@ -58,7 +58,7 @@ func cmdCtl(args []string, stdout, stderr io.Writer) error {
 // on another machine); one named with -config must load.
 func ctlClient(cfgPath string, cfgSet bool, addr, tokenFile string, stderr io.Writer) (*admin.Client, error) {
 	if addr == "" || tokenFile == "" {
-		cfg, err := proxy.LoadConfig(cfgPath)
+		cfg, err := config.Load(cfgPath)
 		switch {
 		case err == nil:
 			if addr == "" {

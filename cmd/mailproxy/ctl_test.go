@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"log/slog"
+	"mailproxy/proxy/config"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -18,7 +19,7 @@ import (
 // pool "p" of backends mail1 and mail2, and returns its address.
 func ctlServer(t *testing.T, token string) (addr string, srv *proxy.Server) {
 	t.Helper()
-	cfg, err := proxy.ParseConfig([]byte(`
+	cfg, err := config.Parse([]byte(`
 [[listener]]
 name = "imap"
 protocol = "imap"

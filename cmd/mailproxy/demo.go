@@ -4,13 +4,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"mailproxy/proxy/config"
 	"net"
 	"strings"
 
 	goimap "github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
 
-	"mailproxy/demo"
+	"mailproxy/internal/demo"
 	"mailproxy/proxy"
 )
 
@@ -92,7 +93,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) error {
 	site.deliver("demo@example.org", []string{"alice", "bob", "carol"}, "Welcome to mailproxy",
 		"This message lives in the store both demo backends share.")
 	text := fmt.Sprintf(demoConfig, *level, *adminAddr, *imapAddr, *pop3Addr, *smtpAddr, strings.Join(backends, "\n"))
-	cfg, err := proxy.ParseConfig([]byte(text), "demo")
+	cfg, err := config.Parse([]byte(text), "demo")
 	if err != nil {
 		return err
 	}

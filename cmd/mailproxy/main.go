@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mailproxy/proxy/config"
 	"os"
 	"os/signal"
 	"strings"
@@ -27,6 +28,7 @@ import (
 	"mailproxy/protocols/pop3"
 	"mailproxy/protocols/smtp"
 	"mailproxy/proxy"
+	"mailproxy/proxy/admin"
 	"mailproxy/proxy/peer"
 )
 
@@ -83,7 +85,7 @@ func cmdCheck(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cfg, err := proxy.LoadConfig(path)
+	cfg, err := config.Load(path)
 	if err != nil {
 		return err
 	}
@@ -102,7 +104,7 @@ func handlers() map[string]protocols.Handler {
 	return map[string]protocols.Handler{"imap": imap.Handler{}, "pop3": pop3.Handler{}, "smtp": smtp.Handler{}}
 }
 
-func newLogger(cfg proxy.LogConfig, w io.Writer) *slog.Logger {
+func newLogger(cfg config.LogConfig, w io.Writer) *slog.Logger {
 	var level slog.Level
 	level.UnmarshalText([]byte(cfg.Level))
 	opts := &slog.HandlerOptions{Level: level}
@@ -112,9 +114,15 @@ func newLogger(cfg proxy.LogConfig, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
+// The server is what the pair switches; admin reads it.
+var (
+	_ peer.Service = (*proxy.Server)(nil)
+	_ admin.Server = (*proxy.Server)(nil)
+)
+
 // newPeer builds the active/standby node when [peer] is set, switching
 // srv's listeners with its role; nil without [peer].
-func newPeer(srv *proxy.Server, cfg *proxy.Config, log *slog.Logger) (*peer.Node, error) {
+func newPeer(srv *proxy.Server, cfg *config.Config, log *slog.Logger) (*peer.Node, error) {
 	if cfg.Peer == nil {
 		return nil, nil
 	}
@@ -126,7 +134,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cfg, err := proxy.LoadConfig(path)
+	cfg, err := config.Load(path)
 	if err != nil {
 		return err
 	}
@@ -150,7 +158,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 // SIGHUP reloads the TLS certificate and, with auth.mode = "verify", the
 // users file and master password. With [peer], the pair's node opens
 // and closes the listeners with its role instead of ListenAndServe.
-func serve(srv *proxy.Server, cfg *proxy.Config, log *slog.Logger) error {
+func serve(srv *proxy.Server, cfg *config.Config, log *slog.Logger) error {
 	node, err := newPeer(srv, cfg, log)
 	if err != nil {
 		return err

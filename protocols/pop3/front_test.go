@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"mailproxy/demo"
+	"mailproxy/internal/demo"
 	"mailproxy/protocols"
 )
 

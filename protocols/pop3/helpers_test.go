@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"mailproxy/demo"
+	"mailproxy/internal/demo"
 	"mailproxy/internal/testkit"
 	"mailproxy/protocols"
 	mtls "mailproxy/tls"

@@ -14,8 +14,8 @@
 // {"error": "..."} with 404 for an unknown pool, backend or path and 405
 // for a wrong method.
 //
-// The package imports proxy, never the other way round: cmd/mailproxy
-// builds the API from the running *proxy.Server and serves it.
+// The package does not import the server: it reads it through the small
+// Server interface, which cmd/mailproxy fills with the running server.
 package admin
 
 import (
@@ -31,7 +31,7 @@ import (
 	"strings"
 	"time"
 
-	"mailproxy/proxy"
+	"mailproxy/proxy/config"
 	"mailproxy/proxy/peer"
 	"mailproxy/routing"
 )
@@ -52,10 +52,18 @@ type Options struct {
 	Peer func() peer.Status
 }
 
-// API is the admin HTTP API of one proxy.Server. Its methods are safe for
+// Server is what the API reads and changes: the running server.
+type Server interface {
+	Listeners() []ListenerStatus
+	Pools() []*routing.Pool
+	Pool(name string) *routing.Pool // nil when there is none
+	Config() *config.Config         // the config in force; not modified
+}
+
+// API is the admin HTTP API of one Server. Its methods are safe for
 // concurrent use.
 type API struct {
-	srv   *proxy.Server
+	srv   Server
 	opts  Options
 	log   *slog.Logger
 	token [sha256.Size]byte
@@ -65,7 +73,7 @@ type API struct {
 
 // New builds the API for srv. It does not listen: call Serve, or mount
 // Handler in a server of your own.
-func New(srv *proxy.Server, opts Options) *API {
+func New(srv Server, opts Options) *API {
 	a := &API{srv: srv, opts: opts, log: opts.Logger, mux: http.NewServeMux()}
 	if a.log == nil {
 		a.log = slog.Default()
@@ -152,9 +160,9 @@ func (a *API) status(w http.ResponseWriter, r *http.Request) {
 // user reports a user under the routing key, so "Alice" finds "alice" (and
 // "alice@example.org" with a default_domain).
 func (a *API) user(w http.ResponseWriter, r *http.Request) {
-	key := a.srv.RoutingKey(r.PathValue("user"))
-	us := UserStatus{User: key, Pools: []UserPool{}}
 	cfg := a.srv.Config()
+	key := cfg.Auth.RoutingKey(r.PathValue("user"))
+	us := UserStatus{User: key, Pools: []UserPool{}}
 	for i, p := range a.srv.Pools() {
 		up := UserPool{Pool: p.Name, Sessions: p.UserSessions(key)}
 		if up.Sessions == nil {
@@ -164,7 +172,7 @@ func (a *API) user(w http.ResponseWriter, r *http.Request) {
 			up.Backend, up.Live = b, live
 		}
 		for u, b := range cfg.Pools[i].Pins {
-			if a.srv.RoutingKey(u) == key {
+			if cfg.Auth.RoutingKey(u) == key {
 				up.Pin = b
 			}
 		}

@@ -1,19 +1,18 @@
 package admin
 
 import (
-	"mailproxy/proxy"
 	"mailproxy/proxy/peer"
 	"mailproxy/routing"
 )
 
 // Status is the answer to GET /status.
 type Status struct {
-	Node       string                 `json:"node"`                  // [peer] node, else the host name
-	Role       string                 `json:"role"`                  // active | standby; always active without [peer]
-	RoleReason string                 `json:"role_reason,omitempty"` // why, as the pair's election said
-	Peer       *peer.PeerStatus       `json:"peer,omitempty"`        // the other instance; nil without [peer]
-	Listeners  []proxy.ListenerStatus `json:"listeners"`
-	Pools      []PoolStatus           `json:"pools"`
+	Node       string           `json:"node"`                  // [peer] node, else the host name
+	Role       string           `json:"role"`                  // active | standby; always active without [peer]
+	RoleReason string           `json:"role_reason,omitempty"` // why, as the pair's election said
+	Peer       *peer.PeerStatus `json:"peer,omitempty"`        // the other instance; nil without [peer]
+	Listeners  []ListenerStatus `json:"listeners"`
+	Pools      []PoolStatus     `json:"pools"`
 }
 
 // PoolStatus is one pool in Status.
@@ -53,4 +52,14 @@ type Result struct {
 // errorBody is every error answer: {"error": "..."}.
 type errorBody struct {
 	Error string `json:"error"`
+}
+
+// ListenerStatus describes one configured listener in Status.
+type ListenerStatus struct {
+	Name     string `json:"name"`
+	Protocol string `json:"protocol"`
+	Address  string `json:"address"` // the bound address while serving, else the configured one
+	TLS      string `json:"tls"`
+	Pool     string `json:"pool"`
+	Serving  bool   `json:"serving"`
 }

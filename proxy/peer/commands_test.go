@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"mailproxy/internal/testkit"
-	"mailproxy/proxy"
+	"mailproxy/proxy/config"
 )
 
 func TestRunCommand(t *testing.T) {
@@ -54,8 +54,8 @@ func TestCommandsFollowRole(t *testing.T) {
 			t.Errorf("listeners opened before on_active ran: %q", b)
 		}
 	}
-	cfg := &proxy.PeerConfig{Node: "lb1", Address: "127.0.0.1:9", Priority: 1,
-		Interval: proxy.Duration{Duration: 20 * time.Millisecond}, DeadAfter: proxy.Duration{Duration: 100 * time.Millisecond},
+	cfg := &config.PeerConfig{Node: "lb1", Address: "127.0.0.1:9", Priority: 1,
+		Interval: config.Duration{Duration: 20 * time.Millisecond}, DeadAfter: config.Duration{Duration: 100 * time.Millisecond},
 		OnActive: []string{record, "echo broken >&2; exit 1"}, OnStandby: []string{record}}
 	roles := make(chan Role, 8)
 	n, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(logs, nil)), Conn: newMemNet().listen(),

@@ -7,6 +7,7 @@ import (
 	"os/signal"
 
 	"mailproxy/proxy"
+	"mailproxy/proxy/config"
 	"mailproxy/proxy/peer"
 )
 
@@ -14,7 +15,7 @@ import (
 // listeners with its role, while health checks (and the admin API, with
 // admin.Options.Peer = node.Status) run in both roles.
 func ExampleNode() {
-	cfg, err := proxy.LoadConfig("/etc/mailproxy/mailproxy.toml")
+	cfg, err := config.Load("/etc/mailproxy/mailproxy.toml")
 	if err != nil {
 		log.Fatal(err)
 	}

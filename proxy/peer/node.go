@@ -21,10 +21,11 @@ import (
 	"sync"
 	"time"
 
-	"mailproxy/proxy"
+	"mailproxy/proxy/config"
 )
 
-// Service is what a role switches. *proxy.Server implements it.
+// Service is what a role switches; the server implements it (the guard is
+// in cmd/mailproxy, which wires the two).
 type Service interface {
 	// OpenListeners opens every client listener and serves it; an error
 	// means none is open and the call is retried.
@@ -34,8 +35,6 @@ type Service interface {
 	// CloseSessions ends every live session and says how many there were.
 	CloseSessions() int
 }
-
-var _ Service = (*proxy.Server)(nil)
 
 // Defaults of Options.
 const (
@@ -73,7 +72,7 @@ type Options struct {
 // Node is one instance of the pair. Build it with New and run it with Run;
 // Status is safe to call at any time from any goroutine.
 type Node struct {
-	cfg    proxy.PeerConfig
+	cfg    config.PeerConfig
 	opts   Options
 	log    *slog.Logger
 	secret []byte
@@ -109,7 +108,7 @@ type PeerStatus struct {
 
 // New builds a node from a validated [peer] table. It reads the secret
 // file unless Options.Secret is set; it opens no socket yet. Run it once.
-func New(cfg *proxy.PeerConfig, opts Options) (*Node, error) {
+func New(cfg *config.PeerConfig, opts Options) (*Node, error) {
 	if cfg.Node == "" || len(cfg.Node) > maxNodeLen {
 		return nil, fmt.Errorf("peer: node name must be 1 to %d bytes long", maxNodeLen)
 	}

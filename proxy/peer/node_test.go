@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"mailproxy/internal/testkit"
-	"mailproxy/proxy"
+	"mailproxy/proxy/config"
 )
 
 // The node tests run in a synctest bubble over memNet: time is fake, so
@@ -53,9 +53,9 @@ func startNode(t *testing.T, conn *memConn, peer net.Addr, s nodeSpec) *tnode {
 	if s.svc == nil {
 		s.svc = &fakeService{}
 	}
-	cfg := &proxy.PeerConfig{Node: s.name, Listen: conn.addr.String(), Address: peer.String(), SecretFile: "unused",
+	cfg := &config.PeerConfig{Node: s.name, Listen: conn.addr.String(), Address: peer.String(), SecretFile: "unused",
 		Priority: s.priority, Preempt: s.preempt,
-		Interval: proxy.Duration{Duration: interval}, DeadAfter: proxy.Duration{Duration: deadAfter}}
+		Interval: config.Duration{Duration: interval}, DeadAfter: config.Duration{Duration: deadAfter}}
 	tn := &tnode{conn: conn, svc: s.svc, roles: make(chan Role, 32), logs: &testkit.SyncBuffer{}}
 	n, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(tn.logs, nil)), Conn: conn, Secret: s.secret,
 		Service: s.svc, OnRole: func(r Role) { tn.roles <- r }})
@@ -392,8 +392,8 @@ func TestListenersRetry(t *testing.T) {
 }
 
 func TestNewRefuses(t *testing.T) {
-	base := proxy.PeerConfig{Node: "lb1", SecretFile: "/nonexistent/peer.secret",
-		Interval: proxy.Duration{Duration: interval}, DeadAfter: proxy.Duration{Duration: deadAfter}}
+	base := config.PeerConfig{Node: "lb1", SecretFile: "/nonexistent/peer.secret",
+		Interval: config.Duration{Duration: interval}, DeadAfter: config.Duration{Duration: deadAfter}}
 	if _, err := New(&base, Options{}); err == nil || !strings.Contains(err.Error(), "read secret") {
 		t.Errorf("missing secret file: %v", err)
 	}
@@ -440,8 +440,8 @@ func TestReadSecret(t *testing.T) {
 // TestRunFailsToListen: Run reports a [peer] listen address it cannot
 // bind, and switches nothing.
 func TestRunFailsToListen(t *testing.T) {
-	cfg := &proxy.PeerConfig{Node: "lb1", Listen: "256.0.0.1:7946", Address: "127.0.0.1:7947",
-		Interval: proxy.Duration{Duration: interval}, DeadAfter: proxy.Duration{Duration: deadAfter}}
+	cfg := &config.PeerConfig{Node: "lb1", Listen: "256.0.0.1:7946", Address: "127.0.0.1:7947",
+		Interval: config.Duration{Duration: interval}, DeadAfter: config.Duration{Duration: deadAfter}}
 	svc := &fakeService{}
 	n, err := New(cfg, Options{Secret: testSecret, Service: svc, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {

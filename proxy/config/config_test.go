@@ -1,4 +1,4 @@
-package proxy
+package config
 
 import (
 	"bytes"
@@ -14,7 +14,7 @@ import (
 	"github.com/BurntSushi/toml"
 )
 
-const exampleConfigPath = "../mailproxy.toml.example"
+const exampleConfigPath = "../../mailproxy.toml.example"
 
 // cfgBase is the smallest valid configuration; cases edit or extend it.
 const cfgBase = `[tls]
@@ -52,9 +52,9 @@ func cfgReplaced(old, new string) string {
 type cfgWant struct{ key, at, msg string }
 
 func TestExampleLoads(t *testing.T) {
-	c, err := LoadConfig(exampleConfigPath)
+	c, err := Load(exampleConfigPath)
 	if err != nil {
-		t.Fatalf("LoadConfig(%s): %v", exampleConfigPath, err)
+		t.Fatalf("Load(%s): %v", exampleConfigPath, err)
 	}
 	if err := c.Validate(); err != nil {
 		t.Errorf("Validate of loaded example: %v", err)
@@ -294,7 +294,7 @@ on_standbi = []
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := ParseConfig([]byte(tt.doc), "test.toml")
+			_, err := Parse([]byte(tt.doc), "test.toml")
 			if err == nil {
 				t.Fatalf("no error; cfgWant %v", tt.cfgWant)
 			}
@@ -305,9 +305,9 @@ on_standbi = []
 
 func checkConfigProblems(t *testing.T, doc string, err error, wants []cfgWant) {
 	t.Helper()
-	var ce *ConfigError
+	var ce *Error
 	if !errors.As(err, &ce) {
-		t.Fatalf("error %T is not a *ConfigError: %v", err, err)
+		t.Fatalf("error %T is not a *Error: %v", err, err)
 	}
 	text := err.Error()
 	if !strings.HasPrefix(text, "test.toml: ") {
@@ -359,7 +359,7 @@ protocol = "pop3"
 address = "127.0.0.1:10143"
 pool = "missing"
 `)
-	_, err := ParseConfig([]byte(doc), "test.toml")
+	_, err := Parse([]byte(doc), "test.toml")
 	checkConfigProblems(t, doc, err, []cfgWant{
 		{"log.level", "loud", `not "loud"`},
 		{"limits.login_timeout", "login_timeout", "longer than 0s"},
@@ -377,7 +377,7 @@ pool = "missing"
 
 func TestUnknownKeyAlongsideValidation(t *testing.T) {
 	doc := cfgWith("[log]\nlevel = \"loud\"\ncolour = true\n")
-	_, err := ParseConfig([]byte(doc), "test.toml")
+	_, err := Parse([]byte(doc), "test.toml")
 	checkConfigProblems(t, doc, err, []cfgWant{
 		{"log.level", "loud", `not "loud"`},
 		{"log.colour", "colour", "unknown key"},
@@ -386,7 +386,7 @@ func TestUnknownKeyAlongsideValidation(t *testing.T) {
 
 func TestSyntaxError(t *testing.T) {
 	doc := cfgWith("[log]\nlevel = \"info\nformat = \"text\"\n")
-	_, err := ParseConfig([]byte(doc), "test.toml")
+	_, err := Parse([]byte(doc), "test.toml")
 	if err == nil {
 		t.Fatal("no error")
 	}
@@ -401,7 +401,7 @@ func TestSyntaxError(t *testing.T) {
 }
 
 func TestDefaults(t *testing.T) {
-	c, err := ParseConfig([]byte(cfgBase), "test.toml")
+	c, err := Parse([]byte(cfgBase), "test.toml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -460,7 +460,7 @@ func TestExplicitZeroValuesKept(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := ParseConfig([]byte(tt.doc), "test.toml")
+			c, err := Parse([]byte(tt.doc), "test.toml")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -501,7 +501,7 @@ func TestDurationTOML(t *testing.T) {
 
 // TestRoundTrip encodes the loaded example and loads it again.
 func TestRoundTrip(t *testing.T) {
-	c, err := LoadConfig(exampleConfigPath)
+	c, err := Load(exampleConfigPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -509,7 +509,7 @@ func TestRoundTrip(t *testing.T) {
 	if err := toml.NewEncoder(&buf).Encode(c); err != nil {
 		t.Fatal(err)
 	}
-	c2, err := ParseConfig(buf.Bytes(), "encoded")
+	c2, err := Parse(buf.Bytes(), "encoded")
 	if err != nil {
 		t.Fatalf("%v\n%s", err, buf.String())
 	}
@@ -543,7 +543,7 @@ listen = "0.0.0.0:7946"
 address = "lb2:7946"
 secret_file = "peer.secret"
 `)
-	c, err := ParseConfig([]byte(doc), "test.toml")
+	c, err := Parse([]byte(doc), "test.toml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -553,7 +553,7 @@ secret_file = "peer.secret"
 }
 
 func TestWarnings(t *testing.T) {
-	c, err := ParseConfig([]byte(cfgWith("[limits]\nidle_timeout = \"5m\"\n")), "test.toml")
+	c, err := Parse([]byte(cfgWith("[limits]\nidle_timeout = \"5m\"\n")), "test.toml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -573,7 +573,7 @@ func TestValidateBuiltInCode(t *testing.T) {
 }
 
 func TestLoadConfigMissingFile(t *testing.T) {
-	_, err := LoadConfig("does-not-exist.toml")
+	_, err := Load("does-not-exist.toml")
 	if !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("got %v, cfgWant os.ErrNotExist", err)
 	}

@@ -1,4 +1,4 @@
-package proxy
+package config
 
 import (
 	"fmt"
@@ -11,11 +11,11 @@ import (
 )
 
 // Validate reports every problem of the configuration at once, as a
-// *ConfigError whose problems name their key path ("listener[2].pool") and,
+// *Error whose problems name their key path ("listener[2].pool") and,
 // for a loaded file, their line. It reads no files.
 func (c *Config) Validate() error {
 	if ps := c.problems(); len(ps) > 0 {
-		return &ConfigError{File: c.source, Problems: sortProblems(ps)}
+		return &Error{File: c.source, Problems: sortProblems(ps)}
 	}
 	return nil
 }
@@ -230,7 +230,7 @@ func checkProxyProtocol(ck *cfgChecker, key string, l *ListenerConfig) {
 		ck.add(key+".proxy_protocol_trusted", "is empty: every connection would be refused")
 	}
 	for j, n := range l.ProxyProtocolTrusted {
-		p, err := parseTrusted(n)
+		p, err := ParseTrusted(n)
 		switch {
 		case err != nil:
 			ck.add(fmt.Sprintf("%s.proxy_protocol_trusted[%d]", key, j), "%q is not an address or a network such as \"192.0.2.0/24\"", n)
@@ -240,9 +240,9 @@ func checkProxyProtocol(ck *cfgChecker, key string, l *ListenerConfig) {
 	}
 }
 
-// parseTrusted reads a network ("192.0.2.0/24") or a single address
+// ParseTrusted reads a network ("192.0.2.0/24") or a single address
 // ("192.0.2.10", a /32 or /128). IPv4-mapped IPv6 is taken as IPv4.
-func parseTrusted(s string) (netip.Prefix, error) {
+func ParseTrusted(s string) (netip.Prefix, error) {
 	if a, err := netip.ParseAddr(s); err == nil {
 		if a.Zone() != "" {
 			return netip.Prefix{}, fmt.Errorf("%q: zones are not allowed", s)

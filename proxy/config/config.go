@@ -1,13 +1,14 @@
-package proxy
+package config
 
 import (
 	"fmt"
+	"mailproxy/routing"
 	"slices"
 	"time"
 )
 
 // Config is the whole TOML contract of mailproxy (see DESIGN.md and
-// mailproxy.toml.example). A Config returned by LoadConfig or ParseConfig has
+// mailproxy.toml.example). A Config returned by Load or Parse has
 // its defaults applied and has passed Validate; treat it as immutable: on
 // reload a new Config is loaded and swapped in whole.
 //
@@ -24,8 +25,8 @@ type Config struct {
 	Pools     []PoolConfig     `toml:"pool"`
 	Peer      *PeerConfig      `toml:"peer"` // nil: no pair, always active
 
-	source string         // file name for messages; set by ParseConfig
-	lines  map[string]int // indexed key path -> line; set by ParseConfig
+	source string         // file name for messages; set by Parse
+	lines  map[string]int // indexed key path -> line; set by Parse
 }
 
 // LogConfig selects the log level and format.
@@ -43,7 +44,7 @@ type AdminConfig struct {
 }
 
 // TLSConfig is the server certificate used by every TLS listener. The files
-// are read when the server starts and on SIGHUP, never by LoadConfig.
+// are read when the server starts and on SIGHUP, never by Load.
 type TLSConfig struct {
 	Cert       string `toml:"cert"`        // PEM chain; needed by any starttls/implicit listener
 	Key        string `toml:"key"`         // PEM private key
@@ -196,7 +197,7 @@ func (c *Config) Warnings() []string {
 	}
 	for i, l := range c.Listeners {
 		for j, n := range l.ProxyProtocolTrusted {
-			if p, err := parseTrusted(n); err == nil && p.Bits() == 0 && l.ProxyProtocol {
+			if p, err := ParseTrusted(n); err == nil && p.Bits() == 0 && l.ProxyProtocol {
 				ck.add(fmt.Sprintf("listener[%d].proxy_protocol_trusted[%d]", i, j), "%q trusts every address: any client can claim to be any other", n)
 			}
 		}
@@ -234,4 +235,11 @@ func (b *BackendConfig) addr(proto string) string {
 		return b.SMTP
 	}
 	return ""
+}
+
+// RoutingKey turns a login name into the routing key as username_case and
+// default_domain say, so "Alice", "alice" and "alice@example.org" are one
+// user. Every part of mailproxy that keys by user calls this one function.
+func (a AuthConfig) RoutingKey(login string) string {
+	return routing.Key(login, a.UsernameCase == "keep", a.DefaultDomain)
 }

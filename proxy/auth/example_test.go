@@ -6,8 +6,8 @@ import (
 	"os"
 	"path/filepath"
 
-	"mailproxy/auth"
 	"mailproxy/protocols"
+	"mailproxy/proxy/auth"
 	"mailproxy/routing"
 )
 

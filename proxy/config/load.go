@@ -1,4 +1,4 @@
-package proxy
+package config
 
 import (
 	"fmt"
@@ -15,30 +15,30 @@ import (
 // spelled in the wrong case and values of the wrong type are errors that
 // name the key path and line), then defaults, then Validate (config.go).
 
-// LoadConfig reads, decodes and validates the configuration file at path. It
+// Load reads, decodes and validates the configuration file at path. It
 // never reads the files the configuration names (certificates, secrets): that
 // is left to the code that starts the server, so `mailproxy check` can run
 // anywhere. Any error it returns, apart from the file not being readable, is
-// a *ConfigError.
-func LoadConfig(path string) (*Config, error) {
+// a *Error.
+func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
-	return ParseConfig(data, path)
+	return Parse(data, path)
 }
 
-// ParseConfig decodes and validates a configuration; name is the file name
+// Parse decodes and validates a configuration; name is the file name
 // used in messages. The returned Config has its defaults applied. On failure
-// the error is a *ConfigError listing the problems: a TOML syntax error
+// the error is a *Error listing the problems: a TOML syntax error
 // alone; values of the wrong type (with any unknown keys) before anything is
 // validated; otherwise unknown keys and every Validate problem together.
-func ParseConfig(data []byte, name string) (*Config, error) {
+func Parse(data []byte, name string) (*Config, error) {
 	text := string(data)
 	var raw map[string]any
 	md, err := toml.Decode(text, &raw)
 	if err != nil {
-		return nil, &ConfigError{File: name, Problems: []Problem{syntaxProblem(err)}}
+		return nil, &Error{File: name, Problems: []Problem{syntaxProblem(err)}}
 	}
 	idx := indexKeys(text)
 	ck := &cfgChecker{lines: idx.lines}
@@ -46,7 +46,7 @@ func ParseConfig(data []byte, name string) (*Config, error) {
 	if typeErrs := ck.walk("", reflect.TypeFor[Config](), raw); !typeErrs {
 		cmd, err := toml.Decode(text, &c)
 		if err != nil { // walk should have caught it
-			return nil, &ConfigError{File: name, Problems: []Problem{{Msg: err.Error(), Err: err}}}
+			return nil, &Error{File: name, Problems: []Problem{{Msg: err.Error(), Err: err}}}
 		}
 		ck.undecoded(cmd.Undecoded(), idx)
 		c.applyDefaults(&md, raw)
@@ -54,7 +54,7 @@ func ParseConfig(data []byte, name string) (*Config, error) {
 		ck.problems = append(ck.problems, c.problems()...)
 	}
 	if len(ck.problems) > 0 {
-		return nil, &ConfigError{File: name, Problems: sortProblems(ck.problems)}
+		return nil, &Error{File: name, Problems: sortProblems(ck.problems)}
 	}
 	return &c, nil
 }
@@ -81,13 +81,13 @@ func (p Problem) Error() string {
 
 func (p Problem) Unwrap() error { return p.Err }
 
-// ConfigError lists every problem found in one configuration, in line order.
-type ConfigError struct {
-	File     string // as given to ParseConfig; empty for a Config built in code
+// Error lists every problem found in one configuration, in line order.
+type Error struct {
+	File     string // as given to Parse; empty for a Config built in code
 	Problems []Problem
 }
 
-func (e *ConfigError) Error() string {
+func (e *Error) Error() string {
 	prefix := ""
 	if e.File != "" {
 		prefix = e.File + ": "
@@ -104,7 +104,7 @@ func (e *ConfigError) Error() string {
 }
 
 // Unwrap lets errors.As find the toml.ParseError of a syntax error.
-func (e *ConfigError) Unwrap() []error {
+func (e *Error) Unwrap() []error {
 	errs := make([]error, len(e.Problems))
 	for i, p := range e.Problems {
 		errs[i] = p
