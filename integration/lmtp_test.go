@@ -76,7 +76,9 @@ pool = "main"
 name = "main"
 `)
 	b.WriteString(extra)
-	b.WriteString("  [pool.health]\n  interval = \"1h\"\n")
+	if !strings.Contains(extra, "[pool.health]") {
+		b.WriteString("  [pool.health]\n  interval = \"1h\"\n")
+	}
 	for _, bk := range backs {
 		fmt.Fprintf(&b, "\n  [[pool.backend]]\n  name = %q\n  imap = %q\n  lmtp = %q\n  managesieve = %q\n", bk.name, bk.addrs[0], bk.addrs[1], bk.addrs[2])
 	}
