@@ -2,7 +2,9 @@ package integration
 
 import (
 	"fmt"
+	"log/slog"
 	"net"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -15,6 +17,9 @@ import (
 	"mailproxy/internal/demo"
 	"mailproxy/internal/sievefake"
 	"mailproxy/internal/testkit"
+	"mailproxy/proxy"
+	"mailproxy/proxy/config"
+	mtls "mailproxy/tls"
 )
 
 // storeBackend is one mail server of the store tests: IMAP (with a
@@ -374,4 +379,82 @@ func TestLMTPFollowsIMAP(t *testing.T) {
 		t.Fatalf("only %d users live elsewhere than hashing says: the test shows nothing", moved)
 	}
 	t.Logf("with live sessions: %d of %d users delivered away from their hash backend, to their session's", moved, n)
+}
+
+// TestLMTPUnixSocket: an lmtp listener on a unix socket path, as Postfix's
+// lmtp:unix: transport wants it; a stale socket file left by an earlier
+// run is replaced, a live one is not taken over.
+func TestLMTPUnixSocket(t *testing.T) {
+	backs, _ := storeBackends(t, 1, map[string]string{"ann@example.org": "pw"})
+	sock := filepath.Join(t.TempDir(), "lmtp")
+	stale, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.(*net.UnixListener).SetUnlinkOnClose(false)
+	stale.Close() // the file stays, as after a crash
+	cfgText := strings.Replace(storeConfig("", backs), `address = "127.0.0.1:2"`, fmt.Sprintf("address = %q", sock), 1)
+	for _, dummy := range []string{"127.0.0.1:1", "127.0.0.1:3"} { // OpenListeners binds them all
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln.Close()
+		cfgText = strings.Replace(cfgText, `"`+dummy+`"`, `"`+ln.Addr().String()+`"`, 1)
+	}
+	cfg, err := config.Parse([]byte("[admin]\nlisten = \"\"\n[tls]\ncert = \"generated.pem\"\nkey = \"generated.pem\"\n"+cfgText), t.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, err := testCert()
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &testkit.SyncBuffer{}
+	srv, err := proxy.New(cfg, proxy.Options{Logger: slog.New(slog.NewTextHandler(logs, nil)), Handlers: handlers(), Certs: mtls.StaticCertStore(tc.cert)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.OpenListeners(); err != nil {
+		t.Fatalf("open listeners over a stale socket: %v", err)
+	}
+	defer srv.Close()
+
+	c, err := net.DialTimeout("unix", sock, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	lc := gosmtp.NewClientLMTP(c)
+	if err := lc.Hello("mx.test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := lc.Mail("sender@example.net", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := lc.Rcpt("ann@example.org", nil); err != nil {
+		t.Fatal(err)
+	}
+	w, err := lc.Data()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte(bodyOf("over a unix socket")))
+	if resps, err := w.CloseWithLMTPResponse(); err != nil || !strings.Contains(resps["ann@example.org"].StatusText, "saved on mail1") {
+		t.Fatalf("delivery: %v %v", resps, err)
+	}
+	lc.Quit()
+
+	// A second server must not take over the live socket.
+	srv2, err := proxy.New(cfg, proxy.Options{Logger: slog.New(slog.DiscardHandler), Handlers: handlers(), Certs: mtls.StaticCertStore(tc.cert)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv2.OpenListeners(); err == nil {
+		srv2.Close()
+		t.Fatal("a second server took over a live LMTP socket")
+	}
+	if strings.Contains(logs.String(), "panic") {
+		t.Fatalf("log:\n%s", logs)
+	}
 }

@@ -176,6 +176,9 @@ func (c *Config) checkListeners(ck *cfgChecker, pools map[string]*PoolConfig) {
 			if l.Protocol != "lmtp" {
 				ck.add(key+".address", "a unix socket is for lmtp listeners only")
 			}
+			if l.ProxyProtocol {
+				ck.add(key+".proxy_protocol", "needs a TCP address: a unix socket has no balancer to trust")
+			}
 		case ck.addr(key+".address", l.Address, false):
 			binds = ck.claim(binds, key+".address", l.Address)
 		}
