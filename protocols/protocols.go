@@ -1,6 +1,7 @@
-// Package protocols is the contract between the proxy and the three
-// protocol packages (imap, pop3, smtp): what the proxy hands a protocol for
-// one client connection, and what the protocol hands back after login.
+// Package protocols is the contract between the proxy and the protocol
+// packages (imap, pop3, smtp, lmtp, managesieve): what the proxy hands a
+// protocol for one client connection, and what the protocol hands back
+// after login.
 //
 // A protocol package speaks its protocol on both sides (the client dialogue
 // before login, and the backend's greeting, STARTTLS and login) but never

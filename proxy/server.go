@@ -31,8 +31,9 @@ var ErrServerClosed = errors.New("mailproxy: server closed")
 // Options are the parts of a Server that are not in the config file.
 type Options struct {
 	Logger *slog.Logger // default slog.Default()
-	// Handlers maps a protocol name ("imap", "pop3", "smtp") to its
-	// implementation. A listener whose protocol has no handler is an error.
+	// Handlers maps a protocol name ("imap", "pop3", "smtp", "lmtp",
+	// "managesieve") to its implementation. A listener whose protocol has
+	// no handler is an error.
 	Handlers map[string]protocols.Handler
 	// Dial connects to backends; default a net.Dialer.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)

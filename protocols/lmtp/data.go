@@ -168,8 +168,11 @@ func (f *front) failRcpts(t *tx, status gosmtp.StatusCollector, err error) {
 // when it has one, else 451.
 func clientError(err error) error {
 	var se *gosmtp.SMTPError
-	if errors.As(err, &se) {
+	switch {
+	case errors.As(err, &se):
 		return se
+	case errors.Is(err, gosmtp.ErrTooLongLine):
+		return errLineTooLong
 	}
 	return errAborted
 }

@@ -18,6 +18,7 @@ var (
 	errBackendLost = &gosmtp.SMTPError{Code: 451, EnhancedCode: gosmtp.EnhancedCode{4, 4, 2}, Message: "Connection to the mailbox server lost, message not delivered, try again later"}
 	errAborted     = &gosmtp.SMTPError{Code: 451, EnhancedCode: gosmtp.EnhancedCode{4, 3, 0}, Message: "Message transfer aborted"}
 	errNoMail      = &gosmtp.SMTPError{Code: 503, EnhancedCode: gosmtp.EnhancedCode{5, 5, 1}, Message: "MAIL first"}
+	errLineTooLong = &gosmtp.SMTPError{Code: 500, EnhancedCode: gosmtp.EnhancedCode{5, 5, 2}, Message: "Line too long"}
 )
 
 // front is one client connection's LMTP session. go-smtp's server calls it
@@ -43,12 +44,11 @@ type front struct {
 	byB   map[string]*tx // txs by backend name
 }
 
-// recipient is one accepted RCPT: the address as the client gave it, the
-// lease that holds its user, and the backend transaction that carries it.
+// recipient is one accepted RCPT: the address as the client gave it, and
+// the lease that holds its user.
 type recipient struct {
 	to    string
 	lease *protocols.Lease
-	tx    *tx
 }
 
 func newFront(ctx context.Context, s *protocols.Session) *front {
@@ -101,7 +101,7 @@ func (f *front) Rcpt(to string, opts *gosmtp.RcptOptions) error {
 		lease.Release()
 		return f.txReply(t, err, "RCPT")
 	}
-	f.rcpts = append(f.rcpts, &recipient{to: to, lease: lease, tx: t})
+	f.rcpts = append(f.rcpts, &recipient{to: to, lease: lease})
 	return nil
 }
 
