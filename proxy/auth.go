@@ -15,6 +15,9 @@ import (
 // with backend_login = "master", the master password. In passthrough there
 // is nothing to read and sessions get no Authenticate hook.
 func (s *Server) setupAuth() error {
+	if err := s.setupLoginChecks(); err != nil {
+		return err
+	}
 	a := s.cfg.Auth
 	if a.Mode != "verify" {
 		return nil

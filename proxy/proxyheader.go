@@ -75,7 +75,8 @@ func (s *Server) admitProxied(lc *config.ListenerConfig, c net.Conn) (net.Conn, 
 	}
 	s.mu.Unlock()
 	if over {
-		s.log.Warn("connection refused: limit reached", "listener", lc.Name, "client", pc.RemoteAddr().String(), "via", c.RemoteAddr().String())
+		s.refusedLimit.warn(s.log, "connection refused: limit reached", "listener", lc.Name, "client", pc.RemoteAddr().String(), "via", c.RemoteAddr().String())
+		s.metrics.refused(lc)
 		if lc.TLS != "implicit" {
 			say(pc, notices[lc.Protocol].busy)
 		}

@@ -19,6 +19,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"mailproxy/protocols"
 	"mailproxy/proxy/auth"
 	"mailproxy/routing"
@@ -42,6 +44,10 @@ type Options struct {
 	// Listen opens the client listeners in ListenAndServe and
 	// OpenListeners; default net.Listen.
 	Listen func(network, addr string) (net.Listener, error)
+	// LoginWait waits before failed-login replies and refusals (the
+	// auth penalty, auth_http's Auth-Wait); default a timer. Tests inject
+	// one to see the delays without waiting them.
+	LoginWait func(ctx context.Context, d time.Duration)
 }
 
 // Server runs the listeners of one config.
@@ -68,9 +74,19 @@ type Server struct {
 	bgDone sync.WaitGroup
 	opened *listenerSet // by OpenListeners (standby.go); guarded by mu
 
-	auth *auth.Authenticator // auth.mode = "verify"; nil in passthrough (auth.go)
+	auth  *auth.Authenticator // auth.mode = "verify"; nil in passthrough (auth.go)
+	mechs mechTable           // passthrough SASL mechanisms the backends announced (mechs.go)
+
+	// The login checks of logincheck.go.
+	penalty     *auth.Penalty // [auth.penalty]; nil when disabled
+	authHTTP    *auth.HTTP    // auth.mode = "http"
+	authLookups *prometheus.CounterVec
+	loginWait   func(context.Context, time.Duration)
 
 	hostname string // the machine's name, for listeners without hostname
+
+	// The logs of connections refused at accept, one per reason.
+	refusedLimit, refusedUntrusted rateLog
 }
 
 // backendInfo is what the proxy keeps per backend as routing.Backend.Data.
@@ -83,7 +99,7 @@ type backendInfo struct {
 // New builds a server from a validated config. It does not listen yet.
 func New(cfg *config.Config, opts Options) (*Server, error) {
 	s := &Server{
-		cfg: cfg, log: opts.Logger, handlers: opts.Handlers, dial: opts.Dial, listen: opts.Listen, certs: opts.Certs,
+		cfg: cfg, log: opts.Logger, handlers: opts.Handlers, dial: opts.Dial, listen: opts.Listen, certs: opts.Certs, loginWait: opts.LoginWait,
 		pools: make(map[string]*routing.Pool), perIP: make(map[string]int),
 		lns: make(map[*net.Listener]string), live: make(map[*session]struct{}),
 	}
@@ -314,7 +330,8 @@ func (s *Server) accept(lc *config.ListenerConfig, c net.Conn) {
 	ip := remoteIP(c)
 	if lc.ProxyProtocol {
 		if !fromBalancer(lc, c) {
-			s.log.Warn("connection refused: not a trusted PROXY protocol sender", "listener", lc.Name, "client", c.RemoteAddr().String())
+			s.refusedUntrusted.warn(s.log, "connection refused: not a trusted PROXY protocol sender", "listener", lc.Name, "client", c.RemoteAddr().String())
+			s.metrics.refused(lc)
 			c.Close()
 			return
 		}
@@ -332,7 +349,8 @@ func (s *Server) accept(lc *config.ListenerConfig, c net.Conn) {
 	}
 	s.mu.Unlock()
 	if over {
-		s.log.Warn("connection refused: limit reached", "listener", lc.Name, "client", c.RemoteAddr().String())
+		s.refusedLimit.warn(s.log, "connection refused: limit reached", "listener", lc.Name, "client", c.RemoteAddr().String())
+		s.metrics.refused(lc)
 		if lc.TLS != "implicit" {
 			say(c, notices[lc.Protocol].busy)
 		}
@@ -386,14 +404,25 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 }
 
-// Close closes every listener and every live session at once.
+// Close closes every listener and every live session at once, each after
+// a goodbye to its client (IMAP "* BYE", POP3 "-ERR", SMTP "421"), which
+// takes at most a second.
 func (s *Server) Close() error {
 	s.closeListeners()
 	s.mu.Lock()
+	live := make([]*session, 0, len(s.live))
 	for ss := range s.live {
-		ss.cancel()
+		live = append(live, ss)
 	}
 	s.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, ss := range live {
+		wg.Go(func() {
+			ss.goodbye()
+			ss.cancel()
+		})
+	}
+	wg.Wait()
 	s.stopBackground()
 	return nil
 }

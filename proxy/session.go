@@ -34,45 +34,55 @@ type session struct {
 	stop   func() bool // unregisters the close-on-cancel of the accepted conn
 	id     string
 	start  time.Time
+	lookup *httpLogin // auth_http's state (logincheck.go); nil until a lookup
 
 	client   net.Conn           // the accepted conn, then TLS, then what the protocol hands back
 	ps       *protocols.Session // what the protocol sees; dropped after login
 	user     string             // the login name, for the end line
 	backend  *protocols.Backend // the backend of the current login attempt
 	loggedIn bool
-	res      relayResult
-	outcome  string // for the end line
+	// byeTo is where a goodbye may be written from another goroutine
+	// (shutdown): the connection in the state the client reads it, or nil
+	// while that is not known (before login on a STARTTLS listener).
+	byeTo   atomic.Pointer[net.Conn]
+	res     relayResult
+	outcome string // for the end line
 }
 
 // notice holds the few replies the proxy itself sends. It never parses a
 // protocol, but it must be able to say goodbye in one.
-type notice struct{ panic, timeout, busy string }
+type notice struct{ panic, timeout, busy, shutdown string }
 
 var notices = map[string]notice{
 	"imap": {
-		panic:   "* BYE Internal error, try again later\r\n",
-		timeout: "* BYE Login timeout, closing connection\r\n",
-		busy:    "* BYE Too many connections, try again later\r\n",
+		panic:    "* BYE Internal error, try again later\r\n",
+		timeout:  "* BYE Login timeout, closing connection\r\n",
+		busy:     "* BYE Too many connections, try again later\r\n",
+		shutdown: "* BYE Server shutting down, reconnect later\r\n",
 	},
 	"pop3": {
-		panic:   "-ERR [SYS/TEMP] Internal error, try again later\r\n",
-		timeout: "-ERR Login timeout, closing connection\r\n",
-		busy:    "-ERR [SYS/TEMP] Too many connections, try again later\r\n",
+		panic:    "-ERR [SYS/TEMP] Internal error, try again later\r\n",
+		timeout:  "-ERR Login timeout, closing connection\r\n",
+		busy:     "-ERR [SYS/TEMP] Too many connections, try again later\r\n",
+		shutdown: "-ERR [SYS/TEMP] Server shutting down, reconnect later\r\n",
 	},
 	"smtp": {
-		panic:   "421 4.3.0 Internal error, try again later\r\n",
-		timeout: "421 4.4.2 Timeout, closing connection\r\n",
-		busy:    "421 4.7.0 Too many connections, try again later\r\n",
+		panic:    "421 4.3.0 Internal error, try again later\r\n",
+		timeout:  "421 4.4.2 Timeout, closing connection\r\n",
+		busy:     "421 4.7.0 Too many connections, try again later\r\n",
+		shutdown: "421 4.3.2 Server shutting down, try again later\r\n",
 	},
 	"lmtp": {
-		panic:   "421 4.3.0 Internal error, try again later\r\n",
-		timeout: "421 4.4.2 Timeout, closing connection\r\n",
-		busy:    "421 4.7.0 Too many connections, try again later\r\n",
+		panic:    "421 4.3.0 Internal error, try again later\r\n",
+		timeout:  "421 4.4.2 Timeout, closing connection\r\n",
+		busy:     "421 4.7.0 Too many connections, try again later\r\n",
+		shutdown: "421 4.3.2 Server shutting down, try again later\r\n",
 	},
 	"managesieve": {
-		panic:   "BYE \"Internal error, try again later.\"\r\n",
-		timeout: "BYE \"Login timeout, closing connection.\"\r\n",
-		busy:    "BYE (TRYLATER) \"Too many connections, try again later.\"\r\n",
+		panic:    "BYE \"Internal error, try again later.\"\r\n",
+		timeout:  "BYE \"Login timeout, closing connection.\"\r\n",
+		busy:     "BYE (TRYLATER) \"Too many connections, try again later.\"\r\n",
+		shutdown: "BYE (TRYLATER) \"Server shutting down, reconnect later.\"\r\n",
 	},
 }
 
@@ -115,6 +125,9 @@ func (s *Server) newSession(lc *config.ListenerConfig, c net.Conn) *session {
 	// close the accepted conn, never ss.client, which this goroutine
 	// replaces after TLS and login.
 	ss.stop = context.AfterFunc(ctx, func() { c.Close() })
+	if lc.TLS == "none" || lc.TLS == "" {
+		ss.byeTo.Store(&c)
+	}
 	s.mu.Lock()
 	s.live[ss] = struct{}{}
 	s.mu.Unlock()
@@ -148,7 +161,7 @@ func (ss *session) finish() {
 		backend = ss.backend.Name
 		attrs = append(attrs, "backend", backend)
 	}
-	s.metrics.sessionEnded(lc, backend, ss.loggedIn, ss.user != "", res)
+	s.metrics.sessionEnded(lc, backend, ss.loggedIn, ss.user != "", res, ss.outcome)
 	ss.log.Info("session end", attrs...)
 }
 
@@ -165,10 +178,12 @@ func (ss *session) login() *protocols.Relay {
 			return nil
 		}
 		ss.client = tc
+		bye := net.Conn(tc)
+		ss.byeTo.Store(&bye)
 	}
 	ss.ps = ss.protoSession(ss.client)
 	r, err := s.handlers[lc.Protocol].Serve(ss.ctx, ss.ps)
-	ss.user = ss.ps.User
+	ss.user, ss.loggedIn = ss.ps.User, ss.ps.LoggedIn
 	ss.res.up, ss.res.down = ss.ps.BytesIn, ss.ps.BytesOut
 	if err != nil {
 		ss.outcome = classify(err)
@@ -181,6 +196,8 @@ func (ss *session) login() *protocols.Relay {
 	if r != nil {
 		r.Client = proxyproto.Unwrap(r.Client) // a bare TCP conn, so the relay can splice
 		ss.client, ss.backend, ss.loggedIn = r.Client, r.Backend, true
+		client := r.Client // a copy: byeTo is read by another goroutine
+		ss.byeTo.Store(&client)
 		ss.client.SetDeadline(time.Time{})
 		r.Backend.SetDeadline(time.Time{})
 		// Nothing of the login phase stays reachable for the relay's
@@ -191,6 +208,15 @@ func (ss *session) login() *protocols.Relay {
 	return r
 }
 
+// goodbye tells the client the server is shutting down, where it is
+// known how to reach it (see byeTo). It runs outside the session's
+// goroutine, bounded by say's deadline; the session is closed after it.
+func (ss *session) goodbye() {
+	if c := ss.byeTo.Load(); c != nil {
+		say(*c, notices[ss.lc.Protocol].shutdown)
+	}
+}
+
 // relayOutcome says why the relay ended, for the end line.
 func (ss *session) relayOutcome() string {
 	switch {
@@ -198,6 +224,8 @@ func (ss *session) relayOutcome() string {
 		return "closed by proxy"
 	case errors.Is(ss.res.err, errIdle):
 		return "idle timeout"
+	case errors.Is(ss.res.err, errStalled):
+		return "write timeout"
 	case ss.res.err != nil:
 		return "relay error: " + ss.res.err.Error()
 	}
@@ -232,7 +260,8 @@ func (ss *session) protoSession(c net.Conn) *protocols.Session {
 		RequireTLS: lc.RequireTLS, Hostname: host,
 		SMTPAuth: lc.SMTPAuth, APOP: lc.APOP, MaxSize: lc.MaxSize,
 		MaxLine: 8 << 10, AuthFailureDelay: s.cfg.Limits.AuthFailureDelay.Duration,
-		Dial: ss.dialBackend,
+		BackendTimeout: s.cfg.Limits.BackendTimeout.Duration,
+		Dial:           ss.dialBackend,
 	}
 	if ss.proto == routing.LMTP {
 		ps.Route = ss.route
@@ -240,6 +269,7 @@ func (ss *session) protoSession(c net.Conn) *protocols.Session {
 	if s.auth != nil {
 		ps.Authenticate = s.auth.Authenticate
 	}
+	ss.loginChecks(ps)
 	return ps
 }
 
@@ -250,7 +280,7 @@ func (ss *session) dialBackend(ctx context.Context, login string, hello func(con
 	if login != "" {
 		key = ss.srv.cfg.Auth.RoutingKey(login)
 	}
-	var tried []*routing.Backend
+	tried := ss.excludeForced() // auth_http's Auth-Server
 	for range ss.pool.Backends() {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -298,10 +328,17 @@ func (ss *session) connectLease(ctx context.Context, lease *routing.Lease, hello
 			ss.pool.Observe(rb, ss.proto, false, reason)
 		}
 	}
-	timeout := ss.srv.poolConfig(ss.lc.Pool).Health.Timeout.Duration
-	dctx, cancel := context.WithTimeout(ctx, timeout)
+	// One try, dial to backend login, is bounded by backend_timeout: a
+	// backend that accepts and never greets costs that much, and then the
+	// next backend is tried. The dial alone keeps the shorter health
+	// timeout. (Not the client's login deadline: an SMTP session connects
+	// a new backend whenever it lost one, long after its start.)
+	deadline := time.Now().Add(ss.srv.cfg.Limits.BackendTimeout.Duration)
+	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	conn, err := ss.srv.dial(dctx, "tcp", addr)
+	dialCtx, dialCancel := context.WithTimeout(dctx, ss.srv.poolConfig(ss.lc.Pool).Health.Timeout.Duration)
+	conn, err := ss.srv.dial(dialCtx, "tcp", addr)
+	dialCancel()
 	if err != nil {
 		release()
 		fail("connect: " + err.Error())
@@ -331,11 +368,9 @@ func (ss *session) connectLease(ctx context.Context, lease *routing.Lease, hello
 	// the next backend. Once the backend has greeted, a kill ends the whole
 	// session, login included: the user may already be placed elsewhere.
 	lease.OnKill(func() { killed.Store(true); raw.Close() })
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	} else {
-		conn.SetDeadline(time.Now().Add(ss.srv.cfg.Limits.LoginTimeout.Duration))
-	}
+	// The deadline stays set after hello: it bounds the protocol's backend
+	// login too, and login clears it for the relay.
+	conn.SetDeadline(deadline)
 	if err := hello(dctx, b); err != nil {
 		b.Close()
 		fail("greeting: " + err.Error())

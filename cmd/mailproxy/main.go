@@ -4,10 +4,11 @@
 // Usage:
 //
 //	mailproxy [run] -config FILE   serve (the default subcommand)
-//	mailproxy check -config FILE   validate a config and exit
+//	mailproxy check -config FILE   validate a config, print its warnings, and exit
 //	mailproxy ctl COMMAND          call the admin API: status, drain, undrain, kick, user
 //	mailproxy demo                 run against built-in in-memory backends
 //	mailproxy version
+//	mailproxy help                 list the subcommands
 package main
 
 import (
@@ -20,6 +21,7 @@ import (
 	"mailproxy/proxy/config"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -41,7 +43,23 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// usage lists the subcommands, for `mailproxy help`.
+const usage = `Usage:
+  mailproxy [run] -config FILE   serve (the default subcommand)
+  mailproxy check -config FILE   validate a config, print its warnings, and exit
+  mailproxy ctl COMMAND          call the admin API: status, drain, undrain, kick, user
+  mailproxy demo                 run against built-in in-memory backends
+  mailproxy version              print the version
+  mailproxy help                 print this list
+
+Each subcommand takes -h for its own flags.
+`
+
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && slices.Contains([]string{"help", "-h", "-help", "--help"}, args[0]) {
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
 	cmd := "run"
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		cmd, args = args[0], args[1:]
@@ -59,7 +77,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "version":
 		fmt.Fprintln(stdout, "mailproxy", version)
 	default:
-		fmt.Fprintf(stderr, "mailproxy: unknown command %q (want run, check, ctl, demo or version)\n", cmd)
+		fmt.Fprintf(stderr, "mailproxy: unknown command %q (want run, check, ctl, demo, version or help)\n", cmd)
 		return 2
 	}
 	if errors.Is(err, flag.ErrHelp) {
@@ -95,6 +113,9 @@ func cmdCheck(args []string, stdout io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "%s: ok (%d listeners, %d pools)\n", path, len(cfg.Listeners), len(cfg.Pools))
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintf(stdout, "%s: warning: %s\n", path, w)
+	}
 	for _, u := range cfg.Unbuilt() {
 		fmt.Fprintf(stdout, "%s: note: %s\n", path, u)
 	}
@@ -150,6 +171,9 @@ func cmdRun(args []string, stderr io.Writer) error {
 		}
 	}
 	log := newLogger(cfg.Log, stderr)
+	for _, w := range cfg.Warnings() {
+		log.Warn("config: " + w)
+	}
 	srv, err := proxy.New(cfg, proxy.Options{Logger: log, Handlers: handlers()})
 	if err != nil {
 		return err

@@ -1,7 +1,8 @@
 // Package imap is mailproxy's IMAP: the client dialogue before login
 // (RFC 9051 and RFC 3501: CAPABILITY, NOOP, ID (RFC 2971), LOGOUT,
 // STARTTLS, LOGIN, AUTHENTICATE with SASL-IR (RFC 4959) and LITERAL+
-// (RFC 7888)), the backend dialogue (greeting, STARTTLS, ID forwarding,
+// (RFC 7888); OAUTHBEARER (RFC 7628) and XOAUTH2 passed through to the
+// backend), the backend dialogue (greeting, STARTTLS, ID forwarding,
 // login), and the health probe. After login the proxy relays bytes.
 package imap
 
@@ -99,6 +100,9 @@ func (f *front) capabilities() string {
 	}
 	if f.loginAllowed() {
 		caps = append(caps, "AUTH=PLAIN", "AUTH=LOGIN")
+		for _, m := range f.passMechs() {
+			caps = append(caps, "AUTH="+m)
+		}
 	} else {
 		caps = append(caps, "LOGINDISABLED")
 	}
@@ -158,6 +162,9 @@ func (f *front) authenticate(ctx context.Context, cmd *command) (*protocols.Rela
 	}
 	if !f.loginAllowed() {
 		return nil, false, f.reply("%s NO [PRIVACYREQUIRED] Use STARTTLS first.", cmd.tag)
+	}
+	if protocols.IsPassthrough(cmd.args[0]) && f.offers(cmd.args[0]) {
+		return f.authPassthrough(ctx, cmd)
 	}
 	var creds protocols.Credentials
 	srv, err := protocols.NewSASLServer(cmd.args[0], &creds)
@@ -230,7 +237,13 @@ func (f *front) login(ctx context.Context, tag string, creds protocols.Credentia
 	if !f.loginAllowed() {
 		return nil, false, f.reply("%s NO [PRIVACYREQUIRED] Use STARTTLS first.", tag)
 	}
+	if err := f.s.LoginAllowed(ctx, creds.Username); err != nil {
+		return nil, false, f.reply("%s NO [UNAVAILABLE] Too many failed logins, try again later.", tag)
+	}
 	back, err := f.s.BackendCredentials(ctx, creds)
+	if errors.Is(err, protocols.ErrAuthUnavailable) {
+		return nil, false, f.reply("%s NO [UNAVAILABLE] Authentication service unavailable, try again later.", tag)
+	}
 	if err != nil {
 		f.s.FailDelay(ctx)
 		return nil, false, f.reply("%s NO [AUTHENTICATIONFAILED] Invalid credentials.", tag)
@@ -240,7 +253,7 @@ func (f *front) login(ctx context.Context, tag string, creds protocols.Credentia
 		f.s.Log.Warn("login failed: no backend", "user", creds.Username, "err", err)
 		return nil, false, f.reply("%s NO [UNAVAILABLE] Server unavailable, try again later.", tag)
 	}
-	ok, text, err := backendLogin(ctx, b, back, f.s, f.conn.RemoteAddr(), f.id)
+	ok, text, err := backendLogin(ctx, b, back, f.s, f.conn.RemoteAddr(), f.id, f.relayChallenge)
 	if err != nil {
 		b.Close()
 		f.s.Log.Warn("login failed: backend error", "user", creds.Username, "backend", b.Name, "err", err)
@@ -256,6 +269,7 @@ func (f *front) login(ctx context.Context, tag string, creds protocols.Credentia
 		b.Close()
 		return nil, false, err
 	}
+	f.s.LoginSucceeded()
 	f.s.Log.Info("login", "user", creds.Username, "backend", b.Name)
 	return &protocols.Relay{
 		Client: f.conn, ClientBuf: protocols.Buffered(f.rd.r),

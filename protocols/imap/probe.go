@@ -25,3 +25,29 @@ func (Handler) Probe(ctx context.Context, conn net.Conn) error {
 	io.WriteString(conn, "H LOGOUT\r\n")
 	return nil
 }
+
+var _ protocols.MechProber = Handler{}
+
+// ProbeMechs implements protocols.MechProber: the AUTH= capabilities of
+// PassthroughMechs the backend announces, after STARTTLS when its tls says
+// so (Dovecot hides mechanisms before TLS).
+func (Handler) ProbeMechs(ctx context.Context, b *protocols.Backend) ([]string, error) {
+	if err := greet(ctx, b); err != nil {
+		return nil, err
+	}
+	defer io.WriteString(b.Conn, "H LOGOUT\r\n")
+	if b.Caps == nil {
+		_, untagged, err := backendCommand(b, "P1", "CAPABILITY")
+		if err != nil {
+			return nil, nil
+		}
+		b.Caps = untaggedCapability(untagged)
+	}
+	var mechs []string
+	for _, m := range protocols.PassthroughMechs {
+		if hasCap(b.Caps, "AUTH="+m) {
+			mechs = append(mechs, m)
+		}
+	}
+	return mechs, nil
+}

@@ -246,7 +246,13 @@ func (f *front) failed(ctx context.Context, reply string) error {
 // with the backend's own text and the client may try again.
 func (f *front) login(ctx context.Context, creds protocols.Credentials) (*protocols.Relay, bool, error) {
 	f.s.User = creds.Username
+	if err := f.s.LoginAllowed(ctx, creds.Username); err != nil {
+		return nil, false, f.reply(`NO (TRYLATER) "Too many failed logins, try again later."`)
+	}
 	back, err := f.s.BackendCredentials(ctx, creds)
+	if errors.Is(err, protocols.ErrAuthUnavailable) {
+		return nil, false, f.reply(`NO (TRYLATER) "Authentication service unavailable, try again later."`)
+	}
 	if err != nil {
 		return nil, false, f.failed(ctx, replyAuthFailed)
 	}
@@ -270,6 +276,7 @@ func (f *front) login(ctx context.Context, creds protocols.Credentials) (*protoc
 		b.Close()
 		return nil, false, err
 	}
+	f.s.LoginSucceeded()
 	f.s.Log.Info("login", "user", creds.Username, "backend", b.Name)
 	return &protocols.Relay{
 		Client: f.conn, ClientBuf: protocols.Buffered(f.rd.r),

@@ -3,6 +3,7 @@ package smtp
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/emersion/go-sasl"
 	gosmtp "github.com/emersion/go-smtp"
@@ -15,20 +16,40 @@ import (
 var errNoPlain = errors.New(`backend has no AUTH PLAIN, which a login with an authorisation identity (backend_login = "master") needs`)
 
 // AuthMechanisms implements gosmtp.AuthSession. smtp_auth = "off" offers
-// none; go-smtp offers none before TLS when require_tls is set.
+// none, "optional" (the default) offers AUTH when the backend announced
+// it, "required" always; go-smtp offers none before TLS when require_tls
+// is set.
 func (f *front) AuthMechanisms() []string {
-	if f.s.SMTPAuth == "off" {
+	if !f.authOffered() {
 		return nil
 	}
-	return []string{protocols.MechPlain, protocols.MechLogin}
+	return append([]string{protocols.MechPlain, protocols.MechLogin}, f.passMechs()...)
+}
+
+func (f *front) authOffered() bool {
+	switch f.s.SMTPAuth {
+	case "off":
+		return false
+	case "optional":
+		return f.backAuth.Load()
+	}
+	return true
 }
 
 // Auth implements gosmtp.AuthSession. The exchange is decoded here and
 // the credentials are checked (Session.Authenticate) and tried on the
 // backend.
 func (f *front) Auth(mech string) (sasl.Server, error) {
-	if f.s.SMTPAuth == "off" {
+	if !f.authOffered() {
 		return nil, gosmtp.ErrAuthUnsupported
+	}
+	if protocols.IsPassthrough(mech) {
+		for _, m := range f.passMechs() {
+			if strings.EqualFold(m, mech) {
+				return &passServer{f: f, mech: m}, nil
+			}
+		}
+		return nil, gosmtp.ErrAuthUnknownMechanism
 	}
 	a := &authServer{f: f}
 	srv, err := protocols.NewSASLServer(mech, &a.creds)
@@ -73,10 +94,22 @@ func (f *front) login(creds protocols.Credentials) error {
 	if f.inTx {
 		return errAuthInTx
 	}
+	if err := f.s.LoginAllowed(f.ctx, creds.Username); err != nil {
+		return errAuthRefused
+	}
+	f.settle()
 	back, err := f.s.BackendCredentials(f.ctx, creds)
+	if errors.Is(err, protocols.ErrAuthUnavailable) {
+		return errAuthTemp
+	}
 	if err != nil {
 		f.s.FailDelay(f.ctx)
 		return errAuthInvalid
+	}
+	if back.Backend != "" && f.back != nil && f.back.b.Name != back.Backend {
+		// The check chose another backend than the one picked at EHLO.
+		f.back.quit()
+		f.back, f.inTx = nil, false
 	}
 	for retry := true; ; retry = false {
 		if f.back == nil {
@@ -90,6 +123,7 @@ func (f *front) login(creds protocols.Credentials) error {
 		case err == nil:
 			f.creds = &back
 			f.s.Log.Info("login", "user", creds.Username, "backend", f.back.b.Name)
+			f.s.LoginSucceeded()
 			return nil
 		case errors.Is(err, errNoPlain):
 			f.s.Log.Warn("login failed: backend error", "user", creds.Username, "backend", f.back.b.Name, "err", err)

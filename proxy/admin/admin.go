@@ -9,8 +9,10 @@
 //	POST /pools/{pool}/backends/{backend}/undrain  end a drain
 //	POST /pools/{pool}/backends/{backend}/kick     close every session there now
 //
-// With [admin] token_file set, POST calls need "Authorization: Bearer
-// <token>" (401 otherwise); GET calls never do. Errors are
+// With [admin] token_file set, POST calls and GET /users/{user} need
+// "Authorization: Bearer <token>" (401 otherwise); /status and /metrics
+// never do. A POST from a web page (an Origin other than the API's, or,
+// without a token, a Host that is not its address) is refused with 403. Errors are
 // {"error": "..."} with 404 for an unknown pool, backend or path and 405
 // for a wrong method.
 //
@@ -27,6 +29,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -50,6 +54,11 @@ type Options struct {
 	// takes the node name and role from it and shows the peer. Nil: no
 	// pair, always active.
 	Peer func() peer.Status
+	// Address is [admin] listen as configured. Without a token, a call
+	// that changes state must name the API as its Host: an IP address,
+	// "localhost" or this address's host name; anything else is refused
+	// (DNS rebinding).
+	Address string
 }
 
 // Server is what the API reads and changes: the running server.
@@ -84,7 +93,7 @@ func New(srv Server, opts Options) *API {
 	a.token = sha256.Sum256([]byte(opts.Token))
 	a.routes()
 	a.hs = &http.Server{
-		Handler:           a.mux,
+		Handler:           a.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -115,7 +124,58 @@ func (a *API) routes() {
 }
 
 // Handler returns the API's handler.
-func (a *API) Handler() http.Handler { return a.mux }
+func (a *API) Handler() http.Handler { return http.HandlerFunc(a.guard) }
+
+// guard refuses a state-changing call that a web page could have made:
+// one from another origin (a browser sends Origin with every cross-site
+// POST, and needs no preflight for a form's), or one to a host name that
+// is not the API's (a rebound DNS name pointing at 127.0.0.1). Without a
+// token these are all that keeps a page the admin visits from draining
+// backends. Tools such as curl and ctl send no Origin.
+func (a *API) guard(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		if why := a.crossSite(r); why != "" {
+			a.log.Warn("admin call refused: cross-site", "method", r.Method, "path", r.URL.Path, "client", r.RemoteAddr, "why", why)
+			writeError(w, http.StatusForbidden, "cross-site request refused: "+why)
+			return
+		}
+	}
+	a.mux.ServeHTTP(w, r)
+}
+
+// crossSite says why r does not come from the API's own origin, or "".
+func (a *API) crossSite(r *http.Request) string {
+	// With a token a page cannot forge the call anyway (it cannot add
+	// the Authorization header without a CORS preflight, which gets no
+	// answer here), and remote tools may name the host as they like.
+	if a.opts.Token == "" && !a.ownHost(r.Host) {
+		return fmt.Sprintf("Host %q is not the admin API's address", r.Host)
+	}
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return ""
+	}
+	u, err := url.Parse(origin)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || !strings.EqualFold(u.Host, r.Host) {
+		return fmt.Sprintf("Origin %q is not the admin API", origin)
+	}
+	return ""
+}
+
+// ownHost reports whether a Host header names this API: an IP address,
+// localhost, or the host of Options.Address.
+func (a *API) ownHost(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		host = hostport
+	}
+	host = strings.TrimSuffix(strings.Trim(host, "[]"), ".")
+	if _, err := netip.ParseAddr(host); err == nil || strings.EqualFold(host, "localhost") {
+		return true
+	}
+	own, _, _ := net.SplitHostPort(a.opts.Address)
+	return own != "" && strings.EqualFold(host, own)
+}
 
 // Serve serves the API on ln until Shutdown or Close, after which it
 // returns http.ErrServerClosed.
@@ -160,6 +220,10 @@ func (a *API) status(w http.ResponseWriter, r *http.Request) {
 // user reports a user under the routing key, so "Alice" finds "alice" (and
 // "alice@example.org" with a default_domain).
 func (a *API) user(w http.ResponseWriter, r *http.Request) {
+	if !a.authorized(r) { // who logs in from where is not for everyone
+		a.refuse(w, r)
+		return
+	}
 	cfg := a.srv.Config()
 	key := cfg.Auth.RoutingKey(r.PathValue("user"))
 	us := UserStatus{User: key, Pools: []UserPool{}}
@@ -184,9 +248,7 @@ func (a *API) user(w http.ResponseWriter, r *http.Request) {
 // action runs drain, undrain or kick on one backend.
 func (a *API) action(w http.ResponseWriter, r *http.Request) {
 	if !a.authorized(r) {
-		a.log.Warn("admin call refused: missing or wrong token", "method", r.Method, "path", r.URL.Path, "client", r.RemoteAddr)
-		w.Header().Set("WWW-Authenticate", `Bearer realm="mailproxy"`)
-		writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
+		a.refuse(w, r)
 		return
 	}
 	pool, b, msg := a.find(r.PathValue("pool"), r.PathValue("backend"))
@@ -236,6 +298,13 @@ func waitReleased(ctx context.Context, b *routing.Backend, target int) {
 		case <-t.C:
 		}
 	}
+}
+
+// refuse answers a call without the right token.
+func (a *API) refuse(w http.ResponseWriter, r *http.Request) {
+	a.log.Warn("admin call refused: missing or wrong token", "method", r.Method, "path", r.URL.Path, "client", r.RemoteAddr)
+	w.Header().Set("WWW-Authenticate", `Bearer realm="mailproxy"`)
+	writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
 }
 
 // find looks up a pool and backend by name; msg says what is unknown.

@@ -195,6 +195,33 @@ protocol = "pop3"
 address = "[::]:10110"
 pool = "main"
 `), []cfgWant{{"listener[2].address", "[::]:10110", "conflicts with listener[1].address"}}},
+		// Issue 10, point 12: one socket spelt two ways is one socket.
+		{"port with a leading zero", cfgWith(`
+[[listener]]
+name = "zero"
+protocol = "imap"
+address = "127.0.0.1:010143"
+pool = "main"
+`), []cfgWant{{"listener[1].address", "127.0.0.1:010143", "conflicts with listener[0].address"}}},
+		{"localhost is 127.0.0.1", cfgWith(`
+[[listener]]
+name = "local"
+protocol = "imap"
+address = "LocalHost:10143"
+pool = "main"
+`), []cfgWant{{"listener[1].address", "LocalHost:10143", "conflicts with listener[0].address"}}},
+		// Issue 10, point 12: a value of the wrong type does not hide the
+		// other problems of its table.
+		{"wrong type and bad values in one table", cfgWith(`
+[limits]
+max_connections = 0
+max_connections_per_ip = "many"
+login_timeout = "0s"
+`), []cfgWant{
+			{"limits.max_connections", "max_connections = 0", "0 is less than 1"},
+			{"limits.max_connections_per_ip", "many", "must be an integer, not a string"},
+			{"limits.login_timeout", "login_timeout", "must be longer than 0s"},
+		}},
 		{"admin conflicts with listener", cfgWith("[admin]\nlisten = \"127.0.0.1:10143\"\n"),
 			[]cfgWant{{"listener[0].address", `address = "127.0.0.1:10143"`, "conflicts with admin.listen"}}},
 		{"bad enumerations", cfgWith(`
@@ -276,6 +303,12 @@ name = "imaponly"
 			[]cfgWant{{"auth.backend_login", "backend_login", `needs auth.mode = "verify": otherwise anyone could log in as anyone`}}},
 		{"no apop with verify", cfgWith("[auth]\nmode = \"verify\"\nusers_file = \"users\"\n[[listener]]\nname = \"pop3\"\nprotocol = \"pop3\"\naddress = \"127.0.0.1:10110\"\npool = \"main\"\napop = true\n"),
 			[]cfgWant{{"listener[1].apop", "apop", "cannot check an APOP digest"}}},
+		{"http needs a URL", cfgWith("[auth]\nmode = \"http\"\nhttp_url = \"ftp://x\"\nhttp_timeout = \"0s\"\n"),
+			[]cfgWant{{"auth.http_url", "http_url", "needs an http:// or https:// URL"}, {"auth.http_timeout", "http_timeout", ""}}},
+		{"no apop with http", cfgWith("[auth]\nmode = \"http\"\nhttp_url = \"http://127.0.0.1:9080/auth\"\n[[listener]]\nname = \"pop3\"\nprotocol = \"pop3\"\naddress = \"127.0.0.1:10110\"\npool = \"main\"\napop = true\n"),
+			[]cfgWant{{"listener[1].apop", "apop", "gets no APOP digest"}}},
+		{"penalty checks", cfgWith("[auth.penalty]\nwindow = \"0s\"\nip_user_limit = -1\n"),
+			[]cfgWant{{"auth.penalty.window", "window", "longer than 0s"}, {"auth.penalty.ip_user_limit", "ip_user_limit", "less than 0"}}},
 		{"peer checks", cfgWith("[peer]\nnode = \"lb1\"\nlisten = \"0.0.0.0:7946\"\naddress = \"lb2\"\ninterval = \"2s\"\n"),
 			[]cfgWant{{"peer.address", "lb2", "not host:port"}, {"peer.secret_file", "[peer]", "missing"}, {"peer.dead_after", "[peer]", "longer than peer.interval"}}},
 		{"multi-line values keep line numbers", cfgWith(`
@@ -420,8 +453,10 @@ func TestDefaults(t *testing.T) {
 		{"log.format", c.Log.Format, "text"},
 		{"admin.listen", c.Admin.Listen, "127.0.0.1:9025"},
 		{"tls.min_version", c.TLS.MinVersion, "1.2"},
-		{"limits", c.Limits, LimitsConfig{20000, 100, d("60s"), d("30m"), d("2s"), d("10s")}},
-		{"auth", c.Auth, AuthConfig{Mode: "passthrough", UsernameCase: "lower", BackendLogin: "user"}},
+		{"limits", c.Limits, LimitsConfig{20000, 100, d("60s"), d("30m"), d("2s"), d("10s"), d("10s")}},
+		{"auth", c.Auth, AuthConfig{Mode: "passthrough", UsernameCase: "lower", BackendLogin: "user",
+			HTTPTimeout: d("5s"), HTTPCacheTTL: d("30s"),
+			Penalty: PenaltyConfig{Enabled: true, Window: d("15m"), MaxDelay: d("15s"), IPUserLimit: 10, IPLimit: 1000, UserLimit: 100}}},
 		{"listener.tls", c.Listeners[0].TLS, "starttls"},
 		{"listener.smtp_auth", c.Listeners[0].SMTPAuth, "off"},
 		{"pool.imap", c.Pools[0].IMAP, "sticky"},

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -32,8 +33,8 @@ func (c *Config) problems() []Problem {
 func (c *Config) checkGlobal(ck *cfgChecker) {
 	ck.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	ck.oneOf("log.format", c.Log.Format, "text", "json")
-	if c.Admin.Listen != "" {
-		ck.addr("admin.listen", c.Admin.Listen, false)
+	if c.Admin.Listen != "" && ck.addr("admin.listen", c.Admin.Listen, false) && c.Admin.TokenFile == "" && !loopback(c.Admin.Listen) {
+		ck.add("admin.listen", "%q is reachable from other hosts and admin.token_file is not set: anyone there could drain and kick; set token_file, or listen on 127.0.0.1", c.Admin.Listen)
 	}
 	ck.oneOf("tls.min_version", c.TLS.MinVersion, "1.2", "1.3")
 	if c.TLS.Cert != "" && c.TLS.Key == "" {
@@ -53,14 +54,16 @@ func (c *Config) checkGlobal(ck *cfgChecker) {
 	}
 	ck.notNegative("limits.auth_failure_delay", lim.AuthFailureDelay)
 	ck.notNegative("limits.shutdown_grace", lim.ShutdownGrace)
+	ck.positive("limits.backend_timeout", lim.BackendTimeout)
 
 	a := c.Auth
-	ck.oneOf("auth.mode", a.Mode, "passthrough", "verify")
+	ck.oneOf("auth.mode", a.Mode, "passthrough", "verify", "http")
 	ck.oneOf("auth.username_case", a.UsernameCase, "lower", "keep")
 	ck.oneOf("auth.backend_login", a.BackendLogin, "user", "master")
 	if strings.ContainsAny(a.DefaultDomain, "@ \t") {
 		ck.add("auth.default_domain", "%q must be a bare domain such as \"example.org\"", a.DefaultDomain)
 	}
+	c.checkAuthHTTP(ck)
 	if a.Mode == "verify" && a.UsersFile == "" {
 		ck.add("auth.users_file", `missing: auth.mode = "verify" needs it`)
 	}
@@ -218,6 +221,8 @@ func (c *Config) checkListenerExtensions(ck *cfgChecker, key string, l *Listener
 		ck.add(key+".apop", "only for pop3 listeners")
 	} else if l.APOP && c.Auth.Mode == "verify" {
 		ck.add(key+".apop", `not with auth.mode = "verify": mailproxy cannot check an APOP digest against a password hash`)
+	} else if l.APOP && c.Auth.Mode == "http" {
+		ck.add(key+".apop", `not with auth.mode = "http": an auth_http service gets no APOP digest from mailproxy`)
 	}
 	switch {
 	case l.MaxSize < 0:
@@ -351,13 +356,30 @@ func (ck *cfgChecker) addr(key, addr string, needHost bool) bool {
 	return true
 }
 
+// loopback reports whether a listen address is reachable from this host
+// only: a loopback IP or "localhost" (a wildcard or any other name is not).
+func loopback(addr string) bool {
+	host, _, _ := net.SplitHostPort(addr)
+	if strings.EqualFold(strings.TrimSuffix(host, "."), "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
+}
+
 // listenAddr is an address something listens on; a wildcard host ("", 0.0.0.0,
 // ::) conflicts with every host on the same port.
 type listenAddr struct{ key, host, port string }
 
 func (ck *cfgChecker) claim(binds []listenAddr, key, addr string) []listenAddr {
 	host, port, _ := net.SplitHostPort(addr)
-	host = strings.ToLower(host)
+	if n, err := strconv.Atoi(port); err == nil {
+		port = strconv.Itoa(n) // "09143" is 9143
+	}
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	if host == "localhost" {
+		host = "127.0.0.1" // where Go's Listen binds "localhost"
+	}
 	if ip, err := netip.ParseAddr(host); err == nil {
 		host = ip.Unmap().String()
 		if ip.IsUnspecified() {
@@ -370,4 +392,25 @@ func (ck *cfgChecker) claim(binds []listenAddr, key, addr string) []listenAddr {
 		}
 	}
 	return append(binds, listenAddr{key, host, port})
+}
+
+// checkAuthHTTP checks the auth_http keys and [auth.penalty].
+func (c *Config) checkAuthHTTP(ck *cfgChecker) {
+	a := c.Auth
+	if a.Mode == "http" {
+		if u, err := url.Parse(a.HTTPURL); a.HTTPURL == "" || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			ck.add("auth.http_url", `%q: auth.mode = "http" needs an http:// or https:// URL`, a.HTTPURL)
+		}
+		if a.BackendLogin == "master" {
+			ck.add("auth.backend_login", `"master" needs auth.mode = "verify"; with "http" the service's Auth-User and Auth-Pass say how to log in`)
+		}
+	}
+	ck.positive("auth.http_timeout", a.HTTPTimeout)
+	ck.notNegative("auth.http_cache_ttl", a.HTTPCacheTTL)
+	p := a.Penalty
+	ck.positive("auth.penalty.window", p.Window)
+	ck.notNegative("auth.penalty.max_delay", p.MaxDelay)
+	ck.atLeast("auth.penalty.ip_user_limit", p.IPUserLimit, 0)
+	ck.atLeast("auth.penalty.ip_limit", p.IPLimit, 0)
+	ck.atLeast("auth.penalty.user_limit", p.UserLimit, 0)
 }
