@@ -354,3 +354,23 @@ func TestCancelAndBadBase64(t *testing.T) {
 }
 
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+// refuseGuard is a LoginGuard that refuses every login attempt.
+type refuseGuard struct{ failed int }
+
+func (g *refuseGuard) Allow(context.Context, string) error { return protocols.ErrLoginRefused }
+func (g *refuseGuard) Failed(context.Context, string)      { g.failed++ }
+func (g *refuseGuard) Succeeded(string)                    {}
+
+// TestLoginGuard: a client or user that failed too often is refused before
+// any backend is contacted, with a temporary failure.
+func TestLoginGuard(t *testing.T) {
+	cl, hs := start(t, func(s *protocols.Session, _ *sievefake.Server) { s.Guard = &refuseGuard{} })
+	resp, err := cl.AuthPlain("alice", "pw", false)
+	if err != nil || resp.Status != "NO" || !strings.Contains(resp.Text, "TRYLATER") {
+		t.Fatalf("login: %+v %v", resp, err)
+	}
+	if hs.dials != 0 {
+		t.Fatalf("%d dials", hs.dials)
+	}
+}
