@@ -187,7 +187,9 @@ func (ss *session) login() *protocols.Relay {
 	ss.res.up, ss.res.down = ss.ps.BytesIn, ss.ps.BytesOut
 	if err != nil {
 		ss.outcome = classify(err)
-		if ss.outcome == "login timeout" {
+		// Not after a STARTTLS answered with OK: the client is speaking
+		// TLS by then, and plain text would only garble its handshake.
+		if ss.outcome == "login timeout" && !errors.Is(err, mtls.ErrHandshake) {
 			say(ss.client, notices[lc.Protocol].timeout)
 		}
 		ss.log.Debug("session error", "err", err)
@@ -260,6 +262,7 @@ func (ss *session) protoSession(c net.Conn) *protocols.Session {
 		RequireTLS: lc.RequireTLS, Hostname: host,
 		SMTPAuth: lc.SMTPAuth, APOP: lc.APOP, MaxSize: lc.MaxSize,
 		MaxLine: 8 << 10, AuthFailureDelay: s.cfg.Limits.AuthFailureDelay.Duration,
+		LoginDeadline:  ss.start.Add(s.cfg.Limits.LoginTimeout.Duration),
 		BackendTimeout: s.cfg.Limits.BackendTimeout.Duration,
 		Dial:           ss.dialBackend,
 	}
@@ -295,6 +298,11 @@ func (ss *session) dialBackend(ctx context.Context, login string, hello func(con
 			ss.backend = b
 			return b, nil
 		}
+		if errors.Is(err, protocols.ErrClientFault) {
+			// The next backend would refuse the client just the same.
+			ss.log.Info("backend refused the client", "backend", lease.Backend.Name, "err", err)
+			return nil, err
+		}
 		ss.log.Warn("backend failed", "backend", lease.Backend.Name, "err", err)
 		tried = append(tried, lease.Backend)
 	}
@@ -302,7 +310,8 @@ func (ss *session) dialBackend(ctx context.Context, login string, hello func(con
 }
 
 // connect dials the lease's backend and runs hello. On failure the lease is
-// released and the backend charged with a failed health check.
+// released and the backend charged with a failed health check, unless
+// hello says the client caused it (protocols.ErrClientFault).
 func (ss *session) connect(ctx context.Context, lease *routing.Lease, hello func(context.Context, *protocols.Backend) error) (*protocols.Backend, error) {
 	return ss.connectLease(ctx, lease, hello, false)
 }
@@ -373,7 +382,9 @@ func (ss *session) connectLease(ctx context.Context, lease *routing.Lease, hello
 	conn.SetDeadline(deadline)
 	if err := hello(dctx, b); err != nil {
 		b.Close()
-		fail("greeting: " + err.Error())
+		if !errors.Is(err, protocols.ErrClientFault) {
+			fail("greeting: " + err.Error())
+		}
 		return nil, fmt.Errorf("backend %s: %w", rb.Name, err)
 	}
 	if held {

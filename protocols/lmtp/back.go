@@ -71,10 +71,21 @@ func hello(ctx context.Context, b *protocols.Backend, helo string) (*gosmtp.Clie
 		c.CommandTimeout = time.Until(dl)
 	}
 	if err := c.Hello(helo); err != nil {
+		var se *gosmtp.SMTPError
+		if errors.As(err, &se) && nameRefused(se.Code) {
+			// The client's LHLO name: its fault, not the backend's.
+			return nil, protocols.ClientFault(fmt.Errorf("lhlo: %w", se))
+		}
 		return nil, fmt.Errorf("lhlo: %w", err)
 	}
 	c.CommandTimeout, c.SubmissionTimeout = backendTimeout, dataEndTimeout
 	return c, nil
+}
+
+// nameRefused says whether a 5xx to LHLO refuses the name the client
+// gave; 500, 502 and 503 say the backend does not speak LMTP as asked.
+func nameRefused(code int) bool {
+	return code >= 500 && code < 600 && code != 500 && code != 502 && code != 503
 }
 
 // startTLS reads the greeting, says LHLO and STARTTLS, and upgrades the
