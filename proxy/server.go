@@ -24,6 +24,7 @@ import (
 	"mailproxy/protocols"
 	"mailproxy/proxy/auth"
 	"mailproxy/routing"
+	rstore "mailproxy/routing/redis"
 	mtls "mailproxy/tls"
 )
 
@@ -87,6 +88,9 @@ type Server struct {
 
 	// The logs of connections refused at accept, one per reason.
 	refusedLimit, refusedUntrusted rateLog
+
+	state  routing.StateStore // runtime drains, weights, pins (store.go)
+	rstore *rstore.Store      // [store] type = "redis"; nil for memory
 }
 
 // backendInfo is what the proxy keeps per backend as routing.Backend.Data.
@@ -119,6 +123,9 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		return nil, err
 	}
 	if err := s.setupAuth(); err != nil {
+		return nil, err
+	}
+	if err := s.setupStore(); err != nil {
 		return nil, err
 	}
 	for _, l := range cfg.Listeners {
@@ -172,6 +179,7 @@ func (s *Server) newPool(pc config.PoolConfig) (*routing.Pool, error) {
 	opts.Name = pc.Name
 	opts.Linger = pc.Linger.Duration
 	opts.Rise, opts.Fall = pc.Health.Rise, pc.Health.Fall
+	opts.Table = s.table(pc)
 	opts.Pins = make(map[string]string, len(pc.Pins))
 	for u, b := range pc.Pins {
 		opts.Pins[s.cfg.Auth.RoutingKey(u)] = b
@@ -442,6 +450,7 @@ func (s *Server) StartBackground() {
 	ctx, cancel := context.WithCancel(context.Background())
 	s.bgStop = cancel
 	s.startHealth(ctx)
+	s.startStore(ctx)
 }
 
 func (s *Server) stopBackground() {
@@ -449,4 +458,5 @@ func (s *Server) stopBackground() {
 		s.bgStop()
 		s.bgDone.Wait()
 	}
+	s.closeStore()
 }

@@ -110,10 +110,11 @@ type Backend struct {
 	Name string
 	Data any // BackendSpec.Data
 
-	index    int
-	seed     uint64
-	serves   [numProtocols]bool
-	disabled bool
+	index      int
+	seed       uint64
+	serves     [numProtocols]bool
+	disabled   bool
+	baseWeight int // from the config; runtime changes go on top
 
 	// Guarded by Pool.mu.
 	weight   int

@@ -5,7 +5,7 @@
 //
 //	mailproxy [run] -config FILE   serve (the default subcommand)
 //	mailproxy check -config FILE   validate a config, print its warnings, and exit
-//	mailproxy ctl COMMAND          call the admin API: status, drain, undrain, kick, user
+//	mailproxy ctl COMMAND          call the admin API: status, drain, undrain, kick, weight, pin, move, user
 //	mailproxy demo                 run against built-in in-memory backends
 //	mailproxy version
 //	mailproxy help                 list the subcommands
