@@ -34,8 +34,9 @@ var ErrServerClosed = errors.New("mailproxy: server closed")
 // Options are the parts of a Server that are not in the config file.
 type Options struct {
 	Logger *slog.Logger // default slog.Default()
-	// Handlers maps a protocol name ("imap", "pop3", "smtp") to its
-	// implementation. A listener whose protocol has no handler is an error.
+	// Handlers maps a protocol name ("imap", "pop3", "smtp", "lmtp",
+	// "managesieve") to its implementation. A listener whose protocol has
+	// no handler is an error.
 	Handlers map[string]protocols.Handler
 	// Dial connects to backends; default a net.Dialer.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -100,8 +101,8 @@ type Server struct {
 // backendInfo is what the proxy keeps per backend as routing.Backend.Data.
 type backendInfo struct {
 	cfg  config.BackendConfig
-	addr [3]string     // by routing.Protocol
-	tls  []*tls.Config // by routing.Protocol; client config for tls != none
+	addr [routing.NumProtocols]string // by routing.Protocol
+	tls  []*tls.Config                // by routing.Protocol; client config for tls != none
 }
 
 // New builds a server from a validated config. It does not listen yet.
@@ -188,7 +189,8 @@ func (s *Server) newPool(pc config.PoolConfig) (*routing.Pool, error) {
 	for u, b := range pc.Pins {
 		opts.Pins[s.cfg.Auth.RoutingKey(u)] = b
 	}
-	for i, name := range []string{pc.IMAP, pc.POP3, pc.SMTP} {
+	// LMTP and ManageSieve touch the mail store as IMAP does: IMAP's policy.
+	for i, name := range []string{pc.IMAP, pc.POP3, pc.SMTP, pc.IMAP, pc.IMAP} {
 		pol, err := routing.ParsePolicy(name)
 		if err != nil {
 			return nil, fmt.Errorf("pool %s: %w", pc.Name, err)
@@ -206,7 +208,7 @@ func (s *Server) newPool(pc config.PoolConfig) (*routing.Pool, error) {
 	}
 	var specs []routing.BackendSpec
 	for _, bc := range pc.Backends {
-		info := &backendInfo{cfg: bc, addr: [3]string{bc.IMAP, bc.POP3, bc.SMTP}, tls: make([]*tls.Config, 3)}
+		info := &backendInfo{cfg: bc, addr: [routing.NumProtocols]string{bc.IMAP, bc.POP3, bc.SMTP, bc.LMTP, bc.ManageSieve}, tls: make([]*tls.Config, routing.NumProtocols)}
 		spec := routing.BackendSpec{Name: bc.Name, Weight: bc.Weight, Disabled: bc.Disabled, Data: info}
 		for i, a := range info.addr {
 			spec.Serves[i] = a != ""

@@ -93,7 +93,7 @@ func (s *Server) CloseSessions() int {
 func (s *Server) listenAll() ([]net.Listener, error) {
 	lns := make([]net.Listener, 0, len(s.cfg.Listeners))
 	for _, l := range s.cfg.Listeners {
-		ln, err := s.listen("tcp", l.Address)
+		ln, err := s.listenOn(l.Address)
 		if err != nil {
 			for _, o := range lns {
 				o.Close()

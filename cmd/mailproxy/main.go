@@ -27,6 +27,8 @@ import (
 
 	"mailproxy/protocols"
 	"mailproxy/protocols/imap"
+	"mailproxy/protocols/lmtp"
+	"mailproxy/protocols/managesieve"
 	"mailproxy/protocols/pop3"
 	"mailproxy/protocols/smtp"
 	"mailproxy/proxy"
@@ -122,7 +124,8 @@ func cmdCheck(args []string, stdout io.Writer) error {
 
 // handlers wires the protocol implementations into the proxy.
 func handlers() map[string]protocols.Handler {
-	return map[string]protocols.Handler{"imap": imap.Handler{}, "pop3": pop3.Handler{}, "smtp": smtp.Handler{}}
+	return map[string]protocols.Handler{"imap": imap.Handler{}, "pop3": pop3.Handler{}, "smtp": smtp.Handler{},
+		"lmtp": lmtp.Handler{}, "managesieve": &managesieve.Handler{}}
 }
 
 func newLogger(cfg config.LogConfig, w io.Writer) *slog.Logger {
