@@ -1,6 +1,7 @@
-// Package protocols is the contract between the proxy and the three
-// protocol packages (imap, pop3, smtp): what the proxy hands a protocol for
-// one client connection, and what the protocol hands back after login.
+// Package protocols is the contract between the proxy and the protocol
+// packages (imap, pop3, smtp, lmtp, managesieve): what the proxy hands a
+// protocol for one client connection, and what the protocol hands back
+// after login.
 //
 // A protocol package speaks its protocol on both sides (the client dialogue
 // before login, and the backend's greeting, STARTTLS and login) but never
@@ -77,6 +78,10 @@ type Session struct {
 
 	MaxLine          int           // longest line or literal accepted before login
 	AuthFailureDelay time.Duration // waited before every failed-login reply
+	// LoginDeadline is when the client must have logged in (login_timeout
+	// from accept), already set on Conn; zero: no bound. A protocol that
+	// replaces Conn's deadlines (SMTP) keeps this one until login.
+	LoginDeadline time.Time
 	// BackendTimeout bounds a backend login where the protocol logs in
 	// after Dial's deadline is gone (SMTP's AUTH); 0: the protocol's own.
 	BackendTimeout time.Duration
@@ -85,7 +90,9 @@ type Session struct {
 	// not tied to a user), connects (implicit TLS done), and calls hello,
 	// which reads the greeting and does STARTTLS. A backend that cannot be
 	// reached or fails hello counts as a failed health check and the next
-	// one is tried where the routing rules allow.
+	// one is tried where the routing rules allow, unless hello's error is
+	// the client's (errors.Is(err, ErrClientFault)): then Dial returns it
+	// at once and charges no one.
 	Dial func(ctx context.Context, login string, hello func(context.Context, *Backend) error) (*Backend, error)
 
 	// Authenticate, when not nil, checks a client's credentials before any
@@ -98,6 +105,13 @@ type Session struct {
 	// gets the client's user name, which routes. nil (passthrough): the
 	// backend checks the client's credentials.
 	Authenticate func(ctx context.Context, c Credentials) (Credentials, error)
+
+	// Route, on listeners of a protocol that routes each recipient on
+	// its own (LMTP), places user as an IMAP login of user would be placed
+	// and holds the user there until the returned Lease is released. The
+	// protocol never picks a backend itself: it asks Route for every user.
+	// Nil on other listeners.
+	Route func(ctx context.Context, user string) (*Lease, error)
 
 	// User is the login name of the last login attempt, for the session log.
 	User string
@@ -166,6 +180,8 @@ type Backend struct {
 	Caps          []string // what the backend announced, as the protocol reads it
 
 	// Fail reports that the backend misbehaved (health: one failed check).
+	// Only for the backend's own faults; never for what the client caused
+	// (see ErrClientFault).
 	Fail func(reason string)
 
 	release   func()
@@ -217,16 +233,37 @@ type Handler interface {
 	Probe(ctx context.Context, conn net.Conn) error
 }
 
+// ErrClientFault marks a failure the client caused: a name, address or
+// argument the client sent that mailproxy or the backend refused. It is
+// answered to that client and never counts against a backend's health nor
+// sends the session to the next backend (DESIGN.md, "What bad input
+// gets"). Test with errors.Is; wrap with ClientFault.
+var ErrClientFault = errors.New("refused because of what the client sent")
+
+// ClientFault wraps err as the client's fault: errors.Is(e,
+// ErrClientFault) holds, errors.As still finds err's own types, and the
+// text is err's.
+func ClientFault(err error) error { return clientFault{err} }
+
+type clientFault struct{ err error }
+
+func (e clientFault) Error() string   { return e.err.Error() }
+func (e clientFault) Unwrap() []error { return []error{e.err, ErrClientFault} }
+
 // ErrLineTooLong is returned by ReadLine for a line over the limit.
 var ErrLineTooLong = errors.New("line too long")
 
 // ReadLine reads one CRLF- or LF-terminated line of at most max bytes
-// (without the terminator) and returns it without the line ending.
+// (without the terminator) and returns it without the line ending. A
+// longer line is read to its end and dropped, and ReadLine returns its
+// first max bytes (so that an IMAP reply can still carry the tag) with
+// ErrLineTooLong.
 func ReadLine(r *bufio.Reader, max int) ([]byte, error) {
 	var line []byte
 	for {
 		frag, err := r.ReadSlice('\n')
 		if len(line)+len(frag) > max+2 {
+			line = append(line, frag[:min(len(frag), max-min(len(line), max))]...)
 			// Swallow the rest of the line so the next read starts clean.
 			for errors.Is(err, bufio.ErrBufferFull) {
 				_, err = r.ReadSlice('\n')
@@ -234,7 +271,7 @@ func ReadLine(r *bufio.Reader, max int) ([]byte, error) {
 			if err != nil {
 				return nil, err
 			}
-			return nil, ErrLineTooLong
+			return line[:min(len(line), max)], ErrLineTooLong
 		}
 		line = append(line, frag...)
 		if err == nil {

@@ -1,9 +1,9 @@
 package proxy
 
 import (
+	"context"
 	"encoding/json"
 	"log/slog"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -11,23 +11,22 @@ import (
 	"mailproxy/routing"
 )
 
-// AdminSync keeps the runtime admin state (drains) where it must outlive
-// this process and this node: in [store] state_file, read back at start,
-// and at the peer of an active/standby pair, which gets every drain,
-// undrain and kick made here and sends its own. Between two states the
-// later change wins (routing.AdminState.Updated), so a node that restarts
-// with an old file takes the peer's newer state, and the peer ignores the
-// old one. Its methods are safe for concurrent use.
+// AdminSync keeps the runtime admin state (drains, weights, pins) of the
+// two nodes of an active/standby pair in step when the state lives in
+// memory and [store] state_file (a Redis store is shared already): every
+// admin change made here is sent to the peer with the heartbeats, and the
+// peer's state replaces ours when it changed later (routing.AdminState.
+// Updated). So a node that restarts with an old file takes the peer's
+// newer state, and the peer ignores the old one. Kicks travel too and are
+// carried out once. Its methods are safe for concurrent use.
 type AdminSync struct {
 	s     *Server
-	path  string // "" = no state file
 	log   *slog.Logger
 	share func([]byte) bool // to the peer; nil without one
 
 	payload atomic.Pointer[[]byte] // the state in force as the peer gets it
 
 	mu       sync.Mutex
-	updated  time.Time // of the state in force
 	lastKick time.Time // of the last kick taken from the peer
 }
 
@@ -44,10 +43,13 @@ type adminKick struct {
 	At      time.Time `json:"at"`
 }
 
-// NewAdminSync builds the sync for s with the state file at path ("" for
-// none). It changes nothing until Restore.
-func (s *Server) NewAdminSync(path string) *AdminSync {
-	return &AdminSync{s: s, path: path, log: s.log}
+// NewAdminSync builds the sync for s, with the state loaded at start.
+func (s *Server) NewAdminSync() *AdminSync {
+	a := &AdminSync{s: s, log: s.log}
+	if st, ok := a.load(); ok {
+		a.cache(adminMessage{State: st})
+	}
+	return a
 }
 
 // SetShare sets how the state reaches the peer (peer.Node.Share).
@@ -57,40 +59,44 @@ func (a *AdminSync) SetShare(share func([]byte) bool) {
 	a.share = share
 }
 
-// Restore puts the state file's state in force; call it before serving.
-func (a *AdminSync) Restore() error {
-	if a.path == "" {
-		return nil
-	}
-	st, err := routing.LoadAdminState(a.path)
-	if err != nil {
-		return err
-	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.apply(st)
-	a.cache(adminMessage{State: a.state()})
-	if !st.Updated.IsZero() {
-		a.log.Info("admin state restored", "file", a.path, "updated", st.Updated, "draining", drainList(st))
-	}
-	return nil
+// file is the server's state store when it is the memory one; nil with
+// Redis, which needs no sync.
+func (a *AdminSync) file() *routing.FileState {
+	fs, _ := a.s.state.(*routing.FileState)
+	return fs
 }
 
-// Changed records an admin action made here (drain, undrain or kick of
-// pool/backend): the state is saved and sent to the peer.
+func (a *AdminSync) load() (routing.AdminState, bool) {
+	fs := a.file()
+	if fs == nil {
+		return routing.AdminState{}, false
+	}
+	st, err := fs.Load(context.Background())
+	return st, err == nil
+}
+
+// Changed records an admin action made here (drain, undrain, weight or
+// kick of pool/backend): the state, as the store now has it, goes to the
+// peer.
 func (a *AdminSync) Changed(pool, backend, action string) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	now := time.Now()
-	a.updated = now
-	st := a.state()
+	st, ok := a.load()
+	if !ok {
+		return
+	}
 	msg := adminMessage{State: st}
 	if action == "kick" {
-		msg.Kick = &adminKick{Pool: pool, Backend: backend, At: now}
+		msg.Kick = &adminKick{Pool: pool, Backend: backend, At: time.Now()}
 	}
 	a.cache(adminMessage{State: st})
-	a.save(st)
-	a.send(msg)
+	a.mu.Lock()
+	share := a.share
+	a.mu.Unlock()
+	if share == nil {
+		return
+	}
+	if b, err := json.Marshal(msg); err == nil && !share(b) {
+		a.log.Warn("admin state not sent to the peer (too large, or the peer link is busy); it is sent again when the peer returns")
+	}
 }
 
 // Payload is the state in force, as the peer gets it (peer.Options.Shared).
@@ -108,10 +114,9 @@ func (a *AdminSync) cache(msg adminMessage) {
 	}
 }
 
-// Receive takes a payload from the peer (peer.Options.OnShared): a newer
-// state is put in force and saved, a new kick is carried out. It returns
-// at once and does the work on a goroutine of its own, as it runs on the
-// heartbeat goroutine and a state file may be being synced meanwhile.
+// Receive takes a payload from the peer (peer.Options.OnShared). It
+// returns at once and does the work on a goroutine of its own: it runs on
+// the heartbeat goroutine, and saving the state file takes a while.
 func (a *AdminSync) Receive(b []byte) {
 	go a.receive(b)
 }
@@ -124,11 +129,13 @@ func (a *AdminSync) receive(b []byte) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if msg.State.Updated.After(a.updated) {
-		a.apply(msg.State)
-		a.cache(adminMessage{State: a.state()})
-		a.log.Info("admin state taken from the peer", "updated", msg.State.Updated, "draining", drainList(msg.State))
-		a.save(msg.State)
+	if cur, ok := a.load(); ok && msg.State.Updated.After(cur.Updated) {
+		if err := a.file().Replace(msg.State); err != nil {
+			a.log.Error("admin state from the peer not saved", "err", err)
+		}
+		a.s.reloadState()
+		a.cache(adminMessage{State: msg.State})
+		a.log.Info("admin state taken from the peer", "updated", msg.State.Updated)
 	}
 	if k := msg.Kick; k != nil && k.At.After(a.lastKick) {
 		a.lastKick = k.At
@@ -139,59 +146,4 @@ func (a *AdminSync) receive(b []byte) {
 			}
 		}
 	}
-}
-
-// state is the state in force; a.mu is held.
-func (a *AdminSync) state() routing.AdminState {
-	st := routing.AdminState{Updated: a.updated, Pools: map[string]*routing.PoolState{}}
-	for _, p := range a.s.Pools() {
-		if ps := p.DrainState(); ps != nil {
-			st.Pools[p.Name] = ps
-		}
-	}
-	return st
-}
-
-// apply puts st in force; a.mu is held.
-func (a *AdminSync) apply(st routing.AdminState) {
-	a.updated = st.Updated
-	for _, p := range a.s.Pools() {
-		p.ApplyState(st.Pools[p.Name])
-	}
-}
-
-func (a *AdminSync) save(st routing.AdminState) {
-	if a.path == "" {
-		return
-	}
-	if err := st.Save(a.path); err != nil {
-		a.log.Error("admin state not saved", "err", err)
-	}
-}
-
-func (a *AdminSync) send(msg adminMessage) {
-	if a.share == nil {
-		return
-	}
-	b, err := json.Marshal(msg)
-	if err == nil && !a.share(b) {
-		a.log.Warn("admin state not sent to the peer (too large, or the peer link is busy); it is sent again when the peer returns")
-	}
-}
-
-// drainList names the draining backends of st as pool/backend, for logs.
-func drainList(st routing.AdminState) []string {
-	var out []string
-	for pool, ps := range st.Pools {
-		if ps == nil {
-			continue
-		}
-		for b, on := range ps.Drain {
-			if on {
-				out = append(out, pool+"/"+b)
-			}
-		}
-	}
-	slices.Sort(out)
-	return out
 }

@@ -1,9 +1,9 @@
 package proxy
 
 import (
+	"context"
 	"log/slog"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -14,13 +14,13 @@ import (
 	"mailproxy/proxy/config"
 )
 
-func syncServer(t *testing.T) *Server { return syncServerLog(t, slog.New(slog.DiscardHandler)) }
-
-func syncServerLog(t *testing.T, log *slog.Logger) *Server {
+func syncServer(t *testing.T, stateFile string, log *slog.Logger) *Server {
 	t.Helper()
 	cfg, err := config.Parse([]byte(`
 [admin]
 listen = ""
+[store]
+state_file = "`+stateFile+`"
 [[listener]]
 name = "imap"
 protocol = "imap"
@@ -42,73 +42,67 @@ name = "p"
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.reloadState()
 	return s
 }
 
-func draining(s *Server) []string {
-	var out []string
-	if ps := s.Pool("p").DrainState(); ps != nil {
-		for b := range ps.Drain {
-			out = append(out, b)
+func drains(s *Server, backend string) bool {
+	for _, st := range s.Pool("p").Status() {
+		if st.Name == backend {
+			return st.Draining
 		}
 	}
-	return out
+	return false
 }
 
 // TestAdminSync: a drain made on one node reaches the other through the
-// payloads a pair exchanges, both state files keep it, and a restart with
-// an old file takes the newer state while the peer ignores the old one.
+// payloads a pair exchanges and lands in its state file; a restart with
+// an old file takes the newer state, and the newer side ignores the old.
 func TestAdminSync(t *testing.T) {
 	dir := t.TempDir()
-	a, b := syncServer(t), syncServer(t)
-	sa, sb := a.NewAdminSync(filepath.Join(dir, "a.json")), b.NewAdminSync(filepath.Join(dir, "b.json"))
-	for _, s := range []*AdminSync{sa, sb} {
-		if err := s.Restore(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	quiet := slog.New(slog.DiscardHandler)
+	a, b := syncServer(t, filepath.Join(dir, "a.json"), quiet), syncServer(t, filepath.Join(dir, "b.json"), quiet)
+	sa, sb := a.NewAdminSync(), b.NewAdminSync()
 	var toB [][]byte
 	sa.SetShare(func(p []byte) bool { toB = append(toB, p); return true })
-
-	a.Pool("p").SetDraining(a.Pool("p").Backend("mail1"), true)
+	if err := a.SetDraining(context.Background(), "p", "mail1", true); err != nil {
+		t.Fatal(err)
+	}
 	sa.Changed("p", "mail1", "drain")
 	if len(toB) != 1 {
 		t.Fatalf("%d payloads sent for one drain", len(toB))
 	}
-	sb.Receive(toB[0])
-	if !testkit.Eventually(2*time.Second, time.Millisecond, func() bool { return slices.Equal(draining(b), []string{"mail1"}) }) {
-		t.Fatalf("b drains %v, want [mail1]", draining(b))
+	sb.receive(toB[0])
+	if !drains(b, "mail1") {
+		t.Fatal("the drain did not reach b")
 	}
-
-	// b restarts from its file: the drain is there before any peer speaks.
-	b2 := syncServer(t)
-	sb2 := b2.NewAdminSync(filepath.Join(dir, "b.json"))
-	if !testkit.Eventually(2*time.Second, time.Millisecond, func() bool {
-		return sb2.Restore() == nil && slices.Equal(draining(b2), []string{"mail1"})
-	}) {
-		t.Fatalf("restarted b drains %v, want [mail1]", draining(b2))
+	b2 := syncServer(t, filepath.Join(dir, "b.json"), quiet) // b restarts: its file has it
+	if !drains(b2, "mail1") {
+		t.Fatal("restarted b lost the drain")
 	}
-
-	// An older state (a node that restarts with a stale file) loses.
-	old := sb2.Payload()
-	a.Pool("p").SetDraining(a.Pool("p").Backend("mail1"), false)
+	old := b2.NewAdminSync().Payload()
+	time.Sleep(time.Millisecond) // the undrain must be later on the clock than the drain
+	a.SetDraining(context.Background(), "p", "mail1", false)
 	sa.Changed("p", "mail1", "undrain")
 	sa.receive(old)
-	if got := draining(a); len(got) != 0 {
-		t.Errorf("a took an older state: drains %v", got)
+	if drains(a, "mail1") {
+		t.Error("a took an older state")
 	}
+	sb2 := b2.NewAdminSync()
 	sb2.receive(sa.Payload())
-	if got := draining(b2); len(got) != 0 {
-		t.Errorf("b2 kept an older state: drains %v", got)
+	if drains(b2, "mail1") {
+		t.Error("b kept an older state")
 	}
 }
 
 // TestAdminSyncKick: a kick made on one node is carried out once on the
 // other, however often its payload arrives.
 func TestAdminSyncKick(t *testing.T) {
+	dir := t.TempDir()
 	logs := &testkit.SyncBuffer{}
-	a, b := syncServer(t), syncServerLog(t, slog.New(slog.NewTextHandler(logs, nil)))
-	sa, sb := a.NewAdminSync(""), b.NewAdminSync("")
+	a := syncServer(t, filepath.Join(dir, "a.json"), slog.New(slog.DiscardHandler))
+	b := syncServer(t, filepath.Join(dir, "b.json"), slog.New(slog.NewTextHandler(logs, nil)))
+	sa, sb := a.NewAdminSync(), b.NewAdminSync()
 	var sent []byte
 	sa.SetShare(func(p []byte) bool { sent = p; return true })
 	sa.Changed("p", "mail2", "kick")

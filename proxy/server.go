@@ -24,6 +24,7 @@ import (
 	"mailproxy/protocols"
 	"mailproxy/proxy/auth"
 	"mailproxy/routing"
+	rstore "mailproxy/routing/redis"
 	mtls "mailproxy/tls"
 )
 
@@ -33,8 +34,9 @@ var ErrServerClosed = errors.New("mailproxy: server closed")
 // Options are the parts of a Server that are not in the config file.
 type Options struct {
 	Logger *slog.Logger // default slog.Default()
-	// Handlers maps a protocol name ("imap", "pop3", "smtp") to its
-	// implementation. A listener whose protocol has no handler is an error.
+	// Handlers maps a protocol name ("imap", "pop3", "smtp", "lmtp",
+	// "managesieve") to its implementation. A listener whose protocol has
+	// no handler is an error.
 	Handlers map[string]protocols.Handler
 	// Dial connects to backends; default a net.Dialer.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -89,13 +91,21 @@ type Server struct {
 
 	// The logs of connections refused at accept, one per reason.
 	refusedLimit, refusedUntrusted rateLog
+
+	state  routing.StateStore // runtime drains, weights, pins (store.go)
+	rstore *rstore.Store      // [store] type = "redis"; nil for memory
+
+	// The poller of parked relays (park.go), started by the first relay
+	// that may park; guarded by mu.
+	poller       *poller
+	pollerFailed bool
 }
 
 // backendInfo is what the proxy keeps per backend as routing.Backend.Data.
 type backendInfo struct {
 	cfg  config.BackendConfig
-	addr [3]string     // by routing.Protocol
-	tls  []*tls.Config // by routing.Protocol; client config for tls != none
+	addr [routing.NumProtocols]string // by routing.Protocol
+	tls  []*tls.Config                // by routing.Protocol; client config for tls != none
 }
 
 // New builds a server from a validated config. It does not listen yet.
@@ -122,6 +132,9 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		return nil, err
 	}
 	if err := s.setupAuth(); err != nil {
+		return nil, err
+	}
+	if err := s.setupStore(); err != nil {
 		return nil, err
 	}
 	for _, l := range cfg.Listeners {
@@ -175,11 +188,13 @@ func (s *Server) newPool(pc config.PoolConfig) (*routing.Pool, error) {
 	opts.Name = pc.Name
 	opts.Linger = pc.Linger.Duration
 	opts.Rise, opts.Fall = pc.Health.Rise, pc.Health.Fall
+	opts.Table = s.table(pc)
 	opts.Pins = make(map[string]string, len(pc.Pins))
 	for u, b := range pc.Pins {
 		opts.Pins[s.cfg.Auth.RoutingKey(u)] = b
 	}
-	for i, name := range []string{pc.IMAP, pc.POP3, pc.SMTP} {
+	// LMTP and ManageSieve touch the mail store as IMAP does: IMAP's policy.
+	for i, name := range []string{pc.IMAP, pc.POP3, pc.SMTP, pc.IMAP, pc.IMAP} {
 		pol, err := routing.ParsePolicy(name)
 		if err != nil {
 			return nil, fmt.Errorf("pool %s: %w", pc.Name, err)
@@ -197,7 +212,7 @@ func (s *Server) newPool(pc config.PoolConfig) (*routing.Pool, error) {
 	}
 	var specs []routing.BackendSpec
 	for _, bc := range pc.Backends {
-		info := &backendInfo{cfg: bc, addr: [3]string{bc.IMAP, bc.POP3, bc.SMTP}, tls: make([]*tls.Config, 3)}
+		info := &backendInfo{cfg: bc, addr: [routing.NumProtocols]string{bc.IMAP, bc.POP3, bc.SMTP, bc.LMTP, bc.ManageSieve}, tls: make([]*tls.Config, routing.NumProtocols)}
 		spec := routing.BackendSpec{Name: bc.Name, Weight: bc.Weight, Disabled: bc.Disabled, Data: info}
 		for i, a := range info.addr {
 			spec.Serves[i] = a != ""
@@ -359,24 +374,27 @@ func (s *Server) accept(lc *config.ListenerConfig, c net.Conn) {
 		c.Close()
 		return
 	}
-	go func() {
-		defer s.wg.Done()
-		defer func() {
-			s.mu.Lock()
-			s.conns.Add(-1)
-			if ip != "" { // "": a balancer's connection whose header named no client
-				if s.perIP[ip]--; s.perIP[ip] <= 0 {
-					delete(s.perIP, ip)
-				}
+	// release runs when the session ends, which may be long after this
+	// goroutine: a parked session has none.
+	release := func() {
+		s.mu.Lock()
+		s.conns.Add(-1)
+		if ip != "" { // "": a balancer's connection whose header named no client
+			if s.perIP[ip]--; s.perIP[ip] <= 0 {
+				delete(s.perIP, ip)
 			}
-			s.mu.Unlock()
-		}()
+		}
+		s.mu.Unlock()
+		s.wg.Done()
+	}
+	go func() {
 		if lc.ProxyProtocol {
 			if c, ip = s.admitProxied(lc, c); c == nil {
+				release()
 				return
 			}
 		}
-		s.serveSession(lc, c)
+		s.serveSession(lc, c, release)
 	}()
 }
 
@@ -445,11 +463,51 @@ func (s *Server) StartBackground() {
 	ctx, cancel := context.WithCancel(context.Background())
 	s.bgStop = cancel
 	s.startHealth(ctx)
+	s.startStore(ctx)
+}
+
+// parkPoller returns the server's poller of parked relays, starting it
+// on first use, or nil when sessions are not parked.
+func (s *Server) parkPoller() *poller {
+	if s.cfg.Limits.ParkAfter.Duration <= 0 {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.poller == nil && !s.pollerFailed && !s.closed.Load() {
+		p, err := newPoller(s.cfg.Limits.IdleTimeout.Duration)
+		if err != nil {
+			s.pollerFailed = true
+			s.log.Warn("idle sessions will not be parked", "err", err)
+			return nil
+		}
+		s.poller = p
+	}
+	return s.poller
+}
+
+// ParkedDirections counts the relay directions parked now: two per
+// session that is quiet both ways.
+func (s *Server) ParkedDirections() int {
+	s.mu.Lock()
+	p := s.poller
+	s.mu.Unlock()
+	if p == nil {
+		return 0
+	}
+	return p.count()
 }
 
 func (s *Server) stopBackground() {
+	s.mu.Lock()
+	p := s.poller
+	s.mu.Unlock()
+	if p != nil {
+		p.close()
+	}
 	if s.bgStop != nil {
 		s.bgStop()
 		s.bgDone.Wait()
 	}
+	s.closeStore()
 }

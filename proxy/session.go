@@ -28,7 +28,8 @@ type session struct {
 	lc     *config.ListenerConfig
 	pool   *routing.Pool
 	proto  routing.Protocol
-	log    *slog.Logger
+	log    *slog.Logger // nil while relaying: rebuilt for the end line (logger)
+	addr   string       // the client's address, for the log
 	ctx    context.Context
 	cancel context.CancelFunc
 	stop   func() bool // unregisters the close-on-cancel of the accepted conn
@@ -41,12 +42,14 @@ type session struct {
 	user     string             // the login name, for the end line
 	backend  *protocols.Backend // the backend of the current login attempt
 	loggedIn bool
+	relaying bool // the relay owns the session's end (relayEnded)
 	// byeTo is where a goodbye may be written from another goroutine
 	// (shutdown): the connection in the state the client reads it, or nil
 	// while that is not known (before login on a STARTTLS listener).
 	byeTo   atomic.Pointer[net.Conn]
 	res     relayResult
 	outcome string // for the end line
+	release func() // gives back what accept counted for the connection
 }
 
 // notice holds the few replies the proxy itself sends. It never parses a
@@ -72,6 +75,18 @@ var notices = map[string]notice{
 		busy:     "421 4.7.0 Too many connections, try again later\r\n",
 		shutdown: "421 4.3.2 Server shutting down, try again later\r\n",
 	},
+	"lmtp": {
+		panic:    "421 4.3.0 Internal error, try again later\r\n",
+		timeout:  "421 4.4.2 Timeout, closing connection\r\n",
+		busy:     "421 4.7.0 Too many connections, try again later\r\n",
+		shutdown: "421 4.3.2 Server shutting down, try again later\r\n",
+	},
+	"managesieve": {
+		panic:    "BYE \"Internal error, try again later.\"\r\n",
+		timeout:  "BYE \"Login timeout, closing connection.\"\r\n",
+		busy:     "BYE (TRYLATER) \"Too many connections, try again later.\"\r\n",
+		shutdown: "BYE (TRYLATER) \"Server shutting down, reconnect later.\"\r\n",
+	},
 }
 
 // say sends one of the proxy's own replies, bounded by a short deadline.
@@ -88,31 +103,76 @@ func newID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// serveSession runs one connection from accept to close. Its own frame is
-// kept small: it sits under the relay for the whole life of an idle
-// session, so the login work lives in helpers whose frames are gone by then.
-func (s *Server) serveSession(lc *config.ListenerConfig, c net.Conn) {
-	ss := s.newSession(lc, c)
-	defer ss.finish()
+// serveSession runs one connection from accept to login, then starts the
+// relay, which ends the session (relayEnded) on whichever goroutine its
+// last direction ends: an idle session may have parked, and then no
+// goroutine of it is left. Its own frame is kept small: it sits under the
+// relay while the client to backend direction is busy, so the login work
+// lives in helpers whose frames are gone by then.
+func (s *Server) serveSession(lc *config.ListenerConfig, c net.Conn, release func()) {
+	ss := s.newSession(lc, c, release)
+	defer ss.endLogin()
 	r := ss.login()
 	if r == nil {
 		return
 	}
-	ss.res = relay(ss.ctx, r, s.cfg.Limits.IdleTimeout.Duration)
+	// The relay ties the connections to ctx itself, and closing the
+	// accepted one behind its back would leave a parked direction unwoken.
+	ss.stop()
+	ss.stop = stopped // the registration stays reachable through its stop func
+	ss.relaying = true
+	// The logger's preformatted fields are a few hundred bytes that an
+	// idle session need not keep: the end line makes them again.
+	ss.log = nil
+	relay(ss.ctx, r, relayOpts{idle: s.cfg.Limits.IdleTimeout.Duration, park: s.cfg.Limits.ParkAfter.Duration,
+		poller: s.parkPoller(), onEnd: ss.relayEnded})
+}
+
+// stopped is the stop func of something already stopped.
+func stopped() bool { return false }
+
+// endLogin ends a session that did not reach the relay. It is deferred
+// directly, so its recover catches a panic anywhere before the relay
+// (the relay's goroutines recover their own).
+func (ss *session) endLogin() {
+	if r := recover(); r != nil {
+		ss.logger().Error("session panic", "panic", r, "stack", string(debug.Stack()))
+		say(ss.client, notices[ss.lc.Protocol].panic)
+		ss.outcome = "panic"
+		if ss.relaying {
+			ss.cancel() // the relay ends the session
+			return
+		}
+	}
+	if !ss.relaying {
+		ss.finish()
+	}
+}
+
+// relayEnded ends a session after its relay.
+func (ss *session) relayEnded(res relayResult) {
+	ss.res = res
 	ss.outcome = ss.relayOutcome()
+	var p *relayPanic
+	if errors.As(res.err, &p) {
+		ss.logger().Error("session panic", "panic", p.value, "stack", string(p.stack))
+		ss.outcome = "panic"
+	}
+	ss.finish()
 }
 
 // newSession registers a session for c and logs its start.
-func (s *Server) newSession(lc *config.ListenerConfig, c net.Conn) *session {
+func (s *Server) newSession(lc *config.ListenerConfig, c net.Conn, release func()) *session {
 	proto, _ := routing.ParseProtocol(lc.Protocol)
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := newSessionCtx()
 	ss := &session{srv: s, lc: lc, pool: s.pools[lc.Pool], proto: proto, ctx: ctx, cancel: cancel,
-		id: newID(), start: time.Now(), client: c, ps: &protocols.Session{}, outcome: "closed"}
-	ss.log = s.log.With("session", ss.id, "listener", lc.Name, "client", c.RemoteAddr().String())
+		id: newID(), start: time.Now(), client: c, ps: &protocols.Session{}, outcome: "closed", release: release}
+	ss.addr = c.RemoteAddr().String()
+	ss.log = ss.logger()
 	// A kill (kick, backend down) cancels ctx from another goroutine:
 	// close the accepted conn, never ss.client, which this goroutine
 	// replaces after TLS and login.
-	ss.stop = context.AfterFunc(ctx, func() { c.Close() })
+	ss.stop = ctx.AfterFunc(func() { c.Close() })
 	if lc.TLS == "none" || lc.TLS == "" {
 		ss.byeTo.Store(&c)
 	}
@@ -123,15 +183,19 @@ func (s *Server) newSession(lc *config.ListenerConfig, c net.Conn) *session {
 	return ss
 }
 
-// finish tears the session down and writes its end line. It is deferred
-// directly, so its recover catches a panic anywhere in the session.
+// logger returns the session's logger, making it again if the relay
+// dropped it.
+func (ss *session) logger() *slog.Logger {
+	if ss.log == nil {
+		ss.log = ss.srv.log.With("session", ss.id, "listener", ss.lc.Name, "client", ss.addr)
+	}
+	return ss.log
+}
+
+// finish tears the session down and writes its end line.
 func (ss *session) finish() {
 	s, lc := ss.srv, ss.lc
-	if r := recover(); r != nil {
-		ss.log.Error("session panic", "panic", r, "stack", string(debug.Stack()))
-		say(ss.client, notices[lc.Protocol].panic)
-		ss.outcome = "panic"
-	}
+	defer ss.release()
 	ss.stop()
 	ss.cancel()
 	ss.client.Close()
@@ -150,7 +214,7 @@ func (ss *session) finish() {
 		attrs = append(attrs, "backend", backend)
 	}
 	s.metrics.sessionEnded(lc, backend, ss.loggedIn, ss.user != "", res, ss.outcome)
-	ss.log.Info("session end", attrs...)
+	ss.logger().Info("session end", attrs...)
 }
 
 // login runs TLS and the protocol's dialogue before login under the login
@@ -175,7 +239,9 @@ func (ss *session) login() *protocols.Relay {
 	ss.res.up, ss.res.down = ss.ps.BytesIn, ss.ps.BytesOut
 	if err != nil {
 		ss.outcome = classify(err)
-		if ss.outcome == "login timeout" {
+		// Not after a STARTTLS answered with OK: the client is speaking
+		// TLS by then, and plain text would only garble its handshake.
+		if ss.outcome == "login timeout" && !errors.Is(err, mtls.ErrHandshake) {
 			say(ss.client, notices[lc.Protocol].timeout)
 		}
 		ss.log.Debug("session error", "err", err)
@@ -248,8 +314,12 @@ func (ss *session) protoSession(c net.Conn) *protocols.Session {
 		RequireTLS: lc.RequireTLS, Hostname: host,
 		SMTPAuth: lc.SMTPAuth, APOP: lc.APOP, MaxSize: lc.MaxSize,
 		MaxLine: 8 << 10, AuthFailureDelay: s.cfg.Limits.AuthFailureDelay.Duration,
+		LoginDeadline:  ss.start.Add(s.cfg.Limits.LoginTimeout.Duration),
 		BackendTimeout: s.cfg.Limits.BackendTimeout.Duration,
 		Dial:           ss.dialBackend,
+	}
+	if ss.proto == routing.LMTP {
+		ps.Route = ss.route
 	}
 	if s.auth != nil {
 		ps.Authenticate = s.auth.Authenticate
@@ -270,7 +340,7 @@ func (ss *session) dialBackend(ctx context.Context, login string, hello func(con
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		lease, err := ss.pool.Acquire(ss.proto, key, tried...)
+		lease, err := ss.pool.Acquire(ctx, ss.proto, key, tried...)
 		if err != nil {
 			ss.log.Warn("no backend available", "user", login, "tried", len(tried))
 			return nil, fmt.Errorf("pick backend: %w", err)
@@ -280,6 +350,11 @@ func (ss *session) dialBackend(ctx context.Context, login string, hello func(con
 			ss.backend = b
 			return b, nil
 		}
+		if errors.Is(err, protocols.ErrClientFault) {
+			// The next backend would refuse the client just the same.
+			ss.log.Info("backend refused the client", "backend", lease.Backend.Name, "err", err)
+			return nil, err
+		}
 		ss.log.Warn("backend failed", "backend", lease.Backend.Name, "err", err)
 		tried = append(tried, lease.Backend)
 	}
@@ -287,8 +362,20 @@ func (ss *session) dialBackend(ctx context.Context, login string, hello func(con
 }
 
 // connect dials the lease's backend and runs hello. On failure the lease is
-// released and the backend charged with a failed health check.
+// released and the backend charged with a failed health check, unless
+// hello says the client caused it (protocols.ErrClientFault).
 func (ss *session) connect(ctx context.Context, lease *routing.Lease, hello func(context.Context, *protocols.Backend) error) (*protocols.Backend, error) {
+	return ss.connectLease(ctx, lease, hello, false)
+}
+
+// connectLease is connect; with held, the lease belongs to a
+// protocols.Lease (route.go): a failure does not release it, nor does
+// closing the Backend, and a kill closes this connection only.
+func (ss *session) connectLease(ctx context.Context, lease *routing.Lease, hello func(context.Context, *protocols.Backend) error, held bool) (*protocols.Backend, error) {
+	release := lease.Release
+	if held {
+		release = func() {}
+	}
 	rb := lease.Backend
 	info := rb.Data.(*backendInfo)
 	addr := info.addr[ss.proto]
@@ -314,14 +401,14 @@ func (ss *session) connect(ctx context.Context, lease *routing.Lease, hello func
 	conn, err := ss.srv.dial(dialCtx, "tcp", addr)
 	dialCancel()
 	if err != nil {
-		lease.Release()
+		release()
 		fail("connect: " + err.Error())
 		return nil, fmt.Errorf("dial backend %s: %w", rb.Name, err)
 	}
 	raw := conn
 	if err := writeProxyHeader(dctx, conn, info.cfg.SendProxyProtocol, ss.client.RemoteAddr(), ss.client.LocalAddr(), ss.clientTLS()); err != nil {
 		conn.Close()
-		lease.Release()
+		release()
 		fail(err.Error())
 		return nil, fmt.Errorf("backend %s: %w", rb.Name, err)
 	}
@@ -329,13 +416,13 @@ func (ss *session) connect(ctx context.Context, lease *routing.Lease, hello func
 		tc, err := mtls.Handshake(dctx, conn, info.tls[ss.proto], false)
 		if err != nil {
 			conn.Close()
-			lease.Release()
+			release()
 			fail(err.Error())
 			return nil, fmt.Errorf("backend %s: %w", rb.Name, err)
 		}
 		conn = tc
 	}
-	b := protocols.NewBackend(conn, rb.Name, addr, lease.Release)
+	b := protocols.NewBackend(conn, rb.Name, addr, release)
 	b.TLS, b.StartTLS, b.ForwardClient = info.tls[ss.proto], info.cfg.TLS == "starttls", info.cfg.ForwardClient
 	b.Fail = fail
 	// A kill while greeting ends this attempt only: dialBackend then tries
@@ -347,8 +434,14 @@ func (ss *session) connect(ctx context.Context, lease *routing.Lease, hello func
 	conn.SetDeadline(deadline)
 	if err := hello(dctx, b); err != nil {
 		b.Close()
-		fail("greeting: " + err.Error())
+		if !errors.Is(err, protocols.ErrClientFault) {
+			fail("greeting: " + err.Error())
+		}
 		return nil, fmt.Errorf("backend %s: %w", rb.Name, err)
+	}
+	if held {
+		lease.OnKill(func() { raw.Close() })
+		return b, nil
 	}
 	lease.OnKill(func() { ss.cancel(); raw.Close() })
 	return b, nil

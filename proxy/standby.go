@@ -162,7 +162,7 @@ func (s *Server) listenAll() ([]net.Listener, error) {
 				ln, err = h.listen()
 			}
 		default:
-			ln, err = s.listen("tcp", l.Address)
+			ln, err = s.listenOn(l.Address)
 		}
 		if err != nil {
 			for _, o := range lns {

@@ -9,10 +9,11 @@ import (
 )
 
 func ExamplePool() {
-	both := [3]bool{routing.IMAP: true, routing.POP3: true}
+	var both [routing.NumProtocols]bool
+	both[routing.IMAP], both[routing.POP3] = true, true
 	pool, err := routing.NewPool(routing.Options{
 		Name:     "mail",
-		Policies: [3]routing.Policy{routing.IMAP: routing.Sticky, routing.POP3: routing.RoundRobin, routing.SMTP: routing.RoundRobin},
+		Policies: [routing.NumProtocols]routing.Policy{routing.IMAP: routing.Sticky, routing.POP3: routing.RoundRobin, routing.SMTP: routing.RoundRobin},
 		Linger:   time.Minute,
 	}, []routing.BackendSpec{
 		{Name: "mail1", Weight: 1, Serves: both},
@@ -29,7 +30,7 @@ func ExamplePool() {
 	user := routing.Key("Alice", false, "example.org")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	imap, err := pool.Acquire(routing.IMAP, user)
+	imap, err := pool.Acquire(ctx, routing.IMAP, user)
 	if err != nil {
 		panic(err) // routing.ErrNoBackend
 	}
@@ -38,7 +39,7 @@ func ExamplePool() {
 
 	// Every other session of the user goes to the same backend while the
 	// first is live, whatever the protocol's policy.
-	pop, _ := pool.Acquire(routing.POP3, user)
+	pop, _ := pool.Acquire(ctx, routing.POP3, user)
 	pop.Release()
 	fmt.Println(user, "IMAP on", imap.Backend.Name, "POP3 on", pop.Backend.Name)
 

@@ -5,7 +5,7 @@
 //
 //	mailproxy [run] -config FILE   serve (the default subcommand)
 //	mailproxy check -config FILE   validate a config, print its warnings, and exit
-//	mailproxy ctl COMMAND          call the admin API: status, drain, undrain, kick, user
+//	mailproxy ctl COMMAND          call the admin API: status, drain, undrain, kick, weight, pin, move, user
 //	mailproxy demo                 run against built-in in-memory backends
 //	mailproxy version
 //	mailproxy help                 list the subcommands
@@ -27,6 +27,8 @@ import (
 
 	"mailproxy/protocols"
 	"mailproxy/protocols/imap"
+	"mailproxy/protocols/lmtp"
+	"mailproxy/protocols/managesieve"
 	"mailproxy/protocols/pop3"
 	"mailproxy/protocols/smtp"
 	"mailproxy/proxy"
@@ -122,7 +124,8 @@ func cmdCheck(args []string, stdout io.Writer) error {
 
 // handlers wires the protocol implementations into the proxy.
 func handlers() map[string]protocols.Handler {
-	return map[string]protocols.Handler{"imap": imap.Handler{}, "pop3": pop3.Handler{}, "smtp": smtp.Handler{}}
+	return map[string]protocols.Handler{"imap": imap.Handler{}, "pop3": pop3.Handler{}, "smtp": smtp.Handler{},
+		"lmtp": lmtp.Handler{}, "managesieve": &managesieve.Handler{}}
 }
 
 func newLogger(cfg config.LogConfig, w io.Writer) *slog.Logger {
@@ -159,15 +162,6 @@ func newPeer(srv *proxy.Server, sync *proxy.AdminSync, cfg *config.Config, log *
 	return node, nil
 }
 
-// newAdminSync restores the admin state of [store] state_file.
-func newAdminSync(srv *proxy.Server, cfg *config.Config) (*proxy.AdminSync, error) {
-	path := ""
-	if cfg.Store != nil {
-		path = cfg.Store.StateFile
-	}
-	sync := srv.NewAdminSync(path)
-	return sync, sync.Restore()
-}
 
 func cmdRun(args []string, stderr io.Writer) error {
 	path, err := configFlag("run", args, stderr)
@@ -202,10 +196,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 // users file and master password. With [peer], the pair's node opens
 // and closes the listeners with its role instead of ListenAndServe.
 func serve(srv *proxy.Server, cfg *config.Config, log *slog.Logger) error {
-	sync, err := newAdminSync(srv, cfg)
-	if err != nil {
-		return err
-	}
+	sync := srv.NewAdminSync()
 	node, err := newPeer(srv, sync, cfg, log)
 	if err != nil {
 		return err

@@ -12,7 +12,9 @@ import (
 )
 
 // Probe implements protocols.Handler: the backend must greet with "* OK";
-// the probe then logs out politely. The caller sets the deadline.
+// the probe then logs out politely and reads the answer before the caller
+// closes, so that the backend logs a logout, not a lost client. The
+// caller sets the deadline.
 func (Handler) Probe(ctx context.Context, conn net.Conn) error {
 	r := bufio.NewReaderSize(conn, 1024)
 	line, err := protocols.ReadLine(r, maxBackendLine)
@@ -22,7 +24,15 @@ func (Handler) Probe(ctx context.Context, conn net.Conn) error {
 	if !strings.HasPrefix(string(line), "* OK") {
 		return fmt.Errorf("%w: greeting %q", errBackend, truncate(string(line)))
 	}
-	io.WriteString(conn, "H LOGOUT\r\n")
+	if _, err := io.WriteString(conn, "H LOGOUT\r\n"); err != nil {
+		return nil // it greeted: that is the check
+	}
+	for range 8 { // "* BYE", then the tagged OK
+		line, err := protocols.ReadLine(r, maxBackendLine)
+		if err != nil || strings.HasPrefix(string(line), "H ") {
+			break
+		}
+	}
 	return nil
 }
 

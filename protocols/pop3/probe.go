@@ -11,7 +11,9 @@ import (
 )
 
 // Probe implements protocols.Handler: the backend must greet with "+OK";
-// the probe then quits politely. The caller sets the deadline.
+// the probe then quits politely and reads the answer before the caller
+// closes, so that the backend logs a logout, not a lost client. The
+// caller sets the deadline.
 func (Handler) Probe(ctx context.Context, conn net.Conn) error {
 	r := bufio.NewReaderSize(conn, 1024)
 	line, err := protocols.ReadLine(r, maxBackendLine)
@@ -21,7 +23,9 @@ func (Handler) Probe(ctx context.Context, conn net.Conn) error {
 	if ok, err := status(string(line)); !ok || err != nil {
 		return fmt.Errorf("%w: greeting %q", errBackend, truncate(string(line)))
 	}
-	io.WriteString(conn, "QUIT\r\n")
+	if _, err := io.WriteString(conn, "QUIT\r\n"); err == nil {
+		protocols.ReadLine(r, maxBackendLine) // whatever it says: it greeted
+	}
 	return nil
 }
 

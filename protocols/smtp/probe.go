@@ -9,15 +9,19 @@ import (
 )
 
 // Probe implements protocols.Handler: the backend must greet with 220; the
-// probe then sends QUIT. The caller sets the deadline.
+// probe then sends QUIT and reads the 221 before the caller closes, so
+// that the backend logs a polite goodbye. The caller sets the deadline.
 func (Handler) Probe(ctx context.Context, conn net.Conn) error {
-	rep, err := readReply(bufio.NewReaderSize(conn, 1024))
+	r := bufio.NewReaderSize(conn, 1024)
+	rep, err := readReply(r)
 	if err != nil {
 		return fmt.Errorf("read greeting: %w", err)
 	}
 	if rep.code != 220 {
 		return fmt.Errorf("%w: greeting %s", errBackend, rep)
 	}
-	io.WriteString(conn, "QUIT\r\n")
+	if _, err := io.WriteString(conn, "QUIT\r\n"); err == nil {
+		readReply(r) // whatever it says: it greeted
+	}
 	return nil
 }

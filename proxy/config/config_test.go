@@ -248,8 +248,8 @@ backend_login = "admin"
 				{"listener[0].apop", "apop", "only for pop3 listeners"},
 				{"listener[0].max_size", "max_size", "only for smtp listeners"},
 			}},
-		{"bad protocol", cfgReplaced(`protocol = "imap"`, `protocol = "lmtp"`),
-			[]cfgWant{{"listener[0].protocol", "lmtp", `not "lmtp"`}}},
+		{"bad protocol", cfgReplaced(`protocol = "imap"`, `protocol = "nntp"`),
+			[]cfgWant{{"listener[0].protocol", "nntp", `not "nntp"`}}},
 		{"bad pool policies", cfgReplaced(`name = "main"`, "name = \"main\"\nimap = \"random\"\npop3 = \"sticky\""),
 			[]cfgWant{{"pool[0].imap", "random", `not "random"`}, {"pool[0].pop3", `"sticky"`, `must be "round-robin" or "least-conn", not "sticky"`}}},
 		{"bad backend settings", cfgWith(`
@@ -314,6 +314,10 @@ name = "imaponly"
 		{"pair address checks", cfgWith("[peer]\nnode = \"lb1\"\nlisten = \"0.0.0.0:7946\"\naddress = \"lb2:7946\"\nsecret_file = \"s\"\nvip = [\"192.0.2.100\"]\nwitness = \"gw\"\naddress2 = \"lb2:7947\"\n"),
 			[]cfgWant{{"peer.vip[0]", "vip", "not an address with a prefix length"}, {"peer.interface", "[peer]", "missing"},
 				{"peer.witness", "witness", "not an IPv4 address"}, {"peer.listen2", "[peer]", "missing"}}},
+		{"store checks", cfgWith("[store]\ntype = \"etcd\"\non_store_loss = \"panic\"\nlease_ttl = \"100ms\"\n"),
+			[]cfgWant{{"store.type", "type", `"memory" or "redis"`}, {"store.on_store_loss", "on_store_loss", `"hash" or "refuse"`}, {"store.lease_ttl", "lease_ttl", "shorter than 1s"}}},
+		{"redis store checks", cfgWith("[store]\ntype = \"redis\"\naddress = \"redis\"\nstate_file = \"s.json\"\nsentinel_master = \"m\"\n"),
+			[]cfgWant{{"store.address", "address", "not host:port"}, {"store.state_file", "state_file", "only for type memory"}, {"store.sentinel_master", "sentinel_master", "needs store.addresses"}}},
 		{"multi-line values keep line numbers", cfgWith(`
 [peer]
 node = "lb1"
@@ -456,7 +460,7 @@ func TestDefaults(t *testing.T) {
 		{"log.format", c.Log.Format, "text"},
 		{"admin.listen", c.Admin.Listen, "127.0.0.1:9025"},
 		{"tls.min_version", c.TLS.MinVersion, "1.2"},
-		{"limits", c.Limits, LimitsConfig{20000, 100, d("60s"), d("30m"), d("2s"), d("10s"), d("10s")}},
+		{"limits", c.Limits, LimitsConfig{20000, 100, d("60s"), d("30m"), d("2s"), d("10s"), d("10s"), d("5s")}},
 		{"auth", c.Auth, AuthConfig{Mode: "passthrough", UsernameCase: "lower", BackendLogin: "user",
 			HTTPTimeout: d("5s"), HTTPCacheTTL: d("30s"),
 			Penalty: PenaltyConfig{Enabled: true, Window: d("15m"), MaxDelay: d("15s"), IPUserLimit: 10, IPLimit: 1000, UserLimit: 100}}},
