@@ -162,7 +162,6 @@ func newPeer(srv *proxy.Server, sync *proxy.AdminSync, cfg *config.Config, log *
 	return node, nil
 }
 
-
 func cmdRun(args []string, stderr io.Writer) error {
 	path, err := configFlag("run", args, stderr)
 	if err != nil {
