@@ -22,7 +22,7 @@ func (s *Server) startHealth(ctx context.Context) {
 	for _, pc := range s.cfg.Pools {
 		pool := s.pools[pc.Name]
 		for _, b := range pool.Backends() {
-			info := b.Data.(*backendInfo)
+			info := b.Data().(*backendInfo)
 			for i, addr := range info.addr {
 				proto := routing.Protocol(i)
 				if addr == "" || s.handlers[proto.String()] == nil || info.cfg.Disabled {
@@ -72,7 +72,7 @@ func (s *Server) check(ctx context.Context, pool *routing.Pool, b *routing.Backe
 // backend's tls is implicit), lets the protocol read the greeting and end
 // politely, and closes.
 func (s *Server) probe(ctx context.Context, b *routing.Backend, proto routing.Protocol, timeout time.Duration) error {
-	info := b.Data.(*backendInfo)
+	info := b.Data().(*backendInfo)
 	tctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	raw, err := s.dial(tctx, "tcp", info.addr[proto])

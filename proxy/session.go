@@ -262,7 +262,7 @@ func (ss *session) dialBackend(ctx context.Context, login string, hello func(con
 // released and the backend charged with a failed health check.
 func (ss *session) connect(ctx context.Context, lease *routing.Lease, hello func(context.Context, *protocols.Backend) error) (*protocols.Backend, error) {
 	rb := lease.Backend
-	info := rb.Data.(*backendInfo)
+	info := rb.Data().(*backendInfo)
 	addr := info.addr[ss.proto]
 	// A failure counts against the backend only while the session is
 	// alive: a dial or greeting cut short because the client left or the

@@ -161,7 +161,7 @@ func (m *churn) acquire(proto Protocol, u int) {
 		m.refused++
 		return
 	}
-	b := l.Backend.index
+	b := m.index(l.Backend)
 	switch {
 	case had >= 0 && b != had:
 		m.moved++
@@ -203,10 +203,15 @@ func (m *churn) acquire(proto Protocol, u int) {
 	m.peak = max(m.peak, len(m.live))
 }
 
+// index is b's position in the pool.
+func (m *churn) index(b *Backend) int {
+	return slices.Index(m.backends, b)
+}
+
 // lastOn is the backend the table binds u to, or -1.
 func (m *churn) lastOn(u int) int {
 	if name, _, ok := m.p.Lookup(m.users[u]); ok {
-		return m.p.Backend(name).index
+		return m.index(m.p.Backend(name))
 	}
 	return -1
 }

@@ -49,33 +49,109 @@ func NewPool(opts Options, specs []BackendSpec) (*Pool, error) {
 	if opts.Table == nil {
 		opts.Table = NewMemTable(nil)
 	}
+	if err := checkSpecs(opts, specs); err != nil {
+		return nil, err
+	}
 	p := &Pool{Name: opts.Name, opts: opts, table: opts.Table, byName: make(map[string]*Backend)}
 	p.pick = picker{p: p}
 	p.pick.decide = p.pick.run
-	for i, s := range specs {
-		if _, dup := p.byName[s.Name]; dup {
-			return nil, fmt.Errorf("pool %s: duplicate backend %q", opts.Name, s.Name)
-		}
-		b := &Backend{
-			Name: s.Name, Data: s.Data, index: i, seed: hashString(s.Name),
-			serves: s.Serves, disabled: s.Disabled, weight: max(s.Weight, 0),
-		}
+	for _, s := range specs {
+		b := &Backend{Name: s.Name, seed: hashString(s.Name)}
+		b.set(s)
 		p.backends = append(p.backends, b)
 		p.byName[s.Name] = b
-	}
-	for u, name := range opts.Pins {
-		if p.byName[name] == nil {
-			return nil, fmt.Errorf("pool %s: pin %q names unknown backend %q", opts.Name, u, name)
-		}
 	}
 	return p, nil
 }
 
-// Backends returns the pool's backends in config order.
-func (p *Pool) Backends() []*Backend { return p.backends }
+// checkSpecs refuses duplicate backend names and pins to unknown backends.
+func checkSpecs(opts Options, specs []BackendSpec) error {
+	names := make(map[string]bool, len(specs))
+	for _, s := range specs {
+		if names[s.Name] {
+			return fmt.Errorf("pool %s: duplicate backend %q", opts.Name, s.Name)
+		}
+		names[s.Name] = true
+	}
+	for u, name := range opts.Pins {
+		if !names[name] {
+			return fmt.Errorf("pool %s: pin %q names unknown backend %q", opts.Name, u, name)
+		}
+	}
+	return nil
+}
 
-// Backend returns the backend called name, or nil.
-func (p *Pool) Backend(name string) *Backend { return p.byName[name] }
+// set applies a spec to b. A weight the spec leaves as it was keeps the
+// weight set at runtime. The caller holds p.mu (or owns b alone).
+func (b *Backend) set(s BackendSpec) {
+	d := s.Data
+	b.data.Store(&d)
+	b.serves, b.disabled, b.retired = s.Serves, s.Disabled, false
+	if w := max(s.Weight, 0); w != b.cfgWeight {
+		b.weight, b.cfgWeight = w, w
+	}
+}
+
+// Reconfigure applies a new config to the pool in place, so that its leases,
+// bindings, health and drains carry over (a reload). opts replaces the
+// policies, linger, pins and rise/fall (Table and OnStateChange stay as
+// NewPool set them). Backends are matched by name: new ones are added up
+// with no sessions; kept ones take the spec's data, protocols, disabled flag
+// and (when it changed in the spec) weight; removed ones take no new user
+// but stay, retired, for the users whose sessions are still there, so no
+// user is ever split: until those sessions end (or are kicked) Backend
+// still finds them. It changes nothing and returns the error when the specs
+// have duplicate names or the pins name unknown backends.
+func (p *Pool) Reconfigure(opts Options, specs []BackendSpec) error {
+	if err := checkSpecs(opts, specs); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	opts.Table, opts.OnStateChange = p.opts.Table, p.opts.OnStateChange
+	if opts.Rise <= 0 {
+		opts.Rise = 2
+	}
+	if opts.Fall <= 0 {
+		opts.Fall = 2
+	}
+	p.opts = opts
+	backends := make([]*Backend, 0, len(specs))
+	keep := make(map[string]*Backend, len(specs))
+	for _, s := range specs {
+		b := p.byName[s.Name]
+		if b == nil {
+			b = &Backend{Name: s.Name, seed: hashString(s.Name)}
+		}
+		b.set(s)
+		backends = append(backends, b)
+		keep[s.Name] = b
+	}
+	for name, b := range p.byName {
+		if keep[name] == nil && b.leases.n > 0 {
+			b.retired = true
+			keep[name] = b
+		}
+	}
+	p.backends, p.byName = backends, keep
+	return nil
+}
+
+// Backends returns the pool's backends in config order, without the retired
+// ones (see Reconfigure). The slice is the caller's to read, never changed.
+func (p *Pool) Backends() []*Backend {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.backends
+}
+
+// Backend returns the backend called name, or nil. A backend removed by
+// Reconfigure is still found while sessions hold it.
+func (p *Pool) Backend(name string) *Backend {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.byName[name]
+}
 
 // Lookup returns the user's binding in the lease table.
 func (p *Pool) Lookup(user string) (backend string, live int, ok bool) {
@@ -90,7 +166,7 @@ func (p *Pool) usable(b *Backend, proto Protocol) bool {
 
 // open reports whether b may take a user that has no live session on it.
 func (p *Pool) open(b *Backend, proto Protocol) bool {
-	return p.usable(b, proto) && !b.draining && b.weight > 0
+	return p.usable(b, proto) && !b.draining && !b.retired && b.weight > 0
 }
 
 // Acquire picks the backend for a new session of proto and returns its

@@ -23,6 +23,9 @@ for p in dovecot-imapd dovecot-pop3d postfix swaks curl openssl libnet-ssleay-pe
 done
 # python3 may come from elsewhere (pyenv, /usr/local); only install if absent.
 have python3 || need_pkgs+=(python3)
+# chromium: the status page test drives it headless; systemd: systemd-analyze
+# verifies dist/mailproxy.service.
+for p in chromium systemd; do pkg_installed "$p" || need_pkgs+=("$p"); done
 
 if [ "${#need_pkgs[@]}" -eq 0 ]; then
   echo "realmail/install.sh: all packages present"
@@ -63,7 +66,7 @@ echo "postfix postfix/mailname string localhost" | debconf-set-selections
 
 echo "realmail/install.sh: installing ${need_pkgs[*]}"
 apt-get update
-DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need_pkgs[@]}"
+DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "${need_pkgs[@]}"
 
 # Stop a system instance only if this install started it.
 dovecot_after=$(live_pid "$DOVECOT_PIDFILE")
