@@ -18,9 +18,10 @@ import (
 // failed dial from a real session reports there too): the timing the
 // operator gets is "down within fall × interval + timeout of a crash, up
 // within rise × interval of a return".
-func (s *Server) startHealth(ctx context.Context) {
-	for _, pc := range s.cfg.Pools {
-		pool := s.pools[pc.Name]
+func (st *state) startHealth(s *Server, ctx context.Context) {
+	ctx, st.health.stop = context.WithCancel(ctx)
+	for _, pc := range st.cfg.Pools {
+		pool := st.pools[pc.Name]
 		for _, b := range pool.Backends() {
 			info := b.Data().(*backendInfo)
 			for i, addr := range info.addr {
@@ -28,11 +29,7 @@ func (s *Server) startHealth(ctx context.Context) {
 				if addr == "" || s.handlers[proto.String()] == nil || info.cfg.Disabled {
 					continue
 				}
-				s.bgDone.Add(1)
-				go func() {
-					defer s.bgDone.Done()
-					s.checkLoop(ctx, pool, b, proto, pc.Health)
-				}()
+				st.health.done.Go(func() { s.checkLoop(ctx, pool, b, proto, pc.Health) })
 			}
 		}
 	}

@@ -25,6 +25,7 @@ import (
 // session is one client connection, owned by its goroutine.
 type session struct {
 	srv    *Server
+	st     *state // the config in force at accept, for the whole session
 	lc     *config.ListenerConfig
 	pool   *routing.Pool
 	proto  routing.Protocol
@@ -38,6 +39,8 @@ type session struct {
 	client   net.Conn           // the accepted conn, then TLS, then what the protocol hands back
 	ps       *protocols.Session // what the protocol sees; dropped after login
 	user     string             // the login name, for the end line
+	keyOf    string             // the login whose routing key is key
+	key      string
 	backend  *protocols.Backend // the backend of the current login attempt
 	loggedIn bool
 	res      relayResult
@@ -83,22 +86,22 @@ func newID() string {
 // serveSession runs one connection from accept to close. Its own frame is
 // kept small: it sits under the relay for the whole life of an idle
 // session, so the login work lives in helpers whose frames are gone by then.
-func (s *Server) serveSession(lc *config.ListenerConfig, c net.Conn) {
-	ss := s.newSession(lc, c)
+func (s *Server) serveSession(st *state, lc *config.ListenerConfig, c net.Conn) {
+	ss := s.newSession(st, lc, c)
 	defer ss.finish()
 	r := ss.login()
 	if r == nil {
 		return
 	}
-	ss.res = relay(ss.ctx, r, s.cfg.Limits.IdleTimeout.Duration)
+	ss.res = relay(ss.ctx, r, st.cfg.Limits.IdleTimeout.Duration)
 	ss.outcome = ss.relayOutcome()
 }
 
 // newSession registers a session for c and logs its start.
-func (s *Server) newSession(lc *config.ListenerConfig, c net.Conn) *session {
+func (s *Server) newSession(st *state, lc *config.ListenerConfig, c net.Conn) *session {
 	proto, _ := routing.ParseProtocol(lc.Protocol)
 	ctx, cancel := context.WithCancel(context.Background())
-	ss := &session{srv: s, lc: lc, pool: s.pools[lc.Pool], proto: proto, ctx: ctx, cancel: cancel,
+	ss := &session{srv: s, st: st, lc: lc, pool: st.pools[lc.Pool], proto: proto, ctx: ctx, cancel: cancel,
 		id: newID(), start: time.Now(), client: c, ps: &protocols.Session{}, outcome: "closed"}
 	ss.log = s.log.With("session", ss.id, "listener", lc.Name, "client", c.RemoteAddr().String())
 	// A kill (kick, backend down) cancels ctx from another goroutine:
@@ -145,10 +148,10 @@ func (ss *session) finish() {
 // login runs TLS and the protocol's dialogue before login under the login
 // deadline. It returns the relay after a successful login, or nil.
 func (ss *session) login() *protocols.Relay {
-	s, lc := ss.srv, ss.lc
-	ss.client.SetDeadline(ss.start.Add(s.cfg.Limits.LoginTimeout.Duration))
+	s, st, lc := ss.srv, ss.st, ss.lc
+	ss.client.SetDeadline(ss.start.Add(st.cfg.Limits.LoginTimeout.Duration))
 	if lc.TLS == "implicit" {
-		tc, err := mtls.Handshake(ss.ctx, ss.client, s.tlsCfg, true)
+		tc, err := mtls.Handshake(ss.ctx, ss.client, st.tlsCfg, true)
 		if err != nil {
 			ss.outcome = "tls handshake failed"
 			ss.log.Debug("tls handshake failed", "err", err)
@@ -208,10 +211,10 @@ func classify(err error) string {
 
 // protoSession builds what the protocol handler sees.
 func (ss *session) protoSession(c net.Conn) *protocols.Session {
-	s, lc := ss.srv, ss.lc
+	s, st, lc := ss.srv, ss.st, ss.lc
 	var tlsCfg *tls.Config
 	if lc.TLS != "none" && lc.TLS != "" {
-		tlsCfg = s.tlsCfg
+		tlsCfg = st.tlsCfg
 	}
 	host := lc.Hostname
 	if host == "" {
@@ -221,11 +224,11 @@ func (ss *session) protoSession(c net.Conn) *protocols.Session {
 		ID: ss.id, Conn: c, Log: ss.log, TLS: tlsCfg, TLSActive: lc.TLS == "implicit",
 		RequireTLS: lc.RequireTLS, Hostname: host,
 		SMTPAuth: lc.SMTPAuth, APOP: lc.APOP, MaxSize: lc.MaxSize,
-		MaxLine: 8 << 10, AuthFailureDelay: s.cfg.Limits.AuthFailureDelay.Duration,
+		MaxLine: 8 << 10, AuthFailureDelay: st.cfg.Limits.AuthFailureDelay.Duration,
 		Dial: ss.dialBackend,
 	}
-	if s.auth != nil {
-		ps.Authenticate = s.auth.Authenticate
+	if st.auth != nil {
+		ps.Authenticate = ss.authenticate
 	}
 	return ps
 }
@@ -233,9 +236,9 @@ func (ss *session) protoSession(c net.Conn) *protocols.Session {
 // dialBackend picks, connects and greets a backend for login, trying the
 // next backend where routing allows when one cannot be reached.
 func (ss *session) dialBackend(ctx context.Context, login string, hello func(context.Context, *protocols.Backend) error) (*protocols.Backend, error) {
-	key := ""
-	if login != "" {
-		key = ss.srv.cfg.Auth.RoutingKey(login)
+	key := ss.key
+	if login != ss.keyOf {
+		key = ss.st.cfg.Auth.RoutingKey(login)
 	}
 	var tried []*routing.Backend
 	for range ss.pool.Backends() {
@@ -274,7 +277,7 @@ func (ss *session) connect(ctx context.Context, lease *routing.Lease, hello func
 			ss.pool.Observe(rb, ss.proto, false, reason)
 		}
 	}
-	timeout := ss.srv.poolConfig(ss.lc.Pool).Health.Timeout.Duration
+	timeout := ss.st.poolConfig(ss.lc.Pool).Health.Timeout.Duration
 	dctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	conn, err := ss.srv.dial(dctx, "tcp", addr)
@@ -310,7 +313,7 @@ func (ss *session) connect(ctx context.Context, lease *routing.Lease, hello func
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
 	} else {
-		conn.SetDeadline(time.Now().Add(ss.srv.cfg.Limits.LoginTimeout.Duration))
+		conn.SetDeadline(time.Now().Add(ss.st.cfg.Limits.LoginTimeout.Duration))
 	}
 	if err := hello(dctx, b); err != nil {
 		b.Close()
@@ -321,11 +324,18 @@ func (ss *session) connect(ctx context.Context, lease *routing.Lease, hello func
 	return b, nil
 }
 
-func (s *Server) poolConfig(name string) *config.PoolConfig {
-	for i := range s.cfg.Pools {
-		if s.cfg.Pools[i].Name == name {
-			return &s.cfg.Pools[i]
+func (st *state) poolConfig(name string) *config.PoolConfig {
+	for i := range st.cfg.Pools {
+		if st.cfg.Pools[i].Name == name {
+			return &st.cfg.Pools[i]
 		}
 	}
 	return nil
+}
+
+// authenticate checks a login with [auth] mode = "verify". The routing key
+// it computes is kept for dialBackend, which needs the same one.
+func (ss *session) authenticate(ctx context.Context, c protocols.Credentials) (protocols.Credentials, error) {
+	ss.keyOf, ss.key = c.Username, ss.st.cfg.Auth.RoutingKey(c.Username)
+	return ss.st.auth.AuthenticateKey(ctx, ss.key, c)
 }

@@ -8,9 +8,13 @@
 //	POST /pools/{pool}/backends/{backend}/drain    no new users; live users keep coming
 //	POST /pools/{pool}/backends/{backend}/undrain  end a drain
 //	POST /pools/{pool}/backends/{backend}/kick     close every session there now
+//	POST /reload                                   load, check and apply the config file (as SIGHUP)
+//	GET  /                                         the status page (HTML) over /status, with drain buttons
 //
 // With [admin] token_file set, POST calls need "Authorization: Bearer
-// <token>" (401 otherwise); GET calls never do. Errors are
+// <token>" (401 otherwise); GET calls never do. A POST that a browser
+// sends from another origin (a page elsewhere calling the API) is refused
+// with 403, token or not. Errors are
 // {"error": "..."} with 404 for an unknown pool, backend or path and 405
 // for a wrong method.
 //
@@ -50,6 +54,10 @@ type Options struct {
 	// takes the node name and role from it and shows the peer. Nil: no
 	// pair, always active.
 	Peer func() peer.Status
+	// Reload serves POST /reload: it loads, checks and applies the config
+	// file, returning what the reload kept for a restart, or why it was
+	// refused (the old config then stays). Nil: 404.
+	Reload func(ctx context.Context) (notes []string, err error)
 }
 
 // Server is what the API reads and changes: the running server.
@@ -63,12 +71,13 @@ type Server interface {
 // API is the admin HTTP API of one Server. Its methods are safe for
 // concurrent use.
 type API struct {
-	srv   Server
-	opts  Options
-	log   *slog.Logger
-	token [sha256.Size]byte
-	mux   *http.ServeMux
-	hs    *http.Server
+	srv     Server
+	opts    Options
+	log     *slog.Logger
+	token   [sha256.Size]byte
+	mux     *http.ServeMux
+	handler http.Handler // mux behind the cross-origin check
+	hs      *http.Server
 }
 
 // New builds the API for srv. It does not listen: call Serve, or mount
@@ -83,8 +92,14 @@ func New(srv Server, opts Options) *API {
 	}
 	a.token = sha256.Sum256([]byte(opts.Token))
 	a.routes()
+	cop := http.NewCrossOriginProtection()
+	cop.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a.log.Warn("admin call refused: cross-origin request", "method", r.Method, "path", r.URL.Path, "origin", r.Header.Get("Origin"), "client", r.RemoteAddr)
+		writeError(w, http.StatusForbidden, "cross-origin request refused")
+	}))
+	a.handler = cop.Handler(a.mux)
 	a.hs = &http.Server{
-		Handler:           a.mux,
+		Handler:           a.handler,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -102,6 +117,11 @@ func (a *API) routes() {
 	a.mux.HandleFunc("GET /status", a.status)
 	a.mux.HandleFunc("GET /users/{user}", a.user)
 	a.mux.HandleFunc("POST "+action, a.action)
+	a.mux.HandleFunc("GET /{$}", a.page)
+	if a.opts.Reload != nil {
+		a.mux.HandleFunc("POST /reload", a.reload)
+		a.mux.Handle("/reload", methodNotAllowed("POST"))
+	}
 	if a.opts.Metrics != nil {
 		a.mux.Handle("GET /metrics", a.opts.Metrics)
 		a.mux.Handle("/metrics", methodNotAllowed("GET"))
@@ -115,7 +135,7 @@ func (a *API) routes() {
 }
 
 // Handler returns the API's handler.
-func (a *API) Handler() http.Handler { return a.mux }
+func (a *API) Handler() http.Handler { return a.handler }
 
 // Serve serves the API on ln until Shutdown or Close, after which it
 // returns http.ErrServerClosed.
@@ -183,10 +203,7 @@ func (a *API) user(w http.ResponseWriter, r *http.Request) {
 
 // action runs drain, undrain or kick on one backend.
 func (a *API) action(w http.ResponseWriter, r *http.Request) {
-	if !a.authorized(r) {
-		a.log.Warn("admin call refused: missing or wrong token", "method", r.Method, "path", r.URL.Path, "client", r.RemoteAddr)
-		w.Header().Set("WWW-Authenticate", `Bearer realm="mailproxy"`)
-		writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
+	if !a.allowed(w, r) {
 		return
 	}
 	pool, b, msg := a.find(r.PathValue("pool"), r.PathValue("backend"))
@@ -249,6 +266,18 @@ func (a *API) find(poolName, backend string) (*routing.Pool, *routing.Backend, s
 		return nil, nil, fmt.Sprintf("no backend %q in pool %q", backend, poolName)
 	}
 	return p, b, ""
+}
+
+// allowed checks the token of a mutating call, answering 401 when it is
+// missing or wrong.
+func (a *API) allowed(w http.ResponseWriter, r *http.Request) bool {
+	if a.authorized(r) {
+		return true
+	}
+	a.log.Warn("admin call refused: missing or wrong token", "method", r.Method, "path", r.URL.Path, "client", r.RemoteAddr)
+	w.Header().Set("WWW-Authenticate", `Bearer realm="mailproxy"`)
+	writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
+	return false
 }
 
 // authorized checks the bearer token in constant time (over hashes, so

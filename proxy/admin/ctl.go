@@ -24,6 +24,7 @@ const CtlUsage = `commands:
   undrain POOL BACKEND    end a drain
   kick POOL BACKEND       close every session on BACKEND now
   user NAME               where NAME is routed, and its live sessions
+  reload                  load, check and apply the config file (as SIGHUP)
 `
 
 // Ctl runs one `mailproxy ctl` command (args: the command and its
@@ -35,7 +36,7 @@ func Ctl(ctx context.Context, c *Client, args []string, w io.Writer) error {
 		return fmt.Errorf("%w: no command", ErrUsage)
 	}
 	cmd, args := args[0], args[1:]
-	want := map[string]int{"status": 0, "user": 1, "drain": 2, "undrain": 2, "kick": 2}
+	want := map[string]int{"status": 0, "user": 1, "drain": 2, "undrain": 2, "kick": 2, "reload": 0}
 	n, ok := want[cmd]
 	switch {
 	case !ok:
@@ -56,6 +57,12 @@ func Ctl(ctx context.Context, c *Client, args []string, w io.Writer) error {
 			return err
 		}
 		return printUser(w, us)
+	case "reload":
+		res, err := c.Reload(ctx)
+		if err != nil {
+			return err
+		}
+		return printReload(w, res)
 	}
 	call := map[string]func(context.Context, string, string) (*Result, error){
 		"drain": c.Drain, "undrain": c.Undrain, "kick": c.Kick,

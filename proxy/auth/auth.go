@@ -129,7 +129,13 @@ func ReadMasterPassword(path string) (protocols.Password, error) {
 // A client that names an authorisation identity other than its own user is
 // refused: the users file says who may log in, not who may act for whom.
 func (a *Authenticator) Authenticate(ctx context.Context, c protocols.Credentials) (protocols.Credentials, error) {
-	key := a.opts.Normalize(c.Username)
+	return a.AuthenticateKey(ctx, a.opts.Normalize(c.Username), c)
+}
+
+// AuthenticateKey is Authenticate for a caller that has normalised
+// c.Username already (the proxy, which needs the routing key anyway): key
+// must be Options.Normalize(c.Username).
+func (a *Authenticator) AuthenticateKey(ctx context.Context, key string, c protocols.Credentials) (protocols.Credentials, error) {
 	if c.Authzid != "" && a.opts.Normalize(c.Authzid) != key {
 		return protocols.Credentials{}, ErrAuthzid
 	}
