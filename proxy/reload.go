@@ -154,6 +154,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 	}
 	st.apply()
 	s.st.Store(st)
+	s.setLevel(cfg)
 	s.serveAdded(added)
 	s.closeRemoved(st)
 	s.mu.Lock()
@@ -163,7 +164,6 @@ func (s *Server) Reload(cfg *config.Config) error {
 		old.stopHealth()
 		st.startHealth(s, ctx)
 	}
-	s.setLevel(cfg)
 	return nil
 }
 
