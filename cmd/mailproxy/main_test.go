@@ -93,9 +93,3 @@ users_file = "` + users + `"
 	}
 }
 
-func TestVersion(t *testing.T) {
-	var out bytes.Buffer
-	if code := run([]string{"version"}, &out, &out); code != 0 || !strings.HasPrefix(out.String(), "mailproxy ") {
-		t.Fatalf("version: %d %q", code, out.String())
-	}
-}

@@ -1,26 +1,32 @@
 package main
 
 import (
-	"fmt"
 	"runtime"
 	"runtime/debug"
 )
 
-// versionLine is "mailproxy VERSION (REVISION[, modified] TIME) GOVERSION":
+// versionLine is "mailproxy VERSION (git REVISION[, modified], TIME) GOVERSION":
 // the -X main.version given at build time, else the module version from
 // the build info ("(devel)" for a build from a work tree), and the VCS
-// revision the go command stamped.
+// revision the go command stamped (go build -buildvcs, the default in a
+// git checkout).
 func versionLine() string {
-	v := version
 	info, ok := debug.ReadBuildInfo()
-	if v == "" && ok {
+	if !ok {
+		info = nil
+	}
+	return formatVersion(version, info)
+}
+
+func formatVersion(v string, info *debug.BuildInfo) string {
+	if v == "" && info != nil {
 		v = info.Main.Version
 	}
 	if v == "" {
 		v = "(unknown)"
 	}
 	line := "mailproxy " + v
-	if ok {
+	if info != nil {
 		s := map[string]string{}
 		for _, kv := range info.Settings {
 			s[kv.Key] = kv.Value
@@ -36,5 +42,5 @@ func versionLine() string {
 			line += ")"
 		}
 	}
-	return fmt.Sprintf("%s %s", line, runtime.Version())
+	return line + " " + runtime.Version()
 }
