@@ -92,4 +92,3 @@ users_file = "` + users + `"
 		t.Errorf("check of a bad users file: exit %d, %q", code, errOut.String())
 	}
 }
-
