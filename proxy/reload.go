@@ -135,8 +135,8 @@ func (s *Server) setLevel(cfg *config.Config) {
 // sessions finish, a removed backend's users keep going there until their
 // sessions end or an operator kicks them).
 //
-// What a reload cannot change is reported by config.ReloadNotes and kept:
-// [admin], [peer] and [log] format need a restart.
+// [admin], [peer] and [log] format are not the server's: cmd/mailproxy sets
+// them up once, and a reload leaves them as they were.
 func (s *Server) Reload(cfg *config.Config) error {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()

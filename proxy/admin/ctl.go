@@ -98,6 +98,9 @@ func printStatus(w io.Writer, st *Status) error {
 	for _, p := range st.Pools {
 		for _, b := range p.Backends {
 			state := b.State
+			if b.Removed {
+				state = "removed" // from the config; live sessions hold it
+			}
 			if b.Draining && state != "draining" {
 				state += ",draining" // down wins the state; do not hide the drain
 			}
