@@ -382,6 +382,8 @@ func (s *Server) closeListeners() {
 // StartBackground starts the server's background work (health checks)
 // until Shutdown or Close; a reload restarts it for the new config.
 func (s *Server) StartBackground() {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
 	ctx, cancel := context.WithCancel(context.Background())
 	s.mu.Lock()
 	s.bgCtx, s.bgStop = ctx, cancel
@@ -390,6 +392,8 @@ func (s *Server) StartBackground() {
 }
 
 func (s *Server) stopBackground() {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
 	s.mu.Lock()
 	stop := s.bgStop
 	s.mu.Unlock()

@@ -183,7 +183,11 @@ func (a *API) user(w http.ResponseWriter, r *http.Request) {
 	cfg := a.srv.Config()
 	key := cfg.Auth.RoutingKey(r.PathValue("user"))
 	us := UserStatus{User: key, Pools: []UserPool{}}
-	for i, p := range a.srv.Pools() {
+	for _, pc := range cfg.Pools { // by name: a reload may swap the pools meanwhile
+		p := a.srv.Pool(pc.Name)
+		if p == nil {
+			continue
+		}
 		up := UserPool{Pool: p.Name, Sessions: p.UserSessions(key)}
 		if up.Sessions == nil {
 			up.Sessions = []routing.SessionInfo{}
@@ -191,7 +195,7 @@ func (a *API) user(w http.ResponseWriter, r *http.Request) {
 		if b, live, ok := p.Lookup(key); ok {
 			up.Backend, up.Live = b, live
 		}
-		for u, b := range cfg.Pools[i].Pins {
+		for u, b := range pc.Pins {
 			if cfg.Auth.RoutingKey(u) == key {
 				up.Pin = b
 			}
