@@ -28,7 +28,7 @@ func greet(ctx context.Context, b *protocols.Backend) error {
 	}
 	b.Greeting = string(line)
 	if !strings.HasPrefix(b.Greeting, "* OK") {
-		return fmt.Errorf("%w: greeting %q", errBackend, truncate(b.Greeting))
+		return fmt.Errorf("%w: greeting %q", errBackend, protocols.Truncate(b.Greeting))
 	}
 	b.Caps = capabilityCode(b.Greeting)
 	if !b.StartTLS {
@@ -55,7 +55,7 @@ func backendCommand(b *protocols.Backend, tag, line string) (string, []string, e
 	}
 	resp, untagged, err := readTagged(b, tag)
 	if err == nil && !strings.HasPrefix(resp, "OK") {
-		err = fmt.Errorf("%w: %s", errBackend, truncate(resp))
+		err = fmt.Errorf("%w: %s", errBackend, protocols.Truncate(resp))
 	}
 	return resp, untagged, err
 }
@@ -139,7 +139,7 @@ func readID(b *protocols.Backend, s *protocols.Session) error {
 		return fmt.Errorf("id: %w", err)
 	}
 	if !strings.HasPrefix(resp, "OK") {
-		s.Log.Debug("backend refused ID", "backend", b.Name, "reply", truncate(resp))
+		s.Log.Debug("backend refused ID", "backend", b.Name, "reply", protocols.Truncate(resp))
 	}
 	return nil
 }
@@ -283,11 +283,4 @@ func hasCap(caps []string, c string) bool {
 		}
 	}
 	return false
-}
-
-func truncate(s string) string {
-	if len(s) > 120 {
-		return s[:120] + "..."
-	}
-	return s
 }

@@ -166,7 +166,7 @@ func (f *front) authenticate(ctx context.Context, cmd *command) (*protocols.Rela
 	}
 	var resp []byte
 	if len(cmd.args) == 2 {
-		if resp, err = decodeSASL(cmd.args[1]); err != nil {
+		if resp, err = protocols.DecodeSASL(cmd.args[1]); err != nil {
 			return nil, false, f.bad(cmd.tag, "Invalid base64 initial response")
 		}
 	}
@@ -212,14 +212,6 @@ func clientID(args []string) []string {
 		out = append(out, k, v)
 	}
 	return out
-}
-
-// decodeSASL decodes an initial response; "=" is the empty response.
-func decodeSASL(s string) ([]byte, error) {
-	if s == "=" {
-		return []byte{}, nil
-	}
-	return base64.StdEncoding.DecodeString(s)
 }
 
 // login logs in to the backend the proxy picks for the user, with the

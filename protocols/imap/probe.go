@@ -20,7 +20,7 @@ func (Handler) Probe(ctx context.Context, conn net.Conn) error {
 		return fmt.Errorf("read greeting: %w", err)
 	}
 	if !strings.HasPrefix(string(line), "* OK") {
-		return fmt.Errorf("%w: greeting %q", errBackend, truncate(string(line)))
+		return fmt.Errorf("%w: greeting %q", errBackend, protocols.Truncate(string(line)))
 	}
 	io.WriteString(conn, "H LOGOUT\r\n")
 	return nil

@@ -255,7 +255,7 @@ func (f *front) auth(ctx context.Context, arg string) (*protocols.Relay, bool, e
 	}
 	var resp []byte
 	if hasIR {
-		if resp, err = decodeSASL(ir); err != nil {
+		if resp, err = protocols.DecodeSASL(ir); err != nil {
 			return nil, false, f.bad("Invalid base64 initial response.")
 		}
 	}
@@ -297,14 +297,6 @@ func (f *front) saslStep(challenge []byte) ([]byte, error) {
 		return nil, errSyntax{"Invalid base64 response."}
 	}
 	return resp, nil
-}
-
-// decodeSASL decodes an initial response; "=" is the empty response.
-func decodeSASL(s string) ([]byte, error) {
-	if s == "=" {
-		return []byte{}, nil
-	}
-	return base64.StdEncoding.DecodeString(s)
 }
 
 // apop is APOP name digest (RFC 1939 §7), passed to the fixed backend

@@ -19,7 +19,7 @@ func (Handler) Probe(ctx context.Context, conn net.Conn) error {
 		return fmt.Errorf("read greeting: %w", err)
 	}
 	if ok, err := status(string(line)); !ok || err != nil {
-		return fmt.Errorf("%w: greeting %q", errBackend, truncate(string(line)))
+		return fmt.Errorf("%w: greeting %q", errBackend, protocols.Truncate(string(line)))
 	}
 	io.WriteString(conn, "QUIT\r\n")
 	return nil
