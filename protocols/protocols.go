@@ -175,6 +175,9 @@ type Handler interface {
 	// Probe checks a backend for the health checker: read the greeting,
 	// end politely.
 	Probe(ctx context.Context, conn net.Conn) error
+	// Notice is the protocol's line (CRLF included) for what the proxy
+	// itself must tell a client before it closes the connection.
+	Notice(n Notice) string
 }
 
 // ErrLineTooLong is returned by ReadLine for a line over the limit.

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"time"
 
+	"mailproxy/protocols"
 	"mailproxy/proxy/proxyproto"
 )
 
@@ -77,7 +78,7 @@ func (s *Server) admitProxied(st *state, lc *config.ListenerConfig, c net.Conn) 
 	if over {
 		s.log.Warn("connection refused: limit reached", "listener", lc.Name, "client", pc.RemoteAddr().String(), "via", c.RemoteAddr().String())
 		if lc.TLS != "implicit" {
-			say(pc, notices[lc.Protocol].busy)
+			say(pc, s.handlers[lc.Protocol].Notice(protocols.NoticeBusy))
 		}
 		pc.Close()
 		return nil, ""

@@ -302,7 +302,7 @@ func (s *Server) accept(st *state, lc *config.ListenerConfig, c net.Conn) {
 	if over {
 		s.log.Warn("connection refused: limit reached", "listener", lc.Name, "client", c.RemoteAddr().String())
 		if lc.TLS != "implicit" {
-			say(c, notices[lc.Protocol].busy)
+			say(c, s.handlers[lc.Protocol].Notice(protocols.NoticeBusy))
 		}
 		c.Close()
 		return

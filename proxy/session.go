@@ -47,28 +47,6 @@ type session struct {
 	outcome  string // for the end line
 }
 
-// notice holds the few replies the proxy itself sends. It never parses a
-// protocol, but it must be able to say goodbye in one.
-type notice struct{ panic, timeout, busy string }
-
-var notices = map[string]notice{
-	"imap": {
-		panic:   "* BYE Internal error, try again later\r\n",
-		timeout: "* BYE Login timeout, closing connection\r\n",
-		busy:    "* BYE Too many connections, try again later\r\n",
-	},
-	"pop3": {
-		panic:   "-ERR [SYS/TEMP] Internal error, try again later\r\n",
-		timeout: "-ERR Login timeout, closing connection\r\n",
-		busy:    "-ERR [SYS/TEMP] Too many connections, try again later\r\n",
-	},
-	"smtp": {
-		panic:   "421 4.3.0 Internal error, try again later\r\n",
-		timeout: "421 4.4.2 Timeout, closing connection\r\n",
-		busy:    "421 4.7.0 Too many connections, try again later\r\n",
-	},
-}
-
 // say sends one of the proxy's own replies, bounded by a short deadline.
 // Nothing is said in plain text on an implicit-TLS connection before its
 // handshake.
@@ -121,7 +99,7 @@ func (ss *session) finish() {
 	s, lc := ss.srv, ss.lc
 	if r := recover(); r != nil {
 		ss.log.Error("session panic", "panic", r, "stack", string(debug.Stack()))
-		say(ss.client, notices[lc.Protocol].panic)
+		say(ss.client, s.handlers[lc.Protocol].Notice(protocols.NoticePanic))
 		ss.outcome = "panic"
 	}
 	ss.stop()
@@ -166,7 +144,7 @@ func (ss *session) login() *protocols.Relay {
 	if err != nil {
 		ss.outcome = classify(err)
 		if ss.outcome == "login timeout" {
-			say(ss.client, notices[lc.Protocol].timeout)
+			say(ss.client, s.handlers[lc.Protocol].Notice(protocols.NoticeTimeout))
 		}
 		ss.log.Debug("session error", "err", err)
 		return nil
