@@ -17,6 +17,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	mtls "mailproxy/tls"
 )
 
 // Password is a secret that redacts itself wherever it is printed or logged.
@@ -147,6 +149,20 @@ func (b *Backend) Close() error {
 		}
 	})
 	return err
+}
+
+// UpgradeTLS is the end of a STARTTLS towards the backend, once it has
+// said go ahead: the handshake under ctx, then a fresh reader and no
+// capabilities, so that nothing the backend sent before the upgrade is
+// read or trusted afterwards (STYLE.md 8).
+func (b *Backend) UpgradeTLS(ctx context.Context) error {
+	tc, err := mtls.Handshake(ctx, b.Conn, b.TLS, false)
+	if err != nil {
+		return err
+	}
+	b.SetConn(tc)
+	b.Caps = nil // they change with TLS and must be asked again
+	return nil
 }
 
 // SetConn replaces the connection after STARTTLS and starts a fresh reader,

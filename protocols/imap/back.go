@@ -10,7 +10,6 @@ import (
 	"strings"
 
 	"mailproxy/protocols"
-	mtls "mailproxy/tls"
 )
 
 // maxBackendLine bounds a backend's response line before login.
@@ -37,13 +36,7 @@ func greet(ctx context.Context, b *protocols.Backend) error {
 	if _, _, err := backendCommand(b, "P0", "STARTTLS"); err != nil {
 		return fmt.Errorf("starttls: %w", err)
 	}
-	tc, err := mtls.Handshake(ctx, b.Conn, b.TLS, false)
-	if err != nil {
-		return err
-	}
-	b.SetConn(tc)
-	b.Caps = nil // they change with TLS and must be asked again
-	return nil
+	return b.UpgradeTLS(ctx)
 }
 
 // backendCommand sends one command line and reads to its tagged response. It

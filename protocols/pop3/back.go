@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"mailproxy/protocols"
-	mtls "mailproxy/tls"
 )
 
 // maxBackendLine bounds a backend's response line before login.
@@ -47,13 +46,7 @@ func greet(ctx context.Context, b *protocols.Backend) error {
 	} else if ok, _ := status(line); !ok {
 		return fmt.Errorf("stls: %w: %q", errBackend, protocols.Truncate(line))
 	}
-	tc, err := mtls.Handshake(ctx, b.Conn, b.TLS, false)
-	if err != nil {
-		return err
-	}
-	b.SetConn(tc)
-	b.Caps = nil // they change with TLS
-	return nil
+	return b.UpgradeTLS(ctx)
 }
 
 // backendCommand sends one command line and reads the one-line response.
