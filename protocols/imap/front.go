@@ -170,32 +170,26 @@ func (f *front) authenticate(ctx context.Context, cmd *command) (*protocols.Rela
 			return nil, false, f.bad(cmd.tag, "Invalid base64 initial response")
 		}
 	}
-	for {
-		challenge, done, err := srv.Next(resp)
-		if err != nil {
-			f.s.FailDelay(ctx)
-			return nil, false, f.reply("%s NO [AUTHENTICATIONFAILED] Invalid credentials.", cmd.tag)
-		}
-		if done {
-			return f.login(ctx, cmd.tag, creds)
-		}
+	err = protocols.SASLExchange(srv, resp, func(challenge []byte) ([]byte, error) {
 		if err := f.reply("+ %s", base64.StdEncoding.EncodeToString(challenge)); err != nil {
-			return nil, false, err
+			return nil, err
 		}
-		line, err := protocols.ReadLine(f.rd.r, f.s.MaxLine)
-		if errors.Is(err, protocols.ErrLineTooLong) {
-			return nil, false, f.bad(cmd.tag, "Response too long")
-		}
-		if err != nil {
-			return nil, false, err
-		}
-		if string(line) == "*" {
-			return nil, false, f.bad(cmd.tag, "Authentication cancelled.")
-		}
-		if resp, err = base64.StdEncoding.DecodeString(string(line)); err != nil {
-			return nil, false, f.bad(cmd.tag, "Invalid base64 response")
-		}
+		return protocols.ReadSASLResponse(f.rd.r, f.s.MaxLine)
+	})
+	switch {
+	case err == nil:
+		return f.login(ctx, cmd.tag, creds)
+	case errors.Is(err, protocols.ErrSASLFailed):
+		f.s.FailDelay(ctx)
+		return nil, false, f.reply("%s NO [AUTHENTICATIONFAILED] Invalid credentials.", cmd.tag)
+	case errors.Is(err, protocols.ErrLineTooLong):
+		return nil, false, f.bad(cmd.tag, "Response too long")
+	case errors.Is(err, protocols.ErrSASLCancelled):
+		return nil, false, f.bad(cmd.tag, "Authentication cancelled.")
+	case errors.Is(err, protocols.ErrSASLEncoding):
+		return nil, false, f.bad(cmd.tag, "Invalid base64 response")
 	}
+	return nil, false, err
 }
 
 // clientID keeps what a client said in ID (RFC 2971: at most 30 pairs,

@@ -259,44 +259,26 @@ func (f *front) auth(ctx context.Context, arg string) (*protocols.Relay, bool, e
 			return nil, false, f.bad("Invalid base64 initial response.")
 		}
 	}
-	for {
-		challenge, done, err := srv.Next(resp)
-		if err != nil {
-			f.s.Log.Info("login failed: bad SASL response", "mechanism", strings.ToUpper(mech))
-			return nil, false, f.rejected(ctx, replyAuthFailed)
+	err = protocols.SASLExchange(srv, resp, func(challenge []byte) ([]byte, error) {
+		if err := f.reply("+ %s", base64.StdEncoding.EncodeToString(challenge)); err != nil {
+			return nil, err
 		}
-		if done {
-			return f.login(ctx, creds)
-		}
-		if resp, err = f.saslStep(challenge); err != nil {
-			var syn errSyntax
-			if errors.As(err, &syn) {
-				return nil, false, f.bad(syn.msg)
-			}
-			return nil, false, err
-		}
-	}
-}
-
-// saslStep sends one challenge and reads the client's answer. "*" cancels.
-func (f *front) saslStep(challenge []byte) ([]byte, error) {
-	if err := f.reply("+ %s", base64.StdEncoding.EncodeToString(challenge)); err != nil {
-		return nil, err
-	}
-	line, err := protocols.ReadLine(f.r, f.maxLine())
+		return protocols.ReadSASLResponse(f.r, f.maxLine())
+	})
 	switch {
+	case err == nil:
+		return f.login(ctx, creds)
+	case errors.Is(err, protocols.ErrSASLFailed):
+		f.s.Log.Info("login failed: bad SASL response", "mechanism", strings.ToUpper(mech))
+		return nil, false, f.rejected(ctx, replyAuthFailed)
 	case errors.Is(err, protocols.ErrLineTooLong):
-		return nil, errSyntax{"Response too long."}
-	case err != nil:
-		return nil, err
-	case string(line) == "*":
-		return nil, errSyntax{"Authentication cancelled."}
+		return nil, false, f.bad("Response too long.")
+	case errors.Is(err, protocols.ErrSASLCancelled):
+		return nil, false, f.bad("Authentication cancelled.")
+	case errors.Is(err, protocols.ErrSASLEncoding):
+		return nil, false, f.bad("Invalid base64 response.")
 	}
-	resp, err := base64.StdEncoding.DecodeString(string(line))
-	if err != nil {
-		return nil, errSyntax{"Invalid base64 response."}
-	}
-	return resp, nil
+	return nil, false, err
 }
 
 // apop is APOP name digest (RFC 1939 §7), passed to the fixed backend
