@@ -94,7 +94,7 @@ func (Handler) Serve(ctx context.Context, s *protocols.Session) (relay *protocol
 			continue
 		}
 		relay, done, err := f.dispatch(ctx, cmd)
-		if relay != nil || done || err != nil {
+		if err = f.answer(ctx, err); relay != nil || done || err != nil {
 			return relay, err
 		}
 	}
@@ -192,9 +192,9 @@ func (f *front) dispatch(ctx context.Context, cmd command) (relay *protocols.Rel
 	case "APOP":
 		return f.apop(ctx, cmd.arg)
 	case "STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "TOP", "UIDL", "LAST":
-		err = f.bad("Log in first.")
+		err = bad("Log in first.")
 	default:
-		err = f.bad("Unknown command.")
+		err = bad("Unknown command.")
 	}
 	return nil, false, err
 }
@@ -203,7 +203,7 @@ func (f *front) dispatch(ctx context.Context, cmd command) (relay *protocols.Rel
 // with the old reader, and a USER given before it is forgotten.
 func (f *front) startTLS(ctx context.Context) error {
 	if f.s.TLS == nil || f.tls {
-		return f.bad("STLS not available.")
+		return bad("STLS not available.")
 	}
 	if err := f.reply("+OK Begin TLS negotiation now."); err != nil {
 		return err
@@ -221,9 +221,9 @@ func (f *front) startTLS(ctx context.Context) error {
 func (f *front) userCommand(arg string) error {
 	switch {
 	case !f.loginAllowed():
-		return f.bad(strings.TrimPrefix(replyNeedTLS, "-ERR "))
+		return bad(strings.TrimPrefix(replyNeedTLS, "-ERR "))
 	case arg == "":
-		return f.bad("USER needs a user name.")
+		return bad("USER needs a user name.")
 	}
 	f.user = arg
 	return f.reply("+OK")
@@ -231,7 +231,7 @@ func (f *front) userCommand(arg string) error {
 
 func (f *front) pass(ctx context.Context, arg string) (*protocols.Relay, bool, error) {
 	if f.user == "" {
-		return nil, false, f.bad("USER first.")
+		return nil, false, bad("USER first.")
 	}
 	creds := protocols.Credentials{Username: f.user, Password: protocols.Password(arg)}
 	f.user = ""
@@ -242,7 +242,7 @@ func (f *front) pass(ctx context.Context, arg string) (*protocols.Relay, bool, e
 // many clients ask; otherwise it runs a PLAIN or LOGIN exchange.
 func (f *front) auth(ctx context.Context, arg string) (*protocols.Relay, bool, error) {
 	if !f.loginAllowed() {
-		return nil, false, f.bad(strings.TrimPrefix(replyNeedTLS, "-ERR "))
+		return nil, false, bad(strings.TrimPrefix(replyNeedTLS, "-ERR "))
 	}
 	mech, ir, hasIR := strings.Cut(arg, " ")
 	if mech == "" {
@@ -251,12 +251,12 @@ func (f *front) auth(ctx context.Context, arg string) (*protocols.Relay, bool, e
 	var creds protocols.Credentials
 	srv, err := protocols.NewSASLServer(mech, &creds)
 	if err != nil {
-		return nil, false, f.bad("Unsupported authentication mechanism.")
+		return nil, false, bad("Unsupported authentication mechanism.")
 	}
 	var resp []byte
 	if hasIR {
 		if resp, err = protocols.DecodeSASL(ir); err != nil {
-			return nil, false, f.bad("Invalid base64 initial response.")
+			return nil, false, bad("Invalid base64 initial response.")
 		}
 	}
 	err = protocols.SASLExchange(srv, resp, func(challenge []byte) ([]byte, error) {
@@ -270,13 +270,13 @@ func (f *front) auth(ctx context.Context, arg string) (*protocols.Relay, bool, e
 		return f.login(ctx, creds)
 	case errors.Is(err, protocols.ErrSASLFailed):
 		f.s.Log.Info("login failed: bad SASL response", "mechanism", strings.ToUpper(mech))
-		return nil, false, f.rejected(ctx, replyAuthFailed)
+		return nil, false, rejected(replyAuthFailed)
 	case errors.Is(err, protocols.ErrLineTooLong):
-		return nil, false, f.bad("Response too long.")
+		return nil, false, bad("Response too long.")
 	case errors.Is(err, protocols.ErrSASLCancelled):
-		return nil, false, f.bad("Authentication cancelled.")
+		return nil, false, bad("Authentication cancelled.")
 	case errors.Is(err, protocols.ErrSASLEncoding):
-		return nil, false, f.bad("Invalid base64 response.")
+		return nil, false, bad("Invalid base64 response.")
 	}
 	return nil, false, err
 }
@@ -287,11 +287,11 @@ func (f *front) apop(ctx context.Context, arg string) (*protocols.Relay, bool, e
 	fields := strings.Split(arg, " ")
 	switch {
 	case f.fixed == nil, f.s.Authenticate != nil: // mailproxy cannot check a digest
-		return nil, false, f.bad("APOP not available.")
+		return nil, false, bad("APOP not available.")
 	case !f.loginAllowed():
-		return nil, false, f.bad(strings.TrimPrefix(replyNeedTLS, "-ERR "))
+		return nil, false, bad(strings.TrimPrefix(replyNeedTLS, "-ERR "))
 	case len(fields) != 2 || fields[0] == "" || fields[1] == "":
-		return nil, false, f.bad("APOP needs a user name and a digest.")
+		return nil, false, bad("APOP needs a user name and a digest.")
 	}
 	f.s.User = fields[0]
 	ok, text, err := backendAPOP(f.fixed, arg)
@@ -306,18 +306,18 @@ func (f *front) login(ctx context.Context, creds protocols.Credentials) (*protoc
 	f.s.User = creds.Username
 	if !safeArg(creds.Username) || !safeArg(string(creds.Password)) || !safeArg(creds.Authzid) {
 		f.s.Log.Info("login failed: control characters in credentials", "user", creds.Username)
-		return nil, false, f.rejected(ctx, replyAuthFailed)
+		return nil, false, rejected(replyAuthFailed)
 	}
 	back, err := f.s.BackendCredentials(ctx, creds)
 	if err != nil {
-		return nil, false, f.rejected(ctx, replyAuthFailed)
+		return nil, false, rejected(replyAuthFailed)
 	}
 	b := f.fixed
 	if b == nil {
 		var err error
 		if b, err = f.s.Dial(ctx, creds.Username, greet); err != nil {
 			f.s.Log.Warn("login failed: no backend", "user", creds.Username, "err", err)
-			return nil, false, f.reply(replyUnavailable)
+			return nil, false, unavailable(nil)
 		}
 		if err := prepare(b, f.s); err != nil {
 			return f.finish(ctx, b, creds.Username, false, "", err)
@@ -338,17 +338,16 @@ func (f *front) finish(ctx context.Context, b *protocols.Backend, user string, o
 		}
 		b.Close()
 		f.s.Log.Warn("login failed: backend error", "user", user, "backend", b.Name, "err", err)
-		f.reply(replyUnavailable)
 		if b == f.fixed {
-			return nil, false, fmt.Errorf("backend %s: %w", b.Name, err) // nothing left to log in to
+			return nil, false, unavailable(fmt.Errorf("backend %s: %w", b.Name, err)) // nothing left to log in to
 		}
-		return nil, false, nil
+		return nil, false, unavailable(nil)
 	case !ok:
 		if b != f.fixed {
 			b.Close()
 		}
 		f.s.Log.Info("login rejected by backend", "user", user, "backend", b.Name)
-		return nil, false, f.rejected(ctx, text)
+		return nil, false, rejected(text)
 	}
 	if err := f.reply("%s", text); err != nil {
 		b.Close()
