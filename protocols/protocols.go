@@ -242,3 +242,15 @@ func Buffered(r *bufio.Reader) []byte {
 	b, _ := r.Peek(n)
 	return append([]byte(nil), b...)
 }
+
+// Probe is the health check every protocol shares: read the greeting off
+// conn with greet (which says whether it is a good one), then say bye so
+// the backend sees a client leave politely. The caller sets the deadline
+// and closes conn.
+func Probe(conn net.Conn, greet func(r *bufio.Reader) error, bye string) error {
+	if err := greet(bufio.NewReaderSize(conn, 1024)); err != nil {
+		return err
+	}
+	io.WriteString(conn, bye)
+	return nil
+}

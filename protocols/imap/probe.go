@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"strings"
 
@@ -14,7 +13,10 @@ import (
 // Probe implements protocols.Handler: the backend must greet with "* OK";
 // the probe then logs out politely. The caller sets the deadline.
 func (Handler) Probe(ctx context.Context, conn net.Conn) error {
-	r := bufio.NewReaderSize(conn, 1024)
+	return protocols.Probe(conn, probeGreeting, "H LOGOUT\r\n")
+}
+
+func probeGreeting(r *bufio.Reader) error {
 	line, err := protocols.ReadLine(r, maxBackendLine)
 	if err != nil {
 		return fmt.Errorf("read greeting: %w", err)
@@ -22,6 +24,5 @@ func (Handler) Probe(ctx context.Context, conn net.Conn) error {
 	if !strings.HasPrefix(string(line), "* OK") {
 		return fmt.Errorf("%w: greeting %q", errBackend, protocols.Truncate(string(line)))
 	}
-	io.WriteString(conn, "H LOGOUT\r\n")
 	return nil
 }

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net"
 
 	"mailproxy/protocols"
@@ -13,7 +12,10 @@ import (
 // Probe implements protocols.Handler: the backend must greet with "+OK";
 // the probe then quits politely. The caller sets the deadline.
 func (Handler) Probe(ctx context.Context, conn net.Conn) error {
-	r := bufio.NewReaderSize(conn, 1024)
+	return protocols.Probe(conn, probeGreeting, "QUIT\r\n")
+}
+
+func probeGreeting(r *bufio.Reader) error {
 	line, err := protocols.ReadLine(r, maxBackendLine)
 	if err != nil {
 		return fmt.Errorf("read greeting: %w", err)
@@ -21,6 +23,5 @@ func (Handler) Probe(ctx context.Context, conn net.Conn) error {
 	if ok, err := status(string(line)); !ok || err != nil {
 		return fmt.Errorf("%w: greeting %q", errBackend, protocols.Truncate(string(line)))
 	}
-	io.WriteString(conn, "QUIT\r\n")
 	return nil
 }
