@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -414,4 +416,81 @@ func TestReloadRemoves(t *testing.T) {
 	if got := only(t, tracker, victim); got != "mail2" {
 		t.Errorf("after the kick %s went to %s, want mail2 (mail1 drains, mail3 is gone)", victim, got)
 	}
+}
+
+// TestReloadChurn: IMAP sessions open and close without pause while the
+// config is reloaded again and again, each time with other weights, pins
+// and backends; no user ever has sessions on two backends at once.
+func TestReloadChurn(t *testing.T) {
+	dir := t.TempDir()
+	if _, _, err := mtls.WriteSelfSigned(dir, "127.0.0.1"); err != nil {
+		t.Fatal(err)
+	}
+	tracker := demo.NewTracker()
+	us := users(12, "u")
+	addrs := map[string]string{}
+	for _, name := range []string{"mail1", "mail2", "mail3"} {
+		b := demo.NewIMAPServer(name, us, nil)
+		b.Tracker = tracker
+		addrs[name] = testkit.Serve(t, b)
+	}
+	extra := "[[listener]]\nname = \"imap\"\nprotocol = \"imap\"\naddress = \"127.0.0.1:2\"\npool = \"main\"\n"
+	configs := []string{
+		reloadConfig(dir, "info", []string{"mail1=" + addrs["mail1"] + "=1", "mail2=" + addrs["mail2"] + "=1", "mail3=" + addrs["mail3"] + "=1"}, "", extra),
+		reloadConfig(dir, "info", []string{"mail1=" + addrs["mail1"] + "=0", "mail2=" + addrs["mail2"] + "=3"}, `"u1" = "mail1", "u2" = "mail2"`, extra),
+		reloadConfig(dir, "info", []string{"mail3=" + addrs["mail3"] + "=1", "mail1=" + addrs["mail1"] + "=2"}, `"u1" = "mail3"`, extra),
+	}
+	srv, err := proxy.New(mustParse(t, configs[0]), proxy.Options{Logger: slog.New(slog.DiscardHandler), Handlers: handlers(), Listen: anyPort})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.OpenListeners(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	addr := listenerAddr(t, srv, "imap")
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var logins atomic.Int64
+	errs := make(chan error, 8)
+	for w := range 6 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c, err := loginIMAP(addr, fmt.Sprintf("u%d", (w*7+i)%12))
+				if err != nil {
+					select {
+					case errs <- err:
+					default:
+					}
+					return
+				}
+				logins.Add(1)
+				c.Noop().Wait()
+				c.Close()
+			}
+		})
+	}
+	for i := range 30 {
+		if err := srv.Reload(mustParse(t, configs[(i+1)%len(configs)])); err != nil {
+			t.Errorf("reload %d: %v", i, err)
+		}
+		n := logins.Load()
+		waitFor(t, 5*time.Second, "logins between reloads", func() bool { return logins.Load() > n+3 || len(errs) > 0 })
+	}
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("a login failed during the reloads: %v", err)
+	}
+	if s := tracker.Splits(); len(s) > 0 {
+		t.Errorf("users split over two backends: %q", s)
+	}
+	t.Logf("%d logins over 30 reloads", logins.Load())
 }
