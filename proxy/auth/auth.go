@@ -85,8 +85,9 @@ func New(opts Options) (*Authenticator, error) {
 	return a, nil
 }
 
-// Reload reads the files again and swaps them in at once (on SIGHUP). On
-// error nothing changes: the users loaded before stay in force.
+// Reload reads the files again and swaps them in at once. On error nothing
+// changes: the users loaded before stay in force. (A config reload of the
+// proxy builds a new Authenticator instead, so a changed [auth] applies too.)
 func (a *Authenticator) Reload() error {
 	users, err := LoadUsers(a.opts.UsersFile, a.opts.Normalize)
 	if err != nil {

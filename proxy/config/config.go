@@ -44,7 +44,7 @@ type AdminConfig struct {
 }
 
 // TLSConfig is the server certificate used by every TLS listener. The files
-// are read when the server starts and on SIGHUP, never by Load.
+// are read when the server starts and on every reload, never by Load.
 type TLSConfig struct {
 	Cert       string `toml:"cert"`        // PEM chain; needed by any starttls/implicit listener
 	Key        string `toml:"key"`         // PEM private key
