@@ -66,7 +66,9 @@ func (r *reloader) reload() (notes []string, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.load == nil {
-		return nil, errors.New("no config file to reload")
+		err := errors.New("no config file to reload")
+		r.log.Warn("reload ignored", "err", err)
+		return nil, err
 	}
 	r.notify.Reloading()
 	defer r.notify.Ready()
