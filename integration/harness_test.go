@@ -62,7 +62,9 @@ var testCert = sync.OnceValues(func() (struct {
 // such as "127.0.0.1:1"), starts the server and its health checks, and
 // stops everything when the test ends. A [tls] section is added when the
 // text has none; the certificate is generated.
-func startProxy(t *testing.T, text string) *env {
+//
+// opts, when given, adjust the proxy's options before it is built.
+func startProxy(t *testing.T, text string, opts ...func(*proxy.Options)) *env {
 	t.Helper()
 	tc, err := testCert()
 	if err != nil {
@@ -80,7 +82,11 @@ func startProxy(t *testing.T, text string) *env {
 	}
 	e := &env{t: t, Cfg: cfg, Addr: map[string]string{}, Logs: &testkit.SyncBuffer{}, Roots: tc.roots, Cert: tc.cert}
 	log := slog.New(slog.NewTextHandler(e.Logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	e.Srv, err = proxy.New(cfg, proxy.Options{Logger: log, Handlers: handlers(), Certs: mtls.StaticCertStore(tc.cert)})
+	po := proxy.Options{Logger: log, Handlers: handlers(), Certs: mtls.StaticCertStore(tc.cert)}
+	for _, o := range opts {
+		o(&po)
+	}
+	e.Srv, err = proxy.New(cfg, po)
 	if err != nil {
 		t.Fatalf("proxy.New: %v", err)
 	}

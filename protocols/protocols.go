@@ -5,6 +5,11 @@
 // A protocol package speaks its protocol on both sides (the client dialogue
 // before login, and the backend's greeting, STARTTLS and login) but never
 // accepts connections or picks backends: it asks Session.Dial for a backend.
+//
+// The helpers the protocols share live here too: line reading, the SASL
+// servers of PLAIN and LOGIN, the parser of the passthrough mechanisms
+// (ParseOAuth: OAUTHBEARER, RFC 7628, and XOAUTH2), and the login checks
+// every protocol makes (LoginAllowed, FailDelay, LoginSucceeded).
 package protocols
 
 import (
@@ -42,6 +47,17 @@ type Credentials struct {
 	Username string
 	Password Password
 	Authzid  string // SASL authorisation identity; empty when the same as Username
+
+	// Mech is set for a passthrough login (OAUTHBEARER, XOAUTH2): then
+	// Message, the client's SASL message with the token, goes to the
+	// backend unchanged and Password is empty. "" for a password login.
+	Mech    string
+	Message Password
+
+	// Backend, set by Session.Authenticate, is the backend the login must
+	// go to (auth_http's Auth-Server): a protocol that picked one before
+	// the login (SMTP) dials again. "" = routing decides.
+	Backend string
 }
 
 // Session is what the proxy gives a protocol for one client connection.
@@ -74,10 +90,12 @@ type Session struct {
 	// Authenticate, when not nil, checks a client's credentials before any
 	// backend is contacted for its login, and returns the credentials to
 	// log in to the backend with: the client's own, or a master user's
-	// with the client's name as Authzid. An error is a failed login: the
-	// protocol logs it and gives its usual failed-login reply after
-	// FailDelay. Dial still gets the client's user name, which routes.
-	// nil (passthrough): the backend checks the client's credentials.
+	// with the client's name as Authzid, or the ones an auth_http service
+	// named. An error is a failed login: the protocol logs it and gives
+	// its usual failed-login reply after FailDelay; except
+	// ErrAuthUnavailable, a temporary failure with no delay. Dial still
+	// gets the client's user name, which routes. nil (passthrough): the
+	// backend checks the client's credentials.
 	Authenticate func(ctx context.Context, c Credentials) (Credentials, error)
 
 	// User is the login name of the last login attempt, for the session log.
@@ -85,10 +103,26 @@ type Session struct {
 	// BytesIn and BytesOut are what the client sent and was sent, filled
 	// in by a protocol with no relay phase (SMTP) for the session log.
 	BytesIn, BytesOut int64
+
+	// PassMechs, when not nil, lists the passthrough mechanisms
+	// (PassthroughMechs) that every backend of the listener's pool
+	// announced when last asked; a protocol whose backend is picked only
+	// at login offers just these. nil or empty: none.
+	PassMechs func() []string
+
+	// Guard, when not nil, is the brute-force protection of the client's
+	// address (see LoginGuard); nil: only AuthFailureDelay applies.
+	Guard LoginGuard
 }
 
-// FailDelay waits the auth failure delay, or until ctx ends.
+// FailDelay records a failed login of s.User with the Guard and waits
+// its penalty, or without a Guard the auth failure delay, or until ctx
+// ends. Every failed-login reply comes after it.
 func (s *Session) FailDelay(ctx context.Context) {
+	if s.Guard != nil {
+		s.Guard.Failed(ctx, s.User)
+		return
+	}
 	if s.AuthFailureDelay <= 0 {
 		return
 	}

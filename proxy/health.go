@@ -6,6 +6,7 @@ import (
 	"mailproxy/proxy/config"
 	"time"
 
+	"mailproxy/protocols"
 	"mailproxy/routing"
 	mtls "mailproxy/tls"
 )
@@ -94,5 +95,16 @@ func (s *Server) probe(ctx context.Context, b *routing.Backend, proto routing.Pr
 		}
 		conn = tc
 	}
-	return s.handlers[proto.String()].Probe(tctx, conn)
+	h := s.handlers[proto.String()]
+	if mp, ok := h.(protocols.MechProber); ok && s.state().passthrough() && s.mechs.due(b, proto, time.Now()) {
+		pb := protocols.NewBackend(conn, b.Name, info.addr[proto], nil)
+		pb.TLS, pb.StartTLS = info.tls[proto], info.cfg.TLS == "starttls"
+		mechs, err := mp.ProbeMechs(tctx, pb)
+		conn = pb.Conn // the TLS conn after STARTTLS
+		if err == nil {
+			s.mechs.set(b, proto, mechs, time.Now())
+		}
+		return err
+	}
+	return h.Probe(tctx, conn)
 }

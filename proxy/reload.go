@@ -29,6 +29,8 @@ type state struct {
 	pools     map[string]*routing.Pool
 	tlsCfg    *tls.Config         // nil when no listener uses TLS
 	auth      *auth.Authenticator // auth.mode = "verify"; nil in passthrough
+	penalty   *auth.Penalty       // [auth.penalty]; nil when disabled (logincheck.go)
+	authHTTP  *auth.HTTP          // auth.mode = "http"
 
 	// pending are the reconfigurations of pools kept from the old state,
 	// checked by build and run by apply when the state is swapped in.
@@ -58,6 +60,9 @@ func (s *Server) build(cfg *config.Config, old *state) (*state, error) {
 		return nil, err
 	}
 	if st.auth, err = s.buildAuth(cfg.Auth); err != nil {
+		return nil, err
+	}
+	if err := s.buildLoginChecks(cfg, st, old); err != nil {
 		return nil, err
 	}
 	for _, pc := range cfg.Pools {

@@ -44,6 +44,10 @@ type Options struct {
 	// Listen opens the client listeners in ListenAndServe, OpenListeners
 	// and Reload; default net.Listen.
 	Listen func(network, addr string) (net.Listener, error)
+	// LoginWait waits before failed-login replies and refusals (the
+	// auth penalty, auth_http's Auth-Wait); default a timer. Tests inject
+	// one to see the delays without waiting them.
+	LoginWait func(ctx context.Context, d time.Duration)
 }
 
 // Server runs the listeners of one config, and of the next one on Reload.
@@ -70,6 +74,13 @@ type Server struct {
 	bgStop context.CancelFunc
 	opened *listenerSet // by OpenListeners (standby.go); guarded by mu
 
+	mechs mechTable // passthrough SASL mechanisms the backends announced (mechs.go)
+
+	// The login checks of logincheck.go; the penalty and auth_http lookup
+	// themselves are in the state.
+	loginMetrics loginMetrics
+	loginWait    func(context.Context, time.Duration)
+
 	hostname string // the machine's name, for listeners without hostname
 }
 
@@ -87,7 +98,7 @@ type backendInfo struct {
 // New builds a server from a validated config. It does not listen yet.
 func New(cfg *config.Config, opts Options) (*Server, error) {
 	s := &Server{
-		log: opts.Logger, level: opts.Level, handlers: opts.Handlers, dial: opts.Dial, listen: opts.Listen, certs: opts.Certs,
+		log: opts.Logger, level: opts.Level, handlers: opts.Handlers, dial: opts.Dial, listen: opts.Listen, certs: opts.Certs, loginWait: opts.LoginWait,
 		perIP: make(map[string]int), lns: make(map[net.Listener]lnEntry), live: make(map[*session]struct{}),
 	}
 	if s.log == nil {
@@ -102,6 +113,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		s.listen = net.Listen
 	}
 	s.metrics = newMetrics(s)
+	s.setupLoginMetrics()
 	st, err := s.build(cfg, nil)
 	if err != nil {
 		return nil, err

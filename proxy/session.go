@@ -35,6 +35,7 @@ type session struct {
 	stop   func() bool // unregisters the close-on-cancel of the accepted conn
 	id     string
 	start  time.Time
+	lookup *httpLogin // auth_http's state (logincheck.go); nil until a lookup
 
 	client   net.Conn           // the accepted conn, then TLS, then what the protocol hands back
 	ps       *protocols.Session // what the protocol sees; dropped after login
@@ -208,6 +209,7 @@ func (ss *session) protoSession(c net.Conn) *protocols.Session {
 	if st.auth != nil {
 		ps.Authenticate = ss.authenticate
 	}
+	ss.loginChecks(ps)
 	return ps
 }
 
@@ -218,7 +220,7 @@ func (ss *session) dialBackend(ctx context.Context, login string, hello func(con
 	if login != ss.keyOf {
 		key = ss.st.cfg.Auth.RoutingKey(login)
 	}
-	var tried []*routing.Backend
+	tried := ss.excludeForced() // auth_http's Auth-Server
 	for range ss.pool.Backends() {
 		if err := ctx.Err(); err != nil {
 			return nil, err

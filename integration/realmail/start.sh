@@ -43,6 +43,8 @@ NUSERS=200
 PASSWORD=pw
 MASTER_USER=proxy
 MASTER_PASSWORD=proxypw
+# Dovecot's oauth2 passdb asks here; a test runs the introspection service.
+OAUTH2_INTROSPECTION_PORT=${OAUTH2_INTROSPECTION_PORT:-21180}
 
 DOVECOT_A_IMAP_PORT=${DOVECOT_A_IMAP_PORT:-21143}
 DOVECOT_A_POP3_PORT=${DOVECOT_A_POP3_PORT:-21110}
@@ -147,7 +149,7 @@ login_greeting = dovecot-$n ready.
 login_trusted_networks = 127.0.0.0/8 ::1
 haproxy_trusted_networks = 127.0.0.0/8 ::1
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login oauthbearer xoauth2
 # "User7", "user7" and "user7@example.test" are all user7.
 auth_username_format = %Ln
 # Master login: LOGIN user7*proxy proxypw, or SASL PLAIN authzid=user7
@@ -192,6 +194,13 @@ passdb {
 passdb {
   driver = passwd-file
   args = scheme=PLAIN $DIR/users
+}
+# OAUTHBEARER and XOAUTH2 only: the token is checked by the introspection
+# service at OAUTH2_INTROSPECTION_PORT (RFC 7662, POST token=...).
+passdb {
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = $DIR/oauth2.conf.ext
 }
 userdb {
   driver = passwd-file
@@ -341,6 +350,16 @@ EOF
   for ((i = 0; i < NUSERS; i++)); do printf 'user%d@%s user%d/\n' "$i" "$DOMAIN" "$i"; done
 } >"$PF/etc/vmailbox"
 
+cat >"$DIR/oauth2.conf.ext" <<EOF
+introspection_mode = post
+introspection_url = http://$HOST:$OAUTH2_INTROSPECTION_PORT/introspect
+force_introspection = yes
+username_attribute = username
+active_attribute = active
+active_value = true
+EOF
+chmod 0644 "$DIR/oauth2.conf.ext"
+
 # --- env file -----------------------------------------------------------------
 write_env() {
   cat >"$DIR/env.tmp" <<EOF
@@ -358,6 +377,7 @@ REALMAIL_MAIL_UID=$MAIL_UID
 REALMAIL_MAIL_GID=$MAIL_GID
 REALMAIL_TLS_CERT=$DIR/tls/cert.pem
 REALMAIL_TLS_KEY=$DIR/tls/key.pem
+OAUTH2_INTROSPECTION_PORT=$OAUTH2_INTROSPECTION_PORT
 DOVECOT_A_CONF=$DIR/a/dovecot.conf
 DOVECOT_A_BASE_DIR=$DIR/a/run
 DOVECOT_A_LOG=$DIR/a/dovecot.log

@@ -76,7 +76,10 @@ func readTagged(b *protocols.Backend, tag string) (string, []string, error) {
 // backend has it, else LOGIN, which cannot carry an Authzid. ok says whether
 // the backend accepted; text is the tagged response to give the client
 // without its tag ("OK [CAPABILITY ...] Logged in" or the backend's NO).
-func backendLogin(ctx context.Context, b *protocols.Backend, creds protocols.Credentials, s *protocols.Session, client net.Addr, id []string) (ok bool, text string, err error) {
+//
+// A passthrough login (creds.Mech) is AUTHENTICATE with that mechanism,
+// each backend challenge relayed to the client through step.
+func backendLogin(ctx context.Context, b *protocols.Backend, creds protocols.Credentials, s *protocols.Session, client net.Addr, id []string, step func(string) (string, error)) (ok bool, text string, err error) {
 	if b.Caps == nil {
 		_, untagged, err := backendCommand(b, "P1", "CAPABILITY")
 		if err != nil {
@@ -93,6 +96,8 @@ func backendLogin(ctx context.Context, b *protocols.Backend, creds protocols.Cre
 	var resp string
 	var untagged []string
 	switch {
+	case creds.Mech != "":
+		resp, untagged, err = authPassthrough(b, creds, idLine, s, step)
 	case hasCap(b.Caps, "AUTH=PLAIN"):
 		resp, untagged, err = authPlain(b, creds, idLine, s)
 	case creds.Authzid != "":

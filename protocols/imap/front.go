@@ -1,7 +1,8 @@
 // Package imap is mailproxy's IMAP: the client dialogue before login
 // (RFC 9051 and RFC 3501: CAPABILITY, NOOP, ID (RFC 2971), LOGOUT,
 // STARTTLS, LOGIN, AUTHENTICATE with SASL-IR (RFC 4959) and LITERAL+
-// (RFC 7888)), the backend dialogue (greeting, STARTTLS, ID forwarding,
+// (RFC 7888); OAUTHBEARER (RFC 7628) and XOAUTH2 passed through to the
+// backend), the backend dialogue (greeting, STARTTLS, ID forwarding,
 // login), and the health probe. After login the proxy relays bytes.
 package imap
 
@@ -99,6 +100,9 @@ func (f *front) capabilities() string {
 	}
 	if f.loginAllowed() {
 		caps = append(caps, "AUTH=PLAIN", "AUTH=LOGIN")
+		for _, m := range f.passMechs() {
+			caps = append(caps, "AUTH="+m)
+		}
 	} else {
 		caps = append(caps, "LOGINDISABLED")
 	}
@@ -159,6 +163,9 @@ func (f *front) authenticate(ctx context.Context, cmd *command) (*protocols.Rela
 	if !f.loginAllowed() {
 		return nil, false, errPrivacyRequired
 	}
+	if protocols.IsPassthrough(cmd.args[0]) && f.offers(cmd.args[0]) {
+		return f.authPassthrough(ctx, cmd)
+	}
 	var creds protocols.Credentials
 	srv, err := protocols.NewSASLServer(cmd.args[0], &creds)
 	if err != nil {
@@ -216,7 +223,13 @@ func (f *front) login(ctx context.Context, tag string, creds protocols.Credentia
 	if !f.loginAllowed() {
 		return nil, false, errPrivacyRequired
 	}
+	if err := f.s.LoginAllowed(ctx, creds.Username); err != nil {
+		return nil, false, no("[UNAVAILABLE] Too many failed logins, try again later.")
+	}
 	back, err := f.s.BackendCredentials(ctx, creds)
+	if errors.Is(err, protocols.ErrAuthUnavailable) {
+		return nil, false, no("[UNAVAILABLE] Authentication service unavailable, try again later.")
+	}
 	if err != nil {
 		f.s.FailDelay(ctx)
 		return nil, false, errCredentials
@@ -226,7 +239,7 @@ func (f *front) login(ctx context.Context, tag string, creds protocols.Credentia
 		f.s.Log.Warn("login failed: no backend", "user", creds.Username, "err", err)
 		return nil, false, errUnavailable
 	}
-	ok, text, err := backendLogin(ctx, b, back, f.s, f.conn.RemoteAddr(), f.id)
+	ok, text, err := backendLogin(ctx, b, back, f.s, f.conn.RemoteAddr(), f.id, f.relayChallenge)
 	if err != nil {
 		b.Close()
 		f.s.Log.Warn("login failed: backend error", "user", creds.Username, "backend", b.Name, "err", err)
@@ -242,6 +255,7 @@ func (f *front) login(ctx context.Context, tag string, creds protocols.Credentia
 		b.Close()
 		return nil, false, err
 	}
+	f.s.LoginSucceeded()
 	f.s.Log.Info("login", "user", creds.Username, "backend", b.Name)
 	return &protocols.Relay{
 		Client: f.conn, ClientBuf: protocols.Buffered(f.rd.r),

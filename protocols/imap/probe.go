@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 
@@ -25,4 +26,30 @@ func probeGreeting(r *bufio.Reader) error {
 		return fmt.Errorf("%w: greeting %q", errBackend, protocols.Truncate(string(line)))
 	}
 	return nil
+}
+
+var _ protocols.MechProber = Handler{}
+
+// ProbeMechs implements protocols.MechProber: the AUTH= capabilities of
+// PassthroughMechs the backend announces, after STARTTLS when its tls says
+// so (Dovecot hides mechanisms before TLS).
+func (Handler) ProbeMechs(ctx context.Context, b *protocols.Backend) ([]string, error) {
+	if err := greet(ctx, b); err != nil {
+		return nil, err
+	}
+	defer io.WriteString(b.Conn, "H LOGOUT\r\n")
+	if b.Caps == nil {
+		_, untagged, err := backendCommand(b, "P1", "CAPABILITY")
+		if err != nil {
+			return nil, nil
+		}
+		b.Caps = untaggedCapability(untagged)
+	}
+	var mechs []string
+	for _, m := range protocols.PassthroughMechs {
+		if hasCap(b.Caps, "AUTH="+m) {
+			mechs = append(mechs, m)
+		}
+	}
+	return mechs, nil
 }

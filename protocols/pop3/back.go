@@ -117,7 +117,13 @@ func forwardXCLIENT(s *protocols.Session) string {
 // otherwise (errNoPlain for credentials with an Authzid). ok says whether
 // the backend accepted; text is its reply line, for the client. The
 // credentials must have passed safeArg.
-func backendLogin(b *protocols.Backend, creds protocols.Credentials) (ok bool, text string, err error) {
+//
+// A passthrough login (creds.Mech) is AUTH with that mechanism, each
+// backend challenge relayed to the client through step.
+func backendLogin(b *protocols.Backend, creds protocols.Credentials, step func(string) (string, error)) (ok bool, text string, err error) {
+	if creds.Mech != "" {
+		return authPassthrough(b, creds, step)
+	}
 	if hasCap(b.Caps, "SASL", protocols.MechPlain) {
 		return authPlain(b, creds)
 	}

@@ -1,6 +1,7 @@
 // Package pop3 is mailproxy's POP3: the client dialogue before login
 // (RFC 1939 USER, PASS, APOP and QUIT; CAPA of RFC 2449; STLS of RFC 2595;
-// AUTH of RFC 5034 with PLAIN (RFC 4616) and LOGIN; the response codes of
+// AUTH of RFC 5034 with PLAIN (RFC 4616) and LOGIN, and OAUTHBEARER
+// (RFC 7628) and XOAUTH2 passed through to the backend; the response codes of
 // RFC 2449 and RFC 3206), the backend dialogue (greeting, STLS, Dovecot's
 // XCLIENT, login) and the health probe. After login the proxy relays bytes.
 //
@@ -35,6 +36,7 @@ const (
 	replyUnavailable = "-ERR [SYS/TEMP] Service unavailable, try again later."
 	replyNeedTLS     = "-ERR [AUTH] Plaintext authentication disallowed on non-secure connections, use STLS first."
 	replyAuthFailed  = "-ERR [AUTH] Authentication failed."
+	replyRefused     = "-ERR [SYS/TEMP] Too many failed logins, try again later."
 )
 
 // errTooManyErrors ends a session that kept sending bad commands.
@@ -168,7 +170,7 @@ func (f *front) capabilities() []string {
 		caps = append(caps, "STLS")
 	}
 	if f.loginAllowed() {
-		caps = append(caps, "USER", "SASL "+protocols.MechPlain+" "+protocols.MechLogin)
+		caps = append(caps, "USER", "SASL "+strings.Join(f.mechs(), " "))
 	}
 	return append(caps, "IMPLEMENTATION mailproxy")
 }
@@ -246,7 +248,10 @@ func (f *front) auth(ctx context.Context, arg string) (*protocols.Relay, bool, e
 	}
 	mech, ir, hasIR := strings.Cut(arg, " ")
 	if mech == "" {
-		return nil, false, writeMulti(f.conn, "+OK", []string{protocols.MechPlain, protocols.MechLogin})
+		return nil, false, writeMulti(f.conn, "+OK", f.mechs())
+	}
+	if protocols.IsPassthrough(mech) && f.offers(mech) {
+		return f.authPassthrough(ctx, mech, ir, hasIR)
 	}
 	var creds protocols.Credentials
 	srv, err := protocols.NewSASLServer(mech, &creds)
@@ -259,26 +264,36 @@ func (f *front) auth(ctx context.Context, arg string) (*protocols.Relay, bool, e
 			return nil, false, bad("Invalid base64 initial response.")
 		}
 	}
-	err = protocols.SASLExchange(srv, resp, func(challenge []byte) ([]byte, error) {
-		if err := f.reply("+ %s", base64.StdEncoding.EncodeToString(challenge)); err != nil {
-			return nil, err
-		}
-		return protocols.ReadSASLResponse(f.r, f.maxLine())
-	})
-	switch {
+	switch err = protocols.SASLExchange(srv, resp, f.challenge); {
 	case err == nil:
 		return f.login(ctx, creds)
 	case errors.Is(err, protocols.ErrSASLFailed):
 		f.s.Log.Info("login failed: bad SASL response", "mechanism", strings.ToUpper(mech))
 		return nil, false, rejected(replyAuthFailed)
-	case errors.Is(err, protocols.ErrLineTooLong):
-		return nil, false, bad("Response too long.")
-	case errors.Is(err, protocols.ErrSASLCancelled):
-		return nil, false, bad("Authentication cancelled.")
-	case errors.Is(err, protocols.ErrSASLEncoding):
-		return nil, false, bad("Invalid base64 response.")
 	}
-	return nil, false, err
+	return nil, false, saslReply(err)
+}
+
+// challenge sends one SASL challenge and reads the client's answer.
+func (f *front) challenge(ch []byte) ([]byte, error) {
+	if err := f.reply("+ %s", base64.StdEncoding.EncodeToString(ch)); err != nil {
+		return nil, err
+	}
+	return protocols.ReadSASLResponse(f.r, f.maxLine())
+}
+
+// saslReply is the reply to a SASL exchange the client broke off or got
+// wrong; other errors end the session.
+func saslReply(err error) error {
+	switch {
+	case errors.Is(err, protocols.ErrLineTooLong):
+		return bad("Response too long.")
+	case errors.Is(err, protocols.ErrSASLCancelled):
+		return bad("Authentication cancelled.")
+	case errors.Is(err, protocols.ErrSASLEncoding):
+		return bad("Invalid base64 response.")
+	}
+	return err
 }
 
 // apop is APOP name digest (RFC 1939 §7), passed to the fixed backend
@@ -294,6 +309,9 @@ func (f *front) apop(ctx context.Context, arg string) (*protocols.Relay, bool, e
 		return nil, false, bad("APOP needs a user name and a digest.")
 	}
 	f.s.User = fields[0]
+	if err := f.s.LoginAllowed(ctx, fields[0]); err != nil {
+		return nil, false, refused()
+	}
 	ok, text, err := backendAPOP(f.fixed, arg)
 	return f.finish(ctx, f.fixed, fields[0], ok, text, err)
 }
@@ -308,7 +326,13 @@ func (f *front) login(ctx context.Context, creds protocols.Credentials) (*protoc
 		f.s.Log.Info("login failed: control characters in credentials", "user", creds.Username)
 		return nil, false, rejected(replyAuthFailed)
 	}
+	if err := f.s.LoginAllowed(ctx, creds.Username); err != nil {
+		return nil, false, refused()
+	}
 	back, err := f.s.BackendCredentials(ctx, creds)
+	if errors.Is(err, protocols.ErrAuthUnavailable) {
+		return nil, false, unavailable(nil)
+	}
 	if err != nil {
 		return nil, false, rejected(replyAuthFailed)
 	}
@@ -323,7 +347,7 @@ func (f *front) login(ctx context.Context, creds protocols.Credentials) (*protoc
 			return f.finish(ctx, b, creds.Username, false, "", err)
 		}
 	}
-	ok, text, err := backendLogin(b, back)
+	ok, text, err := backendLogin(b, back, f.relayChallenge)
 	return f.finish(ctx, b, creds.Username, ok, text, err)
 }
 
@@ -333,7 +357,7 @@ func (f *front) login(ctx context.Context, creds protocols.Credentials) (*protoc
 func (f *front) finish(ctx context.Context, b *protocols.Backend, user string, ok bool, text string, err error) (*protocols.Relay, bool, error) {
 	switch {
 	case err != nil:
-		if !errors.Is(err, errNoPlain) { // a setting, not the backend's health
+		if !errors.Is(err, errNoPlain) && !errors.Is(err, errNoMech) && !errors.Is(err, errClientGone) { // not the backend's health
 			b.Fail("login: " + err.Error())
 		}
 		b.Close()
@@ -353,6 +377,7 @@ func (f *front) finish(ctx context.Context, b *protocols.Backend, user string, o
 		b.Close()
 		return nil, false, err
 	}
+	f.s.LoginSucceeded()
 	f.s.Log.Info("login", "user", user, "backend", b.Name)
 	return &protocols.Relay{
 		Client: f.conn, ClientBuf: protocols.Buffered(f.r),

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 
 	"mailproxy/protocols"
@@ -24,4 +25,31 @@ func probeGreeting(r *bufio.Reader) error {
 		return fmt.Errorf("%w: greeting %q", errBackend, protocols.Truncate(string(line)))
 	}
 	return nil
+}
+
+var _ protocols.MechProber = Handler{}
+
+// ProbeMechs implements protocols.MechProber: the mechanisms of
+// PassthroughMechs in the backend's CAPA "SASL" line, after STLS when its
+// tls says so.
+func (Handler) ProbeMechs(ctx context.Context, b *protocols.Backend) ([]string, error) {
+	if err := greet(ctx, b); err != nil {
+		return nil, err
+	}
+	defer io.WriteString(b.Conn, "QUIT\r\n")
+	line, err := backendCommand(b, "CAPA")
+	if ok, serr := status(line); err != nil || serr != nil || !ok {
+		return nil, nil
+	}
+	caps, err := readMulti(b.Reader, maxCapaLines)
+	if err != nil {
+		return nil, nil
+	}
+	var mechs []string
+	for _, m := range protocols.PassthroughMechs {
+		if hasCap(caps, "SASL", m) {
+			mechs = append(mechs, m)
+		}
+	}
+	return mechs, nil
 }

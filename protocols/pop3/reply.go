@@ -32,6 +32,9 @@ func bad(msg string) error { return &replyError{line: "-ERR " + msg, kind: reply
 // rejected is a failed login's reply line (ours or the backend's).
 func rejected(line string) error { return &replyError{line: line, kind: replyRejected} }
 
+// refused is replyRefused: the auth penalty turned the login away.
+func refused() error { return &replyError{line: replyRefused} }
+
 // unavailable is replyUnavailable; with end set the session ends after it.
 func unavailable(end error) error { return &replyError{line: replyUnavailable, end: end} }
 

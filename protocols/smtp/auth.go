@@ -3,6 +3,7 @@ package smtp
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/emersion/go-sasl"
 	gosmtp "github.com/emersion/go-smtp"
@@ -20,7 +21,7 @@ func (f *front) AuthMechanisms() []string {
 	if f.s.SMTPAuth == "off" {
 		return nil
 	}
-	return []string{protocols.MechPlain, protocols.MechLogin}
+	return append([]string{protocols.MechPlain, protocols.MechLogin}, f.passMechs()...)
 }
 
 // Auth implements gosmtp.AuthSession. The exchange is decoded here and
@@ -29,6 +30,14 @@ func (f *front) AuthMechanisms() []string {
 func (f *front) Auth(mech string) (sasl.Server, error) {
 	if f.s.SMTPAuth == "off" {
 		return nil, gosmtp.ErrAuthUnsupported
+	}
+	if protocols.IsPassthrough(mech) {
+		for _, m := range f.passMechs() {
+			if strings.EqualFold(m, mech) {
+				return &passServer{f: f, mech: m}, nil
+			}
+		}
+		return nil, gosmtp.ErrAuthUnknownMechanism
 	}
 	a := &authServer{f: f}
 	srv, err := protocols.NewSASLServer(mech, &a.creds)
@@ -73,10 +82,22 @@ func (f *front) login(creds protocols.Credentials) error {
 	if f.inTx {
 		return errAuthInTx
 	}
+	if err := f.s.LoginAllowed(f.ctx, creds.Username); err != nil {
+		return errAuthRefused
+	}
+	f.settle()
 	back, err := f.s.BackendCredentials(f.ctx, creds)
+	if errors.Is(err, protocols.ErrAuthUnavailable) {
+		return errAuthTemp
+	}
 	if err != nil {
 		f.s.FailDelay(f.ctx)
 		return errAuthInvalid
+	}
+	if back.Backend != "" && f.back != nil && f.back.b.Name != back.Backend {
+		// The check chose another backend than the one picked at EHLO.
+		f.back.quit()
+		f.back, f.inTx = nil, false
 	}
 	for retry := true; ; retry = false {
 		if f.back == nil {
@@ -90,6 +111,7 @@ func (f *front) login(creds protocols.Credentials) error {
 		case err == nil:
 			f.creds = &back
 			f.s.Log.Info("login", "user", creds.Username, "backend", f.back.b.Name)
+			f.s.LoginSucceeded()
 			return nil
 		case errors.Is(err, errNoPlain):
 			f.s.Log.Warn("login failed: backend error", "user", creds.Username, "backend", f.back.b.Name, "err", err)

@@ -23,6 +23,10 @@ type backend struct {
 	helo   string      // the client's HELO name the backend was given
 	authed bool        // logged in with the client's credentials
 	stop   func() bool // unregisters the close-on-cancel of the session context
+
+	// saslPending: the backend waits for the client's answer to a
+	// challenge of a passthrough exchange (see front.settle).
+	saslPending bool
 }
 
 // greet is the backend dialogue up to a ready go-smtp client; it runs as
@@ -145,10 +149,13 @@ func (bk *backend) auth(creds protocols.Credentials) error {
 	b64 := base64.StdEncoding.EncodeToString
 	var rep reply
 	var err error
-	if creds.Authzid != "" && !bk.c.SupportsAuth("PLAIN") {
+	if creds.Mech != "" {
+		// A new backend for a client logged in with a token: the message
+		// once more, and no challenge can be relayed any more.
+		rep, err = command(b, "AUTH "+creds.Mech+" "+b64([]byte(creds.Message)))
+	} else if creds.Authzid != "" && !bk.c.SupportsAuth("PLAIN") {
 		return errNoPlain // AUTH LOGIN cannot carry it
-	}
-	if !bk.c.SupportsAuth("PLAIN") && bk.c.SupportsAuth("LOGIN") {
+	} else if !bk.c.SupportsAuth("PLAIN") && bk.c.SupportsAuth("LOGIN") {
 		rep, err = saslSteps(b, "AUTH LOGIN", b64([]byte(creds.Username)), b64([]byte(creds.Password)))
 	} else {
 		ir := b64([]byte(creds.Authzid + "\x00" + creds.Username + "\x00" + string(creds.Password)))

@@ -244,6 +244,11 @@ func (f *front) Mail(from string, opts *gosmtp.MailOptions) error {
 // startTx sends MAIL, after RSET if go-smtp left a transaction open (a
 // client that sent MAIL again without RSET).
 func (f *front) startTx(from string, opts *gosmtp.MailOptions) error {
+	if f.settle(); f.back == nil { // the half-open SASL exchange could not be cancelled
+		if err := f.open(); err != nil {
+			return errTryLater
+		}
+	}
 	c := f.back.c
 	if f.inTx {
 		if err := c.Reset(); err != nil {

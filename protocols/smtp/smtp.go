@@ -1,7 +1,8 @@
 // Package smtp is mailproxy's SMTP, submission and SMTPS: the client
 // dialogue (RFC 5321) with go-smtp's server — PIPELINING (RFC 2920),
 // 8BITMIME (RFC 6152), SIZE (RFC 1870), ENHANCEDSTATUSCODES (RFC 2034 and
-// 3463), STARTTLS (RFC 3207), AUTH PLAIN and LOGIN (RFC 4954, 4616),
+// 3463), STARTTLS (RFC 3207), AUTH PLAIN and LOGIN (RFC 4954, 4616), AUTH
+// OAUTHBEARER (RFC 7628) and XOAUTH2 passed through to the backend,
 // CHUNKING (RFC 3030), DSN parameters (RFC 3461), SMTPUTF8 (RFC 6531) — the
 // backend dialogue with go-smtp's client (greeting, EHLO, STARTTLS, Postfix's
 // XCLIENT, AUTH), and the health probe.

@@ -70,6 +70,27 @@ type AuthConfig struct {
 	BackendLogin       string `toml:"backend_login"` // user (default) | master (needs mode verify, master_user, master_password_file)
 	MasterUser         string `toml:"master_user"`
 	MasterPasswordFile string `toml:"master_password_file"` // read at start and on SIGHUP, white space trimmed
+
+	// mode = "http": nginx's mail auth_http protocol.
+	HTTPURL      string   `toml:"http_url"`       // required with mode http
+	HTTPTimeout  Duration `toml:"http_timeout"`   // one lookup, connect to reply; default 5s; > 0
+	HTTPCacheTTL Duration `toml:"http_cache_ttl"` // successful lookups kept (client address, user, salted password hash); default 30s; 0 = off
+
+	Penalty PenaltyConfig `toml:"penalty"`
+}
+
+// PenaltyConfig is [auth.penalty]: brute-force protection in every mode.
+// Failed logins count per client address, per user and per user from an
+// address over a sliding window; the failed-login reply waits
+// limits.auth_failure_delay doubled with each failure of the user from
+// that address, up to max_delay; beyond a limit, logins are refused.
+type PenaltyConfig struct {
+	Enabled     bool     `toml:"enabled"`       // default true
+	Window      Duration `toml:"window"`        // default 15m; > 0
+	MaxDelay    Duration `toml:"max_delay"`     // default 15s
+	IPUserLimit int      `toml:"ip_user_limit"` // one user from one address; default 10; 0 = no refusal
+	IPLimit     int      `toml:"ip_limit"`      // all users of one address (NAT); default 1000; 0 = no refusal
+	UserLimit   int      `toml:"user_limit"`    // one user from everywhere: max_delay from then on, never a refusal; default 100; 0 = off
 }
 
 // ListenerConfig is one [[listener]].

@@ -415,6 +415,7 @@ func (c *Config) applyDefaults(md *toml.MetaData, raw map[string]any) {
 	set(&c.Auth.Mode, "passthrough", "auth", "mode")
 	set(&c.Auth.UsernameCase, "lower", "auth", "username_case")
 	set(&c.Auth.BackendLogin, "user", "auth", "backend_login")
+	c.Auth.applyDefaults(md)
 
 	lim := &c.Limits
 	defInt(&lim.MaxConnections, 20000, md.IsDefined("limits", "max_connections"))
@@ -475,4 +476,19 @@ func defDur(dst *Duration, def time.Duration, set bool) {
 	if !set {
 		dst.Duration = def
 	}
+}
+
+// applyDefaults fills in the auth_http and [auth.penalty] keys.
+func (a *AuthConfig) applyDefaults(md *toml.MetaData) {
+	defDur(&a.HTTPTimeout, 5*time.Second, md.IsDefined("auth", "http_timeout"))
+	defDur(&a.HTTPCacheTTL, 30*time.Second, md.IsDefined("auth", "http_cache_ttl"))
+	p := &a.Penalty
+	if !md.IsDefined("auth", "penalty", "enabled") {
+		p.Enabled = true
+	}
+	defDur(&p.Window, 15*time.Minute, md.IsDefined("auth", "penalty", "window"))
+	defDur(&p.MaxDelay, 15*time.Second, md.IsDefined("auth", "penalty", "max_delay"))
+	defInt(&p.IPUserLimit, 10, md.IsDefined("auth", "penalty", "ip_user_limit"))
+	defInt(&p.IPLimit, 1000, md.IsDefined("auth", "penalty", "ip_limit"))
+	defInt(&p.UserLimit, 100, md.IsDefined("auth", "penalty", "user_limit"))
 }

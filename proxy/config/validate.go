@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -55,12 +56,13 @@ func (c *Config) checkGlobal(ck *cfgChecker) {
 	ck.notNegative("limits.shutdown_grace", lim.ShutdownGrace)
 
 	a := c.Auth
-	ck.oneOf("auth.mode", a.Mode, "passthrough", "verify")
+	ck.oneOf("auth.mode", a.Mode, "passthrough", "verify", "http")
 	ck.oneOf("auth.username_case", a.UsernameCase, "lower", "keep")
 	ck.oneOf("auth.backend_login", a.BackendLogin, "user", "master")
 	if strings.ContainsAny(a.DefaultDomain, "@ \t") {
 		ck.add("auth.default_domain", "%q must be a bare domain such as \"example.org\"", a.DefaultDomain)
 	}
+	c.checkAuthHTTP(ck)
 	if a.Mode == "verify" && a.UsersFile == "" {
 		ck.add("auth.users_file", `missing: auth.mode = "verify" needs it`)
 	}
@@ -210,6 +212,8 @@ func (c *Config) checkListenerExtensions(ck *cfgChecker, key string, l *Listener
 		ck.add(key+".apop", "only for pop3 listeners")
 	} else if l.APOP && c.Auth.Mode == "verify" {
 		ck.add(key+".apop", `not with auth.mode = "verify": mailproxy cannot check an APOP digest against a password hash`)
+	} else if l.APOP && c.Auth.Mode == "http" {
+		ck.add(key+".apop", `not with auth.mode = "http": an auth_http service gets no APOP digest from mailproxy`)
 	}
 	switch {
 	case l.MaxSize < 0:
@@ -362,4 +366,25 @@ func (ck *cfgChecker) claim(binds []listenAddr, key, addr string) []listenAddr {
 		}
 	}
 	return append(binds, listenAddr{key, host, port})
+}
+
+// checkAuthHTTP checks the auth_http keys and [auth.penalty].
+func (c *Config) checkAuthHTTP(ck *cfgChecker) {
+	a := c.Auth
+	if a.Mode == "http" {
+		if u, err := url.Parse(a.HTTPURL); a.HTTPURL == "" || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			ck.add("auth.http_url", `%q: auth.mode = "http" needs an http:// or https:// URL`, a.HTTPURL)
+		}
+		if a.BackendLogin == "master" {
+			ck.add("auth.backend_login", `"master" needs auth.mode = "verify"; with "http" the service's Auth-User and Auth-Pass say how to log in`)
+		}
+	}
+	ck.positive("auth.http_timeout", a.HTTPTimeout)
+	ck.notNegative("auth.http_cache_ttl", a.HTTPCacheTTL)
+	p := a.Penalty
+	ck.positive("auth.penalty.window", p.Window)
+	ck.notNegative("auth.penalty.max_delay", p.MaxDelay)
+	ck.atLeast("auth.penalty.ip_user_limit", p.IPUserLimit, 0)
+	ck.atLeast("auth.penalty.ip_limit", p.IPLimit, 0)
+	ck.atLeast("auth.penalty.user_limit", p.UserLimit, 0)
 }
