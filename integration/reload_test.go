@@ -494,3 +494,35 @@ func TestReloadChurn(t *testing.T) {
 	}
 	t.Logf("%d logins over 30 reloads", logins.Load())
 }
+
+// TestReloadKeepsPenalty: a reload that leaves [auth.penalty] as it was
+// keeps the failures counted so far (a brute-forcer gains nothing from a
+// reload); one that changes it starts afresh with the new limits.
+func TestReloadKeepsPenalty(t *testing.T) {
+	users := map[string]string{"alice": "right"}
+	_, imapAddr := imapBackend(t, "mail1", users, nil)
+	w := &waits{}
+	backs := authHTTPBackends(t)
+	e := startProxy(t, penaltyConfig(imapAddr, backs[0][2], backs[0][3]), func(o *proxy.Options) { o.LoginWait = w.wait })
+	try := func(want string) {
+		t.Helper()
+		s := dialScript(t, e.Addr["imap"])
+		s.expect("* OK")
+		s.send("a LOGIN alice wrong\r\n")
+		s.expect("a " + want)
+	}
+	for range 10 {
+		try("NO [AUTHENTICATIONFAILED]")
+	}
+	try("NO [UNAVAILABLE] Too many failed logins")
+	if err := e.Srv.Reload(e.Cfg); err != nil {
+		t.Fatal(err)
+	}
+	try("NO [UNAVAILABLE] Too many failed logins")
+	changed := mustParse(t, "[auth.penalty]\nip_user_limit = 20\n"+penaltyConfig(imapAddr, backs[0][2], backs[0][3]))
+	if err := e.Srv.Reload(changed); err != nil {
+		t.Fatal(err)
+	}
+	try("NO [AUTHENTICATIONFAILED]")
+	w.take()
+}
