@@ -15,8 +15,10 @@ func (s *Session) LoginAllowed(ctx context.Context, user string) error {
 	return s.Guard.Allow(ctx, user)
 }
 
-// LoginSucceeded tells the Guard that s.User logged in.
+// LoginSucceeded records that s.User logged in (LoggedIn) and tells the
+// Guard.
 func (s *Session) LoginSucceeded() {
+	s.LoggedIn = true
 	if s.Guard != nil {
 		s.Guard.Succeeded(s.User)
 	}

@@ -7,7 +7,8 @@ type Notice int
 
 // The notices.
 const (
-	NoticePanic   Notice = iota // an internal error ended the session
-	NoticeTimeout               // login_timeout ran out before a login
-	NoticeBusy                  // a connection limit refused the connection
+	NoticePanic    Notice = iota // an internal error ended the session
+	NoticeTimeout                // login_timeout ran out before a login
+	NoticeBusy                   // a connection limit refused the connection
+	NoticeShutdown               // the server is shutting down and closes the session
 )

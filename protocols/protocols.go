@@ -70,7 +70,7 @@ type Session struct {
 	TLS        *tls.Config // server config for STARTTLS; nil when the listener has tls = none
 	TLSActive  bool        // TLS is already up (implicit TLS listener)
 	RequireTLS bool        // no login before TLS
-	Hostname   string      // our name in greetings
+	Hostname   string      // our name in SMTP's greeting and EHLO reply
 
 	// Listener extensions (see the config contract).
 	SMTPAuth string // off | optional | required
@@ -79,6 +79,9 @@ type Session struct {
 
 	MaxLine          int           // longest line or literal accepted before login
 	AuthFailureDelay time.Duration // waited before every failed-login reply
+	// BackendTimeout bounds a backend login where the protocol logs in
+	// after Dial's deadline is gone (SMTP's AUTH); 0: the protocol's own.
+	BackendTimeout time.Duration
 
 	// Dial picks a backend for the routing key derived from login (empty:
 	// not tied to a user), connects (implicit TLS done), and calls hello,
@@ -103,6 +106,9 @@ type Session struct {
 	// BytesIn and BytesOut are what the client sent and was sent, filled
 	// in by a protocol with no relay phase (SMTP) for the session log.
 	BytesIn, BytesOut int64
+	// LoggedIn is set by LoginSucceeded; the proxy counts an SMTP login,
+	// which has no relay phase, by it.
+	LoggedIn bool
 
 	// PassMechs, when not nil, lists the passthrough mechanisms
 	// (PassthroughMechs) that every backend of the listener's pool

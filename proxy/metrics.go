@@ -1,13 +1,14 @@
 package proxy
 
 import (
-	"mailproxy/proxy/config"
 	"net/http"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"mailproxy/proxy/config"
 	"mailproxy/routing"
 )
 
@@ -16,9 +17,10 @@ import (
 // gauges are read from the live state at scrape time; only what has no
 // state to read (logins, bytes) is counted as it happens.
 type metrics struct {
-	reg    *prometheus.Registry
-	logins *prometheus.CounterVec
-	bytes  *prometheus.CounterVec
+	reg      *prometheus.Registry
+	logins   *prometheus.CounterVec
+	bytes    *prometheus.CounterVec
+	sessions *prometheus.CounterVec
 }
 
 // The descriptions of the scrape-time gauges; read-only.
@@ -43,10 +45,14 @@ func newMetrics(s *Server) *metrics {
 		}, []string{"listener", "protocol", "result"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mailproxy_relay_bytes_total",
-			Help: "Bytes relayed after login; in is client to backend.",
+			Help: "Bytes relayed after login (SMTP: of the whole session); in is client to backend.",
 		}, []string{"listener", "backend", "direction"}),
+		sessions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailproxy_sessions_total",
+			Help: "Client sessions ended, by outcome (logout, closed, login_timeout, idle_timeout, write_timeout, closed_by_proxy, tls_handshake_failed, error, relay_error, panic), and connections refused at a limit (refused).",
+		}, []string{"listener", "outcome"}),
 	}
-	m.reg.MustRegister(m.logins, m.bytes, stateCollector{s},
+	m.reg.MustRegister(m.logins, m.bytes, m.sessions, stateCollector{s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -58,16 +64,32 @@ func (s *Server) MetricsHandler() http.Handler {
 }
 
 // sessionEnded counts a finished session: a login when it reached the
-// relay, a failed one when it named a user and never got there.
-func (m *metrics) sessionEnded(lc *config.ListenerConfig, backend string, loggedIn, triedLogin bool, res relayResult) {
+// relay (or logged in without one, SMTP), a failed one when it named a
+// user and never got there; its bytes, and its outcome.
+func (m *metrics) sessionEnded(lc *config.ListenerConfig, backend string, loggedIn, triedLogin bool, res relayResult, outcome string) {
 	switch {
 	case loggedIn:
 		m.logins.WithLabelValues(lc.Name, lc.Protocol, "ok").Inc()
-		m.bytes.WithLabelValues(lc.Name, backend, "in").Add(float64(res.up))
-		m.bytes.WithLabelValues(lc.Name, backend, "out").Add(float64(res.down))
 	case triedLogin:
 		m.logins.WithLabelValues(lc.Name, lc.Protocol, "failed").Inc()
 	}
+	if backend != "" && (loggedIn || res.up > 0 || res.down > 0) {
+		m.bytes.WithLabelValues(lc.Name, backend, "in").Add(float64(res.up))
+		m.bytes.WithLabelValues(lc.Name, backend, "out").Add(float64(res.down))
+	}
+	m.sessions.WithLabelValues(lc.Name, outcomeLabel(outcome)).Inc()
+}
+
+// refused counts a connection turned away at a limit.
+func (m *metrics) refused(lc *config.ListenerConfig) {
+	m.sessions.WithLabelValues(lc.Name, "refused").Inc()
+}
+
+// outcomeLabel turns an end line's outcome into a label value from a
+// fixed set: the detail after a colon ("error: ...") is left out.
+func outcomeLabel(outcome string) string {
+	word, _, _ := strings.Cut(outcome, ":")
+	return strings.ReplaceAll(word, " ", "_")
 }
 
 // stateCollector reads sessions and backend states at scrape time.

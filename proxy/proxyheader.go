@@ -76,7 +76,8 @@ func (s *Server) admitProxied(st *state, lc *config.ListenerConfig, c net.Conn) 
 	}
 	s.mu.Unlock()
 	if over {
-		s.log.Warn("connection refused: limit reached", "listener", lc.Name, "client", pc.RemoteAddr().String(), "via", c.RemoteAddr().String())
+		s.refusedLimit.warn(s.log, "connection refused: limit reached", "listener", lc.Name, "client", pc.RemoteAddr().String(), "via", c.RemoteAddr().String())
+		s.metrics.refused(lc)
 		if lc.TLS != "implicit" {
 			say(pc, s.handlers[lc.Protocol].Notice(protocols.NoticeBusy))
 		}

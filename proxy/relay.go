@@ -64,10 +64,10 @@ func relay(ctx context.Context, r *protocols.Relay, idle time.Duration) relayRes
 // to ctx and starts the backend to client direction.
 func beginRelay(ctx context.Context, r *protocols.Relay, idle time.Duration) (*relayState, error) {
 	client, back := r.Client, r.Backend.Conn
-	if err := writeAll(back, r.ClientBuf); err != nil {
+	if err := writeAll(back, r.ClientBuf, idle); err != nil {
 		return nil, err
 	}
-	if err := writeAll(client, r.BackBuf); err != nil {
+	if err := writeAll(client, r.BackBuf, idle); err != nil {
 		return nil, err
 	}
 	st := &relayState{idle: idle}
@@ -100,6 +100,20 @@ func (st *relayState) end() relayResult {
 
 // errIdle ends a relay that saw no traffic either way for the idle timeout.
 var errIdle = errors.New("idle timeout")
+
+// errStalled ends a relay whose write made no progress for the idle
+// timeout: a peer that stopped reading (a client that never reads its
+// FETCH) would otherwise hold the session and its backend forever.
+var errStalled = errors.New("write stalled")
+
+// stalled turns a write's deadline error into errStalled, which run must
+// not mistake for a quiet read.
+func stalled(err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return errStalled
+	}
+	return err
+}
 
 // relayState is what the two directions of one relay share.
 //
@@ -329,11 +343,13 @@ func (d *direction) copyBulk(buf []byte) error {
 	}
 }
 
-// write sends b on and counts what went.
+// write sends b on and counts what went, failing when dst takes nothing
+// for the idle timeout.
 func (d *direction) write(b []byte) error {
+	d.dst.SetWriteDeadline(time.Now().Add(d.st.idle))
 	n, err := d.dst.Write(b)
 	d.total += int64(n)
-	return err
+	return stalled(err)
 }
 
 // finish half-closes dst after EOF, the first direction to end, and
@@ -357,12 +373,13 @@ var (
 	largePool = sync.Pool{New: func() any { b := make([]byte, largeBuf); return &b }}
 )
 
-func writeAll(w io.Writer, b []byte) error {
+func writeAll(c net.Conn, b []byte, idle time.Duration) error {
 	if len(b) == 0 {
 		return nil
 	}
-	_, err := w.Write(b)
-	return err
+	c.SetWriteDeadline(time.Now().Add(idle))
+	_, err := c.Write(b)
+	return stalled(err)
 }
 
 // quiet drops the errors that are a normal way for a relay to end.

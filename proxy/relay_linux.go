@@ -120,10 +120,11 @@ func (d *direction) spliceBulk() error {
 		case n == 0:
 			return io.EOF
 		}
+		d.dst.SetWriteDeadline(time.Now().Add(d.st.idle))
 		m, err := s.drain(n)
 		d.total += int64(m)
 		if err != nil {
-			return err
+			return stalled(err)
 		}
 	}
 }

@@ -252,3 +252,48 @@ func pattern(size int, seed uint32) []byte {
 	}
 	return b
 }
+
+// TestRelayStalledWrite (issue 10, point 5): a client that stops reading
+// in the middle of a large download (a FETCH it never reads) ends the
+// session once a write has made no progress for the idle timeout, on
+// plain TCP (splice) and TLS alike; the backend connection is closed too.
+func TestRelayStalledWrite(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	for name, start := range map[string]func(*testing.T, time.Duration) *relayFixture{
+		"tcp": func(t *testing.T, d time.Duration) *relayFixture { return startRelay(t, d, "", "") },
+		"tls": startTLSRelay,
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := start(t, idle)
+			stop := make(chan struct{})
+			fed := make(chan struct{})
+			go func() { // the backend sends as long as it can
+				defer close(fed)
+				chunk := bytes.Repeat([]byte("x"), 64<<10)
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					f.backend.SetWriteDeadline(time.Now().Add(10 * time.Second))
+					if _, err := f.backend.Write(chunk); err != nil {
+						return
+					}
+				}
+			}()
+			began := time.Now()
+			r := f.wait(t)
+			close(stop)
+			<-fed
+			took := time.Since(began)
+			t.Logf("relay ended after %v with %v, %d bytes down", took, r.err, r.down)
+			if !errors.Is(r.err, errStalled) {
+				t.Errorf("relay ended with %v, want a stalled write", r.err)
+			}
+			if took > 3*idle+time.Second {
+				t.Errorf("relay ended after %v, want about the idle timeout (%v)", took, idle)
+			}
+		})
+	}
+}

@@ -82,6 +82,9 @@ type Server struct {
 	loginWait    func(context.Context, time.Duration)
 
 	hostname string // the machine's name, for listeners without hostname
+
+	// The logs of connections refused at accept, one per reason.
+	refusedLimit, refusedUntrusted rateLog
 }
 
 // lnEntry is what the server knows of a serving listener: the name it
@@ -294,7 +297,8 @@ func (s *Server) accept(st *state, lc *config.ListenerConfig, c net.Conn) {
 	ip := remoteIP(c)
 	if lc.ProxyProtocol {
 		if !fromBalancer(lc, c) {
-			s.log.Warn("connection refused: not a trusted PROXY protocol sender", "listener", lc.Name, "client", c.RemoteAddr().String())
+			s.refusedUntrusted.warn(s.log, "connection refused: not a trusted PROXY protocol sender", "listener", lc.Name, "client", c.RemoteAddr().String())
+			s.metrics.refused(lc)
 			c.Close()
 			return
 		}
@@ -312,7 +316,8 @@ func (s *Server) accept(st *state, lc *config.ListenerConfig, c net.Conn) {
 	}
 	s.mu.Unlock()
 	if over {
-		s.log.Warn("connection refused: limit reached", "listener", lc.Name, "client", c.RemoteAddr().String())
+		s.refusedLimit.warn(s.log, "connection refused: limit reached", "listener", lc.Name, "client", c.RemoteAddr().String())
+		s.metrics.refused(lc)
 		if lc.TLS != "implicit" {
 			say(c, s.handlers[lc.Protocol].Notice(protocols.NoticeBusy))
 		}
@@ -366,14 +371,25 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 }
 
-// Close closes every listener and every live session at once.
+// Close closes every listener and every live session at once, each after
+// a goodbye to its client (IMAP "* BYE", POP3 "-ERR", SMTP "421"), which
+// takes at most a second.
 func (s *Server) Close() error {
 	s.closeListeners()
 	s.mu.Lock()
+	live := make([]*session, 0, len(s.live))
 	for ss := range s.live {
-		ss.cancel()
+		live = append(live, ss)
 	}
 	s.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, ss := range live {
+		wg.Go(func() {
+			ss.goodbye()
+			ss.cancel()
+		})
+	}
+	wg.Wait()
 	s.stopBackground()
 	return nil
 }

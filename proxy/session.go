@@ -44,8 +44,12 @@ type session struct {
 	key      string
 	backend  *protocols.Backend // the backend of the current login attempt
 	loggedIn bool
-	res      relayResult
-	outcome  string // for the end line
+	// byeTo is where a goodbye may be written from another goroutine
+	// (shutdown): the connection in the state the client reads it, or nil
+	// while that is not known (before login on a STARTTLS listener).
+	byeTo   atomic.Pointer[net.Conn]
+	res     relayResult
+	outcome string // for the end line
 }
 
 // say sends one of the proxy's own replies, bounded by a short deadline.
@@ -87,6 +91,9 @@ func (s *Server) newSession(st *state, lc *config.ListenerConfig, c net.Conn) *s
 	// close the accepted conn, never ss.client, which this goroutine
 	// replaces after TLS and login.
 	ss.stop = context.AfterFunc(ctx, func() { c.Close() })
+	if lc.TLS == "none" || lc.TLS == "" {
+		ss.byeTo.Store(&c)
+	}
 	s.mu.Lock()
 	s.live[ss] = struct{}{}
 	s.mu.Unlock()
@@ -120,7 +127,7 @@ func (ss *session) finish() {
 		backend = ss.backend.Name
 		attrs = append(attrs, "backend", backend)
 	}
-	s.metrics.sessionEnded(lc, backend, ss.loggedIn, ss.user != "", res)
+	s.metrics.sessionEnded(lc, backend, ss.loggedIn, ss.user != "", res, ss.outcome)
 	ss.log.Info("session end", attrs...)
 }
 
@@ -137,10 +144,12 @@ func (ss *session) login() *protocols.Relay {
 			return nil
 		}
 		ss.client = tc
+		bye := net.Conn(tc)
+		ss.byeTo.Store(&bye)
 	}
 	ss.ps = ss.protoSession(ss.client)
 	r, err := s.handlers[lc.Protocol].Serve(ss.ctx, ss.ps)
-	ss.user = ss.ps.User
+	ss.user, ss.loggedIn = ss.ps.User, ss.ps.LoggedIn
 	ss.res.up, ss.res.down = ss.ps.BytesIn, ss.ps.BytesOut
 	if err != nil {
 		ss.outcome = classify(err)
@@ -153,6 +162,8 @@ func (ss *session) login() *protocols.Relay {
 	if r != nil {
 		r.Client = proxyproto.Unwrap(r.Client) // a bare TCP conn, so the relay can splice
 		ss.client, ss.backend, ss.loggedIn = r.Client, r.Backend, true
+		client := r.Client // a copy: byeTo is read by another goroutine
+		ss.byeTo.Store(&client)
 		ss.client.SetDeadline(time.Time{})
 		r.Backend.SetDeadline(time.Time{})
 		// Nothing of the login phase stays reachable for the relay's
@@ -163,6 +174,15 @@ func (ss *session) login() *protocols.Relay {
 	return r
 }
 
+// goodbye tells the client the server is shutting down, where it is
+// known how to reach it (see byeTo). It runs outside the session's
+// goroutine, bounded by say's deadline; the session is closed after it.
+func (ss *session) goodbye() {
+	if c := ss.byeTo.Load(); c != nil {
+		say(*c, ss.srv.handlers[ss.lc.Protocol].Notice(protocols.NoticeShutdown))
+	}
+}
+
 // relayOutcome says why the relay ended, for the end line.
 func (ss *session) relayOutcome() string {
 	switch {
@@ -170,6 +190,8 @@ func (ss *session) relayOutcome() string {
 		return "closed by proxy"
 	case errors.Is(ss.res.err, errIdle):
 		return "idle timeout"
+	case errors.Is(ss.res.err, errStalled):
+		return "write timeout"
 	case ss.res.err != nil:
 		return "relay error: " + ss.res.err.Error()
 	}
@@ -204,7 +226,8 @@ func (ss *session) protoSession(c net.Conn) *protocols.Session {
 		RequireTLS: lc.RequireTLS, Hostname: host,
 		SMTPAuth: lc.SMTPAuth, APOP: lc.APOP, MaxSize: lc.MaxSize,
 		MaxLine: 8 << 10, AuthFailureDelay: st.cfg.Limits.AuthFailureDelay.Duration,
-		Dial: ss.dialBackend,
+		BackendTimeout: st.cfg.Limits.BackendTimeout.Duration,
+		Dial:           ss.dialBackend,
 	}
 	if st.auth != nil {
 		ps.Authenticate = ss.authenticate
@@ -257,10 +280,17 @@ func (ss *session) connect(ctx context.Context, lease *routing.Lease, hello func
 			ss.pool.Observe(rb, ss.proto, false, reason)
 		}
 	}
-	timeout := ss.st.poolConfig(ss.lc.Pool).Health.Timeout.Duration
-	dctx, cancel := context.WithTimeout(ctx, timeout)
+	// One try, dial to backend login, is bounded by backend_timeout: a
+	// backend that accepts and never greets costs that much, and then the
+	// next backend is tried. The dial alone keeps the shorter health
+	// timeout. (Not the client's login deadline: an SMTP session connects
+	// a new backend whenever it lost one, long after its start.)
+	deadline := time.Now().Add(ss.st.cfg.Limits.BackendTimeout.Duration)
+	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	conn, err := ss.srv.dial(dctx, "tcp", addr)
+	dialCtx, dialCancel := context.WithTimeout(dctx, ss.st.poolConfig(ss.lc.Pool).Health.Timeout.Duration)
+	conn, err := ss.srv.dial(dialCtx, "tcp", addr)
+	dialCancel()
 	if err != nil {
 		lease.Release()
 		fail("connect: " + err.Error())
@@ -290,11 +320,9 @@ func (ss *session) connect(ctx context.Context, lease *routing.Lease, hello func
 	// the next backend. Once the backend has greeted, a kill ends the whole
 	// session, login included: the user may already be placed elsewhere.
 	lease.OnKill(func() { killed.Store(true); raw.Close() })
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	} else {
-		conn.SetDeadline(time.Now().Add(ss.st.cfg.Limits.LoginTimeout.Duration))
-	}
+	// The deadline stays set after hello: it bounds the protocol's backend
+	// login too, and login clears it for the relay.
+	conn.SetDeadline(deadline)
 	if err := hello(dctx, b); err != nil {
 		b.Close()
 		fail("greeting: " + err.Error())

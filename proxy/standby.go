@@ -92,8 +92,9 @@ func (s *Server) CloseListeners() {
 	set.serving.Wait()
 }
 
-// CloseSessions ends every live session at once, as Close does, but keeps
-// the server running. It returns how many sessions there were.
+// CloseSessions ends every live session at once, as Close does but
+// without its goodbye (which may take a second), and keeps the server
+// running. It returns how many sessions there were.
 func (s *Server) CloseSessions() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()

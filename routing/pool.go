@@ -164,9 +164,17 @@ func (p *Pool) usable(b *Backend, proto Protocol) bool {
 	return b.serves[proto] && !b.disabled && !b.health[proto].down
 }
 
-// open reports whether b may take a user that has no live session on it.
+// open reports whether hashing and the policies may put a user with no
+// live session on b.
 func (p *Pool) open(b *Backend, proto Protocol) bool {
-	return p.usable(b, proto) && !b.draining && !b.retired && b.weight > 0
+	return p.accepting(b, proto) && b.weight > 0
+}
+
+// accepting reports whether b takes users brought to it by a pin: weight
+// 0 keeps a backend out of hashing, not away from its pinned users. A
+// retired backend (removed by Reconfigure) takes no new user at all.
+func (p *Pool) accepting(b *Backend, proto Protocol) bool {
+	return p.usable(b, proto) && !b.draining && !b.retired
 }
 
 // Acquire picks the backend for a new session of proto and returns its
@@ -181,6 +189,9 @@ func (p *Pool) open(b *Backend, proto Protocol) bool {
 //     held on it are killed (only when there is somewhere to move to).
 //  3. A sticky user still lingering on an open backend goes back there.
 //  4. A pinned user goes to the pin if it is open.
+//
+// Weight 0 keeps a backend out of rules 3 and 5 only: live sessions and
+// pins still bring users to it.
 //  5. Anyone else goes where the protocol's policy says.
 func (p *Pool) Acquire(proto Protocol, user string, exclude ...*Backend) (*Lease, error) {
 	var kill []func()
@@ -285,7 +296,7 @@ func excluded(b *Backend, list []*Backend) bool {
 
 // choose applies the pin and the policy. The caller holds p.mu.
 func (p *Pool) choose(proto Protocol, user string, exclude []*Backend) *Backend {
-	if pin := p.byName[p.opts.Pins[user]]; user != "" && pin != nil && p.open(pin, proto) && !excluded(pin, exclude) {
+	if pin := p.byName[p.opts.Pins[user]]; user != "" && pin != nil && p.accepting(pin, proto) && !excluded(pin, exclude) {
 		return pin
 	}
 	switch p.opts.Policies[proto] {

@@ -765,3 +765,55 @@ func TestRendezvousBoundIsExact(t *testing.T) {
 		}
 	}
 }
+
+// TestWeightZero (issue 10, point 8): weight 0 keeps a backend out of
+// hashing only. A pin still brings its user there, so does a live
+// session, and a pool of only weight-0 backends still serves its pinned
+// users (and nobody else).
+func TestWeightZero(t *testing.T) {
+	p, c := newPool(t, Options{
+		Policies: mailPolicies, Linger: time.Minute,
+		Pins: map[string]string{"pinned@example.org": "spare"},
+	}, []BackendSpec{spec("b0", 1), spec("spare", 0)})
+	spare := p.Backend("spare")
+	for _, proto := range []Protocol{IMAP, POP3, SMTP} {
+		l := acquire(t, p, proto, "pinned@example.org")
+		if l.Backend != spare {
+			t.Errorf("%v: pinned user went to %s, want its weight-0 pin", proto, l.Backend.Name)
+		}
+		l.Release()
+	}
+	for i := range 50 {
+		u := fmt.Sprintf("user%d@example.org", i)
+		if l := acquire(t, p, IMAP, u); l.Backend == spare {
+			t.Fatalf("%s was hashed onto the weight-0 backend", u)
+		} else {
+			l.Release()
+		}
+	}
+	// A live session holds its user there as well, pin or not.
+	l := acquire(t, p, IMAP, "pinned@example.org")
+	p.mu.Lock()
+	p.opts.Pins = nil
+	p.mu.Unlock()
+	if l2 := acquire(t, p, IMAP, "pinned@example.org"); l2.Backend != spare {
+		t.Errorf("user live on the weight-0 backend went to %s", l2.Backend.Name)
+	} else {
+		l2.Release()
+	}
+	l.Release()
+	c.advance(time.Hour)
+
+	only, _ := newPool(t, Options{
+		Policies: mailPolicies,
+		Pins:     map[string]string{"pinned@example.org": "spare"},
+	}, []BackendSpec{spec("spare", 0)})
+	if l, err := only.Acquire(IMAP, "pinned@example.org"); err != nil {
+		t.Errorf("pool of weight-0 backends: pinned user refused: %v", err)
+	} else {
+		l.Release()
+	}
+	if _, err := only.Acquire(IMAP, "someone@example.org"); !errors.Is(err, ErrNoBackend) {
+		t.Errorf("pool of weight-0 backends: unpinned user got %v, want ErrNoBackend", err)
+	}
+}

@@ -23,7 +23,7 @@ func startAdmin(srv *proxy.Server, node *peer.Node, cfg *config.Config, log *slo
 	if cfg.Admin.Listen == "" {
 		return func() {}, nil
 	}
-	opts := admin.Options{Logger: log, Metrics: srv.MetricsHandler()}
+	opts := admin.Options{Logger: log, Metrics: srv.MetricsHandler(), Address: cfg.Admin.Listen}
 	if rl.load != nil {
 		opts.Reload = func(context.Context) ([]string, error) { return rl.reload() }
 	}

@@ -18,6 +18,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 
 	"mailproxy/protocols"
@@ -56,6 +57,10 @@ func commands() []command {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && slices.Contains([]string{"-h", "-help", "--help"}, args[0]) {
+		usage(stdout)
+		return 0
+	}
 	cmd := "run"
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		cmd, args = args[0], args[1:]
@@ -91,9 +96,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 // usage lists the commands.
 func usage(w io.Writer) {
-	fmt.Fprint(w, "usage: mailproxy [COMMAND] [flags]\n\ncommands:\n")
+	fmt.Fprint(w, "usage:\n")
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+		name := c.name
+		if name == "run" {
+			name = "[run]" // the default
+		}
+		fmt.Fprintf(w, "  mailproxy %-30s %s\n", name+" "+c.args, c.summary)
 	}
 	fmt.Fprint(w, "\nmailproxy help COMMAND shows a command's flags.\n")
 }

@@ -11,6 +11,8 @@ func (Handler) Notice(n protocols.Notice) string {
 		return "* BYE Login timeout, closing connection\r\n"
 	case protocols.NoticeBusy:
 		return "* BYE Too many connections, try again later\r\n"
+	case protocols.NoticeShutdown:
+		return "* BYE Server shutting down, reconnect later\r\n"
 	}
 	return ""
 }

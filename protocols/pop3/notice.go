@@ -11,6 +11,8 @@ func (Handler) Notice(n protocols.Notice) string {
 		return "-ERR Login timeout, closing connection\r\n"
 	case protocols.NoticeBusy:
 		return "-ERR [SYS/TEMP] Too many connections, try again later\r\n"
+	case protocols.NoticeShutdown:
+		return "-ERR [SYS/TEMP] Server shutting down, reconnect later\r\n"
 	}
 	return ""
 }

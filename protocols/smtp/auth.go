@@ -16,19 +16,31 @@ import (
 var errNoPlain = errors.New(`backend has no AUTH PLAIN, which a login with an authorisation identity (backend_login = "master") needs`)
 
 // AuthMechanisms implements gosmtp.AuthSession. smtp_auth = "off" offers
-// none; go-smtp offers none before TLS when require_tls is set.
+// none, "optional" (the default) offers AUTH when the backend announced
+// it, "required" always; go-smtp offers none before TLS when require_tls
+// is set.
 func (f *front) AuthMechanisms() []string {
-	if f.s.SMTPAuth == "off" {
+	if !f.authOffered() {
 		return nil
 	}
 	return append([]string{protocols.MechPlain, protocols.MechLogin}, f.passMechs()...)
+}
+
+func (f *front) authOffered() bool {
+	switch f.s.SMTPAuth {
+	case "off":
+		return false
+	case "optional":
+		return f.backAuth.Load()
+	}
+	return true
 }
 
 // Auth implements gosmtp.AuthSession. The exchange is decoded here and
 // the credentials are checked (Session.Authenticate) and tried on the
 // backend.
 func (f *front) Auth(mech string) (sasl.Server, error) {
-	if f.s.SMTPAuth == "off" {
+	if !f.authOffered() {
 		return nil, gosmtp.ErrAuthUnsupported
 	}
 	if protocols.IsPassthrough(mech) {

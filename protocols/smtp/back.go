@@ -24,6 +24,8 @@ type backend struct {
 	authed bool        // logged in with the client's credentials
 	stop   func() bool // unregisters the close-on-cancel of the session context
 
+	loginTimeout time.Duration // bounds AUTH ([limits] backend_timeout); 0: backendTimeout
+
 	// saslPending: the backend waits for the client's answer to a
 	// challenge of a passthrough exchange (see front.settle).
 	saslPending bool
@@ -144,7 +146,7 @@ func forward(b *protocols.Backend, helo string, xattrs []attr, greeting reply, l
 // whole replies and does not pipeline, so neither reader holds a byte.
 func (bk *backend) auth(creds protocols.Credentials) error {
 	b := bk.b
-	b.SetDeadline(time.Now().Add(backendTimeout))
+	b.SetDeadline(time.Now().Add(bk.authTimeout()))
 	defer b.SetDeadline(time.Time{})
 	b64 := base64.StdEncoding.EncodeToString
 	var rep reply
@@ -172,6 +174,14 @@ func (bk *backend) auth(creds protocols.Credentials) error {
 		return fmt.Errorf("%w: AUTH goes on: %s", errBackend, rep)
 	}
 	return rep.err()
+}
+
+// authTimeout bounds one step of a backend login.
+func (bk *backend) authTimeout() time.Duration {
+	if bk.loginTimeout > 0 {
+		return bk.loginTimeout
+	}
+	return backendTimeout
 }
 
 // saslSteps sends the AUTH command and then each response for as long as

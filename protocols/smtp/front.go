@@ -59,6 +59,7 @@ type front struct {
 	rcpts         int                    // accepted recipients of the open transaction
 	creds         *protocols.Credentials // the client's login, for a new backend
 	logoutPending atomic.Bool            // STARTTLS came during a BDAT Data
+	backAuth      atomic.Bool            // the backend announced AUTH (smtp_auth = "optional" offers it then)
 	err           error                  // why the session could not be served
 }
 
@@ -115,7 +116,7 @@ func (f *front) open() error {
 	b, err := f.s.Dial(f.ctx, "", func(ctx context.Context, b *protocols.Backend) error {
 		c, err := greet(ctx, b, f.helo, attrs, f.s.Log)
 		if err == nil {
-			bk = &backend{b: b, c: c, helo: f.helo}
+			bk = &backend{b: b, c: c, helo: f.helo, loginTimeout: f.s.BackendTimeout}
 		}
 		return err
 	})
@@ -149,6 +150,8 @@ func (f *front) adopt() {
 	f.srv.MaxMessageBytes = limit
 	f.srv.EnableSMTPUTF8, _ = c.Extension("SMTPUTF8")
 	f.srv.EnableDSN, _ = c.Extension("DSN")
+	auth, _ := c.Extension("AUTH")
+	f.backAuth.Store(auth)
 }
 
 // drop closes a backend connection that failed; the next MAIL opens a new

@@ -100,7 +100,7 @@ func (p *passServer) step(line string) ([]byte, bool, error) {
 		f.s.Log.Warn("login failed: backend error", "user", p.creds.Username, "backend", bk.b.Name, "err", "backend does not offer "+p.mech)
 		return nil, true, errAuthTemp
 	}
-	bk.b.SetDeadline(time.Now().Add(backendTimeout))
+	bk.b.SetDeadline(time.Now().Add(bk.authTimeout()))
 	defer bk.b.SetDeadline(time.Time{})
 	rep, err := command(bk.b, line)
 	bk.saslPending = err == nil && rep.code == 334
@@ -140,7 +140,7 @@ func (f *front) settle() {
 		return
 	}
 	f.back.saslPending = false
-	f.back.b.SetDeadline(time.Now().Add(backendTimeout))
+	f.back.b.SetDeadline(time.Now().Add(f.back.authTimeout()))
 	defer func() {
 		if f.back != nil {
 			f.back.b.SetDeadline(time.Time{})

@@ -11,10 +11,10 @@
 //	POST /reload                                   load, check and apply the config file (as SIGHUP)
 //	GET  /                                         the status page (HTML) over /status, with drain buttons
 //
-// With [admin] token_file set, POST calls need "Authorization: Bearer
-// <token>" (401 otherwise); GET calls never do. A POST that a browser
-// sends from another origin (a page elsewhere calling the API) is refused
-// with 403, token or not. Errors are
+// With [admin] token_file set, POST calls and GET /users/{user} need
+// "Authorization: Bearer <token>" (401 otherwise); /status and /metrics
+// never do. A POST from a web page (an Origin other than the API's, or,
+// without a token, a Host that is not its address) is refused with 403. Errors are
 // {"error": "..."} with 404 for an unknown pool, backend or path and 405
 // for a wrong method.
 //
@@ -31,6 +31,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -58,6 +60,11 @@ type Options struct {
 	// file, returning what the reload kept for a restart, or why it was
 	// refused (the old config then stays). Nil: 404.
 	Reload func(ctx context.Context) (notes []string, err error)
+	// Address is [admin] listen as configured. Without a token, a call
+	// that changes state must name the API as its Host: an IP address,
+	// "localhost" or this address's host name; anything else is refused
+	// (DNS rebinding).
+	Address string
 }
 
 // Server is what the API reads and changes: the running server.
@@ -71,13 +78,12 @@ type Server interface {
 // API is the admin HTTP API of one Server. Its methods are safe for
 // concurrent use.
 type API struct {
-	srv     Server
-	opts    Options
-	log     *slog.Logger
-	token   [sha256.Size]byte
-	mux     *http.ServeMux
-	handler http.Handler // mux behind the cross-origin check
-	hs      *http.Server
+	srv   Server
+	opts  Options
+	log   *slog.Logger
+	token [sha256.Size]byte
+	mux   *http.ServeMux
+	hs    *http.Server
 }
 
 // New builds the API for srv. It does not listen: call Serve, or mount
@@ -92,14 +98,8 @@ func New(srv Server, opts Options) *API {
 	}
 	a.token = sha256.Sum256([]byte(opts.Token))
 	a.routes()
-	cop := http.NewCrossOriginProtection()
-	cop.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		a.log.Warn("admin call refused: cross-origin request", "method", r.Method, "path", r.URL.Path, "origin", r.Header.Get("Origin"), "client", r.RemoteAddr)
-		writeError(w, http.StatusForbidden, "cross-origin request refused")
-	}))
-	a.handler = cop.Handler(a.mux)
 	a.hs = &http.Server{
-		Handler:           a.handler,
+		Handler:           a.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -135,7 +135,58 @@ func (a *API) routes() {
 }
 
 // Handler returns the API's handler.
-func (a *API) Handler() http.Handler { return a.handler }
+func (a *API) Handler() http.Handler { return http.HandlerFunc(a.guard) }
+
+// guard refuses a state-changing call that a web page could have made:
+// one from another origin (a browser sends Origin with every cross-site
+// POST, and needs no preflight for a form's), or one to a host name that
+// is not the API's (a rebound DNS name pointing at 127.0.0.1). Without a
+// token these are all that keeps a page the admin visits from draining
+// backends. Tools such as curl and ctl send no Origin.
+func (a *API) guard(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		if why := a.crossSite(r); why != "" {
+			a.log.Warn("admin call refused: cross-site", "method", r.Method, "path", r.URL.Path, "client", r.RemoteAddr, "why", why)
+			writeError(w, http.StatusForbidden, "cross-site request refused: "+why)
+			return
+		}
+	}
+	a.mux.ServeHTTP(w, r)
+}
+
+// crossSite says why r does not come from the API's own origin, or "".
+func (a *API) crossSite(r *http.Request) string {
+	// With a token a page cannot forge the call anyway (it cannot add
+	// the Authorization header without a CORS preflight, which gets no
+	// answer here), and remote tools may name the host as they like.
+	if a.opts.Token == "" && !a.ownHost(r.Host) {
+		return fmt.Sprintf("Host %q is not the admin API's address", r.Host)
+	}
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return ""
+	}
+	u, err := url.Parse(origin)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || !strings.EqualFold(u.Host, r.Host) {
+		return fmt.Sprintf("Origin %q is not the admin API", origin)
+	}
+	return ""
+}
+
+// ownHost reports whether a Host header names this API: an IP address,
+// localhost, or the host of Options.Address.
+func (a *API) ownHost(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		host = hostport
+	}
+	host = strings.TrimSuffix(strings.Trim(host, "[]"), ".")
+	if _, err := netip.ParseAddr(host); err == nil || strings.EqualFold(host, "localhost") {
+		return true
+	}
+	own, _, _ := net.SplitHostPort(a.opts.Address)
+	return own != "" && strings.EqualFold(host, own)
+}
 
 // Serve serves the API on ln until Shutdown or Close, after which it
 // returns http.ErrServerClosed.
@@ -180,6 +231,10 @@ func (a *API) status(w http.ResponseWriter, r *http.Request) {
 // user reports a user under the routing key, so "Alice" finds "alice" (and
 // "alice@example.org" with a default_domain).
 func (a *API) user(w http.ResponseWriter, r *http.Request) {
+	if !a.authorized(r) { // who logs in from where is not for everyone
+		a.refuse(w, r)
+		return
+	}
 	cfg := a.srv.Config()
 	key := cfg.Auth.RoutingKey(r.PathValue("user"))
 	us := UserStatus{User: key, Pools: []UserPool{}}
@@ -207,7 +262,8 @@ func (a *API) user(w http.ResponseWriter, r *http.Request) {
 
 // action runs drain, undrain or kick on one backend.
 func (a *API) action(w http.ResponseWriter, r *http.Request) {
-	if !a.allowed(w, r) {
+	if !a.authorized(r) {
+		a.refuse(w, r)
 		return
 	}
 	pool, b, msg := a.find(r.PathValue("pool"), r.PathValue("backend"))
@@ -259,6 +315,13 @@ func waitReleased(ctx context.Context, b *routing.Backend, target int) {
 	}
 }
 
+// refuse answers a call without the right token.
+func (a *API) refuse(w http.ResponseWriter, r *http.Request) {
+	a.log.Warn("admin call refused: missing or wrong token", "method", r.Method, "path", r.URL.Path, "client", r.RemoteAddr)
+	w.Header().Set("WWW-Authenticate", `Bearer realm="mailproxy"`)
+	writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
+}
+
 // find looks up a pool and backend by name; msg says what is unknown.
 func (a *API) find(poolName, backend string) (*routing.Pool, *routing.Backend, string) {
 	p := a.srv.Pool(poolName)
@@ -270,18 +333,6 @@ func (a *API) find(poolName, backend string) (*routing.Pool, *routing.Backend, s
 		return nil, nil, fmt.Sprintf("no backend %q in pool %q", backend, poolName)
 	}
 	return p, b, ""
-}
-
-// allowed checks the token of a mutating call, answering 401 when it is
-// missing or wrong.
-func (a *API) allowed(w http.ResponseWriter, r *http.Request) bool {
-	if a.authorized(r) {
-		return true
-	}
-	a.log.Warn("admin call refused: missing or wrong token", "method", r.Method, "path", r.URL.Path, "client", r.RemoteAddr)
-	w.Header().Set("WWW-Authenticate", `Bearer realm="mailproxy"`)
-	writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
-	return false
 }
 
 // authorized checks the bearer token in constant time (over hashes, so

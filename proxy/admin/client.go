@@ -16,8 +16,8 @@ type Client struct {
 	// Addr is the API's host:port (or a base URL such as
 	// "http://127.0.0.1:9025").
 	Addr string
-	// Token is sent as a bearer token when set; POST calls need it when
-	// the server has a token_file.
+	// Token is sent as a bearer token when set; POST calls and user
+	// lookups need it when the server has a token_file.
 	Token string
 	// HTTP is the client to use; default one with a 10 s timeout.
 	HTTP *http.Client

@@ -16,7 +16,8 @@ type ReloadResult struct {
 // reload runs Options.Reload: 200 with the notes, or 422 with the reasons
 // the new config was refused (the old one stays in force).
 func (a *API) reload(w http.ResponseWriter, r *http.Request) {
-	if !a.allowed(w, r) {
+	if !a.authorized(r) {
+		a.refuse(w, r)
 		return
 	}
 	a.log.Info("reload requested", "client", r.RemoteAddr)

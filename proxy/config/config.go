@@ -59,6 +59,11 @@ type LimitsConfig struct {
 	IdleTimeout         Duration `toml:"idle_timeout"`           // relay phase; default 30m; >= 1m with IMAP listeners (RFC 9051 §5.4 wants 29m)
 	AuthFailureDelay    Duration `toml:"auth_failure_delay"`     // before every failed-login reply; default 2s; 0 = none
 	ShutdownGrace       Duration `toml:"shutdown_grace"`         // default 10s (extension): sessions get this long to end on shutdown; 0 = close at once
+
+	// BackendTimeout bounds one backend try: dial, greeting (and STARTTLS
+	// or XCLIENT) and the backend login; a backend that has not greeted by
+	// then counts as failed and the next one is tried. Default 10s; > 0.
+	BackendTimeout Duration `toml:"backend_timeout"`
 }
 
 // AuthConfig says how logins are verified and turned into routing keys.
@@ -110,10 +115,10 @@ type ListenerConfig struct {
 	ProxyProtocolTrusted []string `toml:"proxy_protocol_trusted"`
 
 	// Extensions.
-	SMTPAuth string `toml:"smtp_auth"` // smtp only: off | optional | required; default off
+	SMTPAuth string `toml:"smtp_auth"` // smtp only: off | optional (default: offered when the backend offers AUTH) | required
 	APOP     bool   `toml:"apop"`      // pop3 only: pick the backend at connect and relay its APOP greeting
 	MaxSize  int64  `toml:"max_size"`  // smtp only: SIZE limit in bytes; 0 = the backend's
-	Hostname string `toml:"hostname"`  // name in greetings; default the machine's host name
+	Hostname string `toml:"hostname"`  // smtp: the name in the greeting and EHLO reply; default the machine's host name
 }
 
 // PoolConfig is one [[pool]] of backends.
@@ -204,6 +209,9 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.Duration.Strin
 // Warnings lists settings that are valid but probably not meant.
 func (c *Config) Warnings() []string {
 	ck := &cfgChecker{lines: c.lines}
+	if bt, lt := c.Limits.BackendTimeout.Duration, c.Limits.LoginTimeout.Duration; bt >= lt {
+		ck.add("limits.backend_timeout", "%v is not shorter than limits.login_timeout (%v): a backend that never greets uses up the client's whole login time and the next backend is never tried", bt, lt)
+	}
 	if idle := c.Limits.IdleTimeout.Duration; c.hasProtocol("imap") && idle >= time.Minute && idle < 29*time.Minute {
 		ck.add("limits.idle_timeout", "%v is below 29m: IMAP clients in IDLE may be cut off (RFC 9051 §5.4)", idle)
 	}

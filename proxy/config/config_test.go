@@ -192,6 +192,33 @@ protocol = "pop3"
 address = "[::]:10110"
 pool = "main"
 `), []cfgWant{{"listener[2].address", "[::]:10110", "conflicts with listener[1].address"}}},
+		// Issue 10, point 12: one socket spelt two ways is one socket.
+		{"port with a leading zero", cfgWith(`
+[[listener]]
+name = "zero"
+protocol = "imap"
+address = "127.0.0.1:010143"
+pool = "main"
+`), []cfgWant{{"listener[1].address", "127.0.0.1:010143", "conflicts with listener[0].address"}}},
+		{"localhost is 127.0.0.1", cfgWith(`
+[[listener]]
+name = "local"
+protocol = "imap"
+address = "LocalHost:10143"
+pool = "main"
+`), []cfgWant{{"listener[1].address", "LocalHost:10143", "conflicts with listener[0].address"}}},
+		// Issue 10, point 12: a value of the wrong type does not hide the
+		// other problems of its table.
+		{"wrong type and bad values in one table", cfgWith(`
+[limits]
+max_connections = 0
+max_connections_per_ip = "many"
+login_timeout = "0s"
+`), []cfgWant{
+			{"limits.max_connections", "max_connections = 0", "0 is less than 1"},
+			{"limits.max_connections_per_ip", "many", "must be an integer, not a string"},
+			{"limits.login_timeout", "login_timeout", "must be longer than 0s"},
+		}},
 		{"admin conflicts with listener", cfgWith("[admin]\nlisten = \"127.0.0.1:10143\"\n"),
 			[]cfgWant{{"listener[0].address", `address = "127.0.0.1:10143"`, "conflicts with admin.listen"}}},
 		{"bad enumerations", cfgWith(`
@@ -423,7 +450,7 @@ func TestDefaults(t *testing.T) {
 		{"log.format", c.Log.Format, "text"},
 		{"admin.listen", c.Admin.Listen, "127.0.0.1:9025"},
 		{"tls.min_version", c.TLS.MinVersion, "1.2"},
-		{"limits", c.Limits, LimitsConfig{20000, 100, d("60s"), d("30m"), d("2s"), d("10s")}},
+		{"limits", c.Limits, LimitsConfig{20000, 100, d("60s"), d("30m"), d("2s"), d("10s"), d("10s")}},
 		{"auth", c.Auth, AuthConfig{Mode: "passthrough", UsernameCase: "lower", BackendLogin: "user",
 			HTTPTimeout: d("5s"), HTTPCacheTTL: d("30s"),
 			Penalty: PenaltyConfig{Enabled: true, Window: d("15m"), MaxDelay: d("15s"), IPUserLimit: 10, IPLimit: 1000, UserLimit: 100}}},

@@ -31,28 +31,35 @@ func Load(path string) (*Config, error) {
 // Parse decodes and validates a configuration; name is the file name
 // used in messages. The returned Config has its defaults applied. On failure
 // the error is a *Error listing the problems: a TOML syntax error
-// alone; values of the wrong type (with any unknown keys) before anything is
-// validated; otherwise unknown keys and every Validate problem together.
+// alone; otherwise values of the wrong type, unknown keys and every
+// Validate problem of the rest together.
 func Parse(data []byte, name string) (*Config, error) {
 	text := string(data)
 	var raw map[string]any
-	md, err := toml.Decode(text, &raw)
-	if err != nil {
+	if _, err := toml.Decode(text, &raw); err != nil {
 		return nil, &Error{File: name, Problems: []Problem{syntaxProblem(err)}}
 	}
 	idx := indexKeys(text)
 	ck := &cfgChecker{lines: idx.lines}
 	var c Config
-	if typeErrs := ck.walk("", reflect.TypeFor[Config](), raw); !typeErrs {
-		cmd, err := toml.Decode(text, &c)
-		if err != nil { // walk should have caught it
-			return nil, &Error{File: name, Problems: []Problem{{Msg: err.Error(), Err: err}}}
+	if typeErrs := ck.walk("", reflect.TypeFor[Config](), raw); typeErrs {
+		// walk took the values of the wrong type out of raw: the rest is
+		// decoded and validated as if they were not written, so that one
+		// run reports every problem, not only the first kind.
+		var buf strings.Builder
+		if err := toml.NewEncoder(&buf).Encode(raw); err != nil {
+			return nil, &Error{File: name, Problems: sortProblems(ck.problems)}
 		}
-		ck.undecoded(cmd.Undecoded(), idx)
-		c.applyDefaults(&md, raw)
-		c.source, c.lines = name, idx.lines
-		ck.problems = append(ck.problems, c.problems()...)
+		text = buf.String()
 	}
+	cmd, err := toml.Decode(text, &c)
+	if err != nil { // walk should have caught it
+		return nil, &Error{File: name, Problems: append(ck.problems, Problem{Msg: err.Error(), Err: err})}
+	}
+	ck.undecoded(cmd.Undecoded(), idx)
+	c.applyDefaults(&cmd, raw)
+	c.source, c.lines = name, idx.lines
+	ck.problems = append(ck.problems, c.problems()...)
 	if len(ck.problems) > 0 {
 		return nil, &Error{File: name, Problems: sortProblems(ck.problems)}
 	}
@@ -190,7 +197,9 @@ func (ck *cfgChecker) walk(path string, t reflect.Type, v any) (typeErr bool) {
 			return ck.wrongType(path, "table", v)
 		}
 		for _, k := range sortedRawKeys(m) {
-			typeErr = ck.walk(keyPath(path, k), t.Elem(), m[k]) || typeErr
+			if ck.walk(keyPath(path, k), t.Elem(), m[k]) {
+				typeErr = dropBad(m, k, t.Elem())
+			}
 		}
 		return typeErr
 	case reflect.Slice:
@@ -231,11 +240,29 @@ func (ck *cfgChecker) walkTable(path string, t reflect.Type, v any) (typeErr boo
 			ck.add(key, "unknown key")
 		case !exact:
 			ck.add(key, "unknown key; keys are case-sensitive: did you mean %q?", tagName(*f))
-		default:
-			typeErr = ck.walk(key, f.Type, m[k]) || typeErr
+		case ck.walk(key, f.Type, m[k]):
+			typeErr = dropBad(m, k, f.Type) || typeErr
 		}
 	}
 	return typeErr
+}
+
+// dropBad takes a value that had the wrong type out of its table, unless
+// it is a table or an array of tables as it should be: then walk has
+// taken the bad values out of those already. It returns true.
+func dropBad(m map[string]any, k string, t reflect.Type) bool {
+	if t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	_, table := m[k].(map[string]any)
+	tables, _ := rawSlice(m[k])
+	switch {
+	case t.Kind() == reflect.Struct && table:
+	case t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.Struct && tables != nil:
+	default:
+		delete(m, k)
+	}
+	return true
 }
 
 func (ck *cfgChecker) wrongType(path, want string, v any) bool {
@@ -424,11 +451,15 @@ func (c *Config) applyDefaults(md *toml.MetaData, raw map[string]any) {
 	defDur(&lim.IdleTimeout, 30*time.Minute, md.IsDefined("limits", "idle_timeout"))
 	defDur(&lim.AuthFailureDelay, 2*time.Second, md.IsDefined("limits", "auth_failure_delay"))
 	defDur(&lim.ShutdownGrace, 10*time.Second, md.IsDefined("limits", "shutdown_grace"))
+	defDur(&lim.BackendTimeout, 10*time.Second, md.IsDefined("limits", "backend_timeout"))
 
 	for i := range c.Listeners {
 		l, m := &c.Listeners[i], rawTable(raw, "listener", i)
 		defStr(&l.TLS, "none", rawHas(m, "tls"))
 		defStr(&l.SMTPAuth, "off", rawHas(m, "smtp_auth"))
+		if l.Protocol == "smtp" {
+			defStr(&l.SMTPAuth, "optional", rawHas(m, "smtp_auth")) // mail clients look for AUTH
+		}
 		if l.ProxyProtocol && !rawHas(m, "proxy_protocol_trusted") {
 			l.ProxyProtocolTrusted = []string{"127.0.0.0/8", "::1"} // a balancer on this host
 		}

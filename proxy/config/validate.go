@@ -33,8 +33,8 @@ func (c *Config) problems() []Problem {
 func (c *Config) checkGlobal(ck *cfgChecker) {
 	ck.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	ck.oneOf("log.format", c.Log.Format, "text", "json")
-	if c.Admin.Listen != "" {
-		ck.addr("admin.listen", c.Admin.Listen, false)
+	if c.Admin.Listen != "" && ck.addr("admin.listen", c.Admin.Listen, false) && c.Admin.TokenFile == "" && !loopback(c.Admin.Listen) {
+		ck.add("admin.listen", "%q is reachable from other hosts and admin.token_file is not set: anyone there could drain and kick; set token_file, or listen on 127.0.0.1", c.Admin.Listen)
 	}
 	ck.oneOf("tls.min_version", c.TLS.MinVersion, "1.2", "1.3")
 	if c.TLS.Cert != "" && c.TLS.Key == "" {
@@ -54,6 +54,7 @@ func (c *Config) checkGlobal(ck *cfgChecker) {
 	}
 	ck.notNegative("limits.auth_failure_delay", lim.AuthFailureDelay)
 	ck.notNegative("limits.shutdown_grace", lim.ShutdownGrace)
+	ck.positive("limits.backend_timeout", lim.BackendTimeout)
 
 	a := c.Auth
 	ck.oneOf("auth.mode", a.Mode, "passthrough", "verify", "http")
@@ -347,13 +348,30 @@ func (ck *cfgChecker) addr(key, addr string, needHost bool) bool {
 	return true
 }
 
+// loopback reports whether a listen address is reachable from this host
+// only: a loopback IP or "localhost" (a wildcard or any other name is not).
+func loopback(addr string) bool {
+	host, _, _ := net.SplitHostPort(addr)
+	if strings.EqualFold(strings.TrimSuffix(host, "."), "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
+}
+
 // listenAddr is an address something listens on; a wildcard host ("", 0.0.0.0,
 // ::) conflicts with every host on the same port.
 type listenAddr struct{ key, host, port string }
 
 func (ck *cfgChecker) claim(binds []listenAddr, key, addr string) []listenAddr {
 	host, port, _ := net.SplitHostPort(addr)
-	host = strings.ToLower(host)
+	if n, err := strconv.Atoi(port); err == nil {
+		port = strconv.Itoa(n) // "09143" is 9143
+	}
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	if host == "localhost" {
+		host = "127.0.0.1" // where Go's Listen binds "localhost"
+	}
 	if ip, err := netip.ParseAddr(host); err == nil {
 		host = ip.Unmap().String()
 		if ip.IsUnspecified() {
