@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -564,6 +565,11 @@ func TestSMTPXCLIENT(t *testing.T) {
 	if _, ok := x["LOGIN"]; ok {
 		t.Error("XCLIENT asserted a LOGIN in passthrough mode")
 	}
+	// NAME (issue 10 point 14), so that Postfix logs the client's name,
+	// not mailproxy's: here the forward-confirmed name of 127.0.0.1.
+	if want := confirmedName(t, "127.0.0.1"); x["NAME"] != want {
+		t.Errorf("XCLIENT NAME %q, want %q", x["NAME"], want)
+	}
 	if m := back.Messages(); len(m) != 1 || m[0].XClient["ADDR"] != "127.0.0.1" || m[0].Helo != "client.example" {
 		t.Errorf("message recorded with %+v", m)
 	}
@@ -578,6 +584,20 @@ func TestSMTPXCLIENT(t *testing.T) {
 	if xs := off.XClients(); len(xs) != 0 {
 		t.Errorf("forward_client off, yet XCLIENT %v", xs)
 	}
+}
+
+// confirmedName is the first name a reverse lookup of ip gives that
+// resolves back to it, or [UNAVAILABLE], as Postfix would take it.
+func confirmedName(t *testing.T, ip string) string {
+	names, _ := net.LookupAddr(ip)
+	for _, n := range names {
+		addrs, _ := net.LookupHost(n)
+		if slices.Contains(addrs, ip) {
+			return strings.TrimSuffix(n, ".")
+		}
+	}
+	t.Logf("%s has no forward-confirmed name here", ip)
+	return "[UNAVAILABLE]"
 }
 
 // clientAddrOf finds the address the client connected from, from the

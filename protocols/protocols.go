@@ -79,6 +79,10 @@ type Session struct {
 
 	MaxLine          int           // longest line or literal accepted before login
 	AuthFailureDelay time.Duration // waited before every failed-login reply
+	// LoginDeadline is when the client must have logged in (login_timeout
+	// from accept), already set on Conn; zero: no bound. A protocol that
+	// replaces Conn's deadlines (SMTP) keeps this one until login.
+	LoginDeadline time.Time
 	// BackendTimeout bounds a backend login where the protocol logs in
 	// after Dial's deadline is gone (SMTP's AUTH); 0: the protocol's own.
 	BackendTimeout time.Duration
@@ -87,7 +91,9 @@ type Session struct {
 	// not tied to a user), connects (implicit TLS done), and calls hello,
 	// which reads the greeting and does STARTTLS. A backend that cannot be
 	// reached or fails hello counts as a failed health check and the next
-	// one is tried where the routing rules allow.
+	// one is tried where the routing rules allow, unless hello's error is
+	// the client's (errors.Is(err, ErrClientFault)): then Dial returns it
+	// at once and charges no one.
 	Dial func(ctx context.Context, login string, hello func(context.Context, *Backend) error) (*Backend, error)
 
 	// Authenticate, when not nil, checks a client's credentials before any
@@ -168,6 +174,8 @@ type Backend struct {
 	Caps          []string // what the backend announced, as the protocol reads it
 
 	// Fail reports that the backend misbehaved (health: one failed check).
+	// Only for the backend's own faults; never for what the client caused
+	// (see ErrClientFault).
 	Fail func(reason string)
 
 	release   func()
@@ -236,16 +244,37 @@ type Handler interface {
 	Notice(n Notice) string
 }
 
+// ErrClientFault marks a failure the client caused: a name, address or
+// argument the client sent that mailproxy or the backend refused. It is
+// answered to that client and never counts against a backend's health nor
+// sends the session to the next backend (DESIGN.md, "What bad input
+// gets"). Test with errors.Is; wrap with ClientFault.
+var ErrClientFault = errors.New("refused because of what the client sent")
+
+// ClientFault wraps err as the client's fault: errors.Is(e,
+// ErrClientFault) holds, errors.As still finds err's own types, and the
+// text is err's.
+func ClientFault(err error) error { return clientFault{err} }
+
+type clientFault struct{ err error }
+
+func (e clientFault) Error() string   { return e.err.Error() }
+func (e clientFault) Unwrap() []error { return []error{e.err, ErrClientFault} }
+
 // ErrLineTooLong is returned by ReadLine for a line over the limit.
 var ErrLineTooLong = errors.New("line too long")
 
 // ReadLine reads one CRLF- or LF-terminated line of at most max bytes
-// (without the terminator) and returns it without the line ending.
+// (without the terminator) and returns it without the line ending. A
+// longer line is read to its end and dropped, and ReadLine returns its
+// first max bytes (so that an IMAP reply can still carry the tag) with
+// ErrLineTooLong.
 func ReadLine(r *bufio.Reader, max int) ([]byte, error) {
 	var line []byte
 	for {
 		frag, err := r.ReadSlice('\n')
 		if len(line)+len(frag) > max+2 {
+			line = append(line, frag[:min(len(frag), max-min(len(line), max))]...)
 			// Swallow the rest of the line so the next read starts clean.
 			for errors.Is(err, bufio.ErrBufferFull) {
 				_, err = r.ReadSlice('\n')
@@ -253,7 +282,7 @@ func ReadLine(r *bufio.Reader, max int) ([]byte, error) {
 			if err != nil {
 				return nil, err
 			}
-			return nil, ErrLineTooLong
+			return line[:min(len(line), max)], ErrLineTooLong
 		}
 		line = append(line, frag...)
 		if err == nil {
@@ -284,13 +313,17 @@ func Buffered(r *bufio.Reader) []byte {
 }
 
 // Probe is the health check every protocol shares: read the greeting off
-// conn with greet (which says whether it is a good one), then say bye so
-// the backend sees a client leave politely. The caller sets the deadline
-// and closes conn.
-func Probe(conn net.Conn, greet func(r *bufio.Reader) error, bye string) error {
-	if err := greet(bufio.NewReaderSize(conn, 1024)); err != nil {
+// conn with greet (which says whether it is a good one), then say bye and
+// read the answer with farewell, so that the backend logs a client that
+// left politely, not a lost one. The caller sets the deadline and closes
+// conn.
+func Probe(conn net.Conn, greet func(r *bufio.Reader) error, bye string, farewell func(r *bufio.Reader)) error {
+	r := bufio.NewReaderSize(conn, 1024)
+	if err := greet(r); err != nil {
 		return err
 	}
-	io.WriteString(conn, bye)
+	if _, err := io.WriteString(conn, bye); err == nil {
+		farewell(r) // whatever it says: it greeted, which is the check
+	}
 	return nil
 }

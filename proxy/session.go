@@ -153,7 +153,9 @@ func (ss *session) login() *protocols.Relay {
 	ss.res.up, ss.res.down = ss.ps.BytesIn, ss.ps.BytesOut
 	if err != nil {
 		ss.outcome = classify(err)
-		if ss.outcome == "login timeout" {
+		// Not after a STARTTLS answered with OK: the client is speaking
+		// TLS by then, and plain text would only garble its handshake.
+		if ss.outcome == "login timeout" && !errors.Is(err, mtls.ErrHandshake) {
 			say(ss.client, s.handlers[lc.Protocol].Notice(protocols.NoticeTimeout))
 		}
 		ss.log.Debug("session error", "err", err)
@@ -226,6 +228,7 @@ func (ss *session) protoSession(c net.Conn) *protocols.Session {
 		RequireTLS: lc.RequireTLS, Hostname: host,
 		SMTPAuth: lc.SMTPAuth, APOP: lc.APOP, MaxSize: lc.MaxSize,
 		MaxLine: 8 << 10, AuthFailureDelay: st.cfg.Limits.AuthFailureDelay.Duration,
+		LoginDeadline:  ss.start.Add(st.cfg.Limits.LoginTimeout.Duration),
 		BackendTimeout: st.cfg.Limits.BackendTimeout.Duration,
 		Dial:           ss.dialBackend,
 	}
@@ -258,6 +261,11 @@ func (ss *session) dialBackend(ctx context.Context, login string, hello func(con
 			ss.backend = b
 			return b, nil
 		}
+		if errors.Is(err, protocols.ErrClientFault) {
+			// The next backend would refuse the client just the same.
+			ss.log.Info("backend refused the client", "backend", lease.Backend.Name, "err", err)
+			return nil, err
+		}
 		ss.log.Warn("backend failed", "backend", lease.Backend.Name, "err", err)
 		tried = append(tried, lease.Backend)
 	}
@@ -265,7 +273,8 @@ func (ss *session) dialBackend(ctx context.Context, login string, hello func(con
 }
 
 // connect dials the lease's backend and runs hello. On failure the lease is
-// released and the backend charged with a failed health check.
+// released and the backend charged with a failed health check, unless
+// hello says the client caused it (protocols.ErrClientFault).
 func (ss *session) connect(ctx context.Context, lease *routing.Lease, hello func(context.Context, *protocols.Backend) error) (*protocols.Backend, error) {
 	rb := lease.Backend
 	info := rb.Data().(*backendInfo)
@@ -325,7 +334,9 @@ func (ss *session) connect(ctx context.Context, lease *routing.Lease, hello func
 	conn.SetDeadline(deadline)
 	if err := hello(dctx, b); err != nil {
 		b.Close()
-		fail("greeting: " + err.Error())
+		if !errors.Is(err, protocols.ErrClientFault) {
+			fail("greeting: " + err.Error())
+		}
 		return nil, fmt.Errorf("backend %s: %w", rb.Name, err)
 	}
 	lease.OnKill(func() { ss.cancel(); raw.Close() })

@@ -112,10 +112,15 @@ func ClientConfig(addr string, o ClientOptions) (*tls.Config, error) {
 	return cfg, nil
 }
 
+// ErrHandshake wraps every error of Handshake: the peer may be in the
+// middle of a TLS handshake, so nothing more may be said to it in plain
+// text.
+var ErrHandshake = errors.New("tls handshake")
+
 // Handshake runs a TLS handshake on conn (server side when cfg has
 // certificates for it, as chosen by server) bounded by ctx. It is the
 // second half of STARTTLS; the caller must already have thrown away every
-// byte it buffered before the upgrade.
+// byte it buffered before the upgrade. Its errors wrap ErrHandshake.
 func Handshake(ctx context.Context, conn net.Conn, cfg *tls.Config, server bool) (*tls.Conn, error) {
 	var tc *tls.Conn
 	if server {
@@ -124,7 +129,7 @@ func Handshake(ctx context.Context, conn net.Conn, cfg *tls.Config, server bool)
 		tc = tls.Client(conn, cfg)
 	}
 	if err := tc.HandshakeContext(ctx); err != nil {
-		return nil, fmt.Errorf("tls handshake: %w", err)
+		return nil, fmt.Errorf("%w: %w", ErrHandshake, err)
 	}
 	return tc, nil
 }

@@ -12,8 +12,14 @@ import (
 	"mailproxy/protocols"
 )
 
-// maxBackendLine bounds a backend's response line before login.
-const maxBackendLine = 64 << 10
+// Bounds on what a backend may send before login: one response line, and
+// all the lines that answer one command (a login's untagged CAPABILITY and
+// the like are a few hundred bytes).
+const (
+	maxBackendLine  = 64 << 10
+	maxReplyBytes   = 256 << 10
+	maxUntaggedRows = 1000
+)
 
 // errBackend is a backend that does not speak IMAP as expected.
 var errBackend = errors.New("unexpected backend response")
@@ -53,13 +59,18 @@ func backendCommand(b *protocols.Backend, tag, line string) (string, []string, e
 	return resp, untagged, err
 }
 
-// readTagged reads the backend's lines up to the one tagged tag.
+// readTagged reads the backend's lines up to the one tagged tag, at most
+// maxUntaggedRows lines and maxReplyBytes in all.
 func readTagged(b *protocols.Backend, tag string) (string, []string, error) {
 	var untagged []string
+	total := 0
 	for {
 		line, err := protocols.ReadLine(b.Reader, maxBackendLine)
 		if err != nil {
 			return "", untagged, err
+		}
+		if total += len(line); total > maxReplyBytes || len(untagged) >= maxUntaggedRows {
+			return "", untagged, fmt.Errorf("%w: answer to %s over %d lines or %d bytes", errBackend, tag, maxUntaggedRows, maxReplyBytes)
 		}
 		s := string(line)
 		if rest, ok := strings.CutPrefix(s, tag+" "); ok {
@@ -234,22 +245,45 @@ func withCapability(b *protocols.Backend, resp string, untagged []string) (bool,
 	return true, fmt.Sprintf("OK [CAPABILITY %s] %s", strings.Join(caps, " "), text), nil
 }
 
+// maxForwardID bounds the forwarded ID command: Dovecot's login process
+// reads lines of up to 4 KiB, and what the client said in ID must not make
+// the backend refuse the login.
+const maxForwardID = 2048
+
 // forwardID is the RFC 2971 ID command that tells a backend (Dovecot, with
 // login_trusted_networks) who the real client is, followed by what the
-// client itself said in ID.
+// client itself said in ID, as many of its pairs as fit in maxForwardID.
 func forwardID(s *protocols.Session, client net.Addr, id []string) string {
 	host, port, _ := net.SplitHostPort(client.String())
 	local, lport, _ := net.SplitHostPort(s.Conn.LocalAddr().String())
-	fields := append([]string{"x-originating-ip", host, "x-originating-port", port,
-		"x-connected-ip", local, "x-connected-port", lport, "x-session-ext-id", s.ID}, id...)
-	for i, f := range fields {
-		q, _ := quote(f)
-		if strings.HasPrefix(q, "{") {
-			q = `""` // never a literal in this one-line command
+	ours := []string{"x-originating-ip", host, "x-originating-port", port,
+		"x-connected-ip", local, "x-connected-port", lport, "x-session-ext-id", s.ID}
+	var b strings.Builder
+	b.WriteString("ID (")
+	for i, f := range ours {
+		if i > 0 {
+			b.WriteByte(' ')
 		}
-		fields[i] = q
+		b.WriteString(idField(f))
 	}
-	return "ID (" + strings.Join(fields, " ") + ")"
+	for i := 0; i+1 < len(id); i += 2 {
+		pair := " " + idField(id[i]) + " " + idField(id[i+1])
+		if len("P2 ")+b.Len()+len(pair)+len(")") > maxForwardID {
+			break
+		}
+		b.WriteString(pair)
+	}
+	b.WriteString(")")
+	return b.String()
+}
+
+// idField quotes one ID field; one that would need a literal is sent empty,
+// as this command is one line.
+func idField(f string) string {
+	if q, isLit := quote(f); !isLit {
+		return q
+	}
+	return `""`
 }
 
 // capabilityCode extracts the list from a "[CAPABILITY ...]" response code.

@@ -47,14 +47,19 @@ func (Handler) Serve(ctx context.Context, s *protocols.Session) (*protocols.Rela
 	for {
 		cmd, err := f.rd.readCommand()
 		var syn errSyntax
+		var fatal errFatal
 		switch {
 		case errors.As(err, &syn):
 			if err := f.bad(cmd.tag, syn.msg); err != nil {
 				return nil, err
 			}
 			continue
-		case errors.Is(err, errFatal):
-			f.reply("* BYE Literal too big")
+		case errors.As(err, &fatal):
+			tag := cmd.tag
+			if tag == "" {
+				tag = "*"
+			}
+			f.reply("%s BAD %s\r\n* BYE Closing connection", tag, fatal.msg)
 			return nil, err
 		case err != nil:
 			return nil, err

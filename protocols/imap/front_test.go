@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"strings"
@@ -49,10 +50,40 @@ func TestFrontNoBackend(t *testing.T) {
 	}
 }
 
+// TestFrontOverlongCommandTaggedAndClosed is issue 10 point 3: a command
+// line over the limit (a test suite's 32 KB ID) is answered with its own
+// tag and the connection closes; nothing after it is run.
+func TestFrontOverlongCommandTaggedAndClosed(t *testing.T) {
+	out := runFront("a1 ID (\"name\" \"" + strings.Repeat("x", 32<<10) + "\")\r\nb NOOP\r\n")
+	want := "a1 BAD Line too long\r\n* BYE "
+	if !strings.Contains(out, want) || strings.Contains(out, "b OK") {
+		t.Errorf("reply %q, want %q and nothing for b", out, want)
+	}
+	out = runFront(strings.Repeat("x", 600) + "\r\nb NOOP\r\n")
+	if !strings.Contains(out, "* BAD Line too long\r\n* BYE ") || strings.Contains(out, "b OK") {
+		t.Errorf("no tag: reply %q", out)
+	}
+}
+
+// TestFrontBadLiteralSizeCloses is issue 10 point 3: a non-synchronising
+// literal whose size does not parse closes the connection like one too
+// big, for its bytes are on their way and must not run as commands.
+func TestFrontBadLiteralSizeCloses(t *testing.T) {
+	for _, lit := range []string{"{4294967296+}", "{-1+}", "{9999+}"} {
+		out := runFront("a2 LOGIN " + lit + "\r\nb NOOP\r\n")
+		if !strings.Contains(out, "a2 BAD ") || !strings.Contains(out, "* BYE ") || strings.Contains(out, "b OK") {
+			t.Errorf("%s: reply %q, want a2 BAD, BYE and nothing for b", lit, out)
+		}
+	}
+}
+
 func FuzzFront(f *testing.F) {
 	addTranscripts(f)
 	f.Add("a AUTHENTICATE LOGIN\r\nYQ==\r\nYg==\r\n")
 	f.Add("a AUTHENTICATE PLAIN\r\n*\r\nb LOGIN {3+}\r\nabc x\r\n")
+	f.Add("a2 LOGIN {4294967296+}\r\nb NOOP\r\n")
+	f.Add("a3 LOGIN {-1+}\r\nb NOOP\r\n")
+	f.Add("a1 ID (\"name\" \"" + strings.Repeat("x", 600) + "\")\r\nb NOOP\r\n")
 	f.Fuzz(func(t *testing.T, in string) {
 		out := runFront(in)
 		if !strings.HasPrefix(out, "* OK [CAPABILITY ") {
@@ -62,6 +93,21 @@ func FuzzFront(f *testing.F) {
 			t.Fatalf("reply not made of CRLF lines: %q", out)
 		}
 	})
+}
+
+// TestForwardIDBounded: however much the client said in ID, the ID
+// forwarded stays within what Dovecot's login process reads, so the
+// client's ID can never make the backend refuse the login.
+func TestForwardIDBounded(t *testing.T) {
+	s := &protocols.Session{ID: "abc", Conn: &scriptConn{}}
+	var id []string
+	for i := range 30 {
+		id = append(id, fmt.Sprintf("field%d", i), strings.Repeat("v", 1000))
+	}
+	got := forwardID(s, &net.TCPAddr{IP: net.IPv4(192, 0, 2, 7), Port: 4711}, clientID(id))
+	if len("P2 "+got) > maxForwardID || !strings.HasSuffix(got, ")") || !strings.Contains(got, `"field0"`) || !strings.Contains(got, `"x-session-ext-id" "abc"`) {
+		t.Errorf("%d bytes: %.200s...", len(got), got)
+	}
 }
 
 func TestForwardID(t *testing.T) {

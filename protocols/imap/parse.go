@@ -23,8 +23,14 @@ type errSyntax struct{ msg string }
 
 func (e errSyntax) Error() string { return e.msg }
 
-// errFatal ends the connection with BYE (a literal we cannot skip safely).
-var errFatal = errors.New("unrecoverable client input")
+// errFatal is a command whose rest cannot be told from the next command: a
+// line over the limit, or a non-synchronising literal too big or with a
+// size that does not parse, whose bytes the client is already sending.
+// It is answered BAD with the command's tag (when one could be read), then
+// BYE, and the connection ends, as Dovecot and nginx do.
+type errFatal struct{ msg string }
+
+func (e errFatal) Error() string { return e.msg }
 
 // reader reads commands before login: lines and literals, both bounded.
 type reader struct {
@@ -39,7 +45,11 @@ type reader struct {
 func (rd *reader) readCommand() (*command, error) {
 	line, err := protocols.ReadLine(rd.r, rd.max)
 	if errors.Is(err, protocols.ErrLineTooLong) {
-		return &command{}, errSyntax{"Line too long"}
+		cmd := &command{}
+		if tag, _ := cutWord(string(line)); validTag(tag) {
+			cmd.tag = tag
+		}
+		return cmd, errFatal{"Line too long"}
 	}
 	if err != nil {
 		return nil, err
@@ -68,9 +78,9 @@ func (rd *reader) readCommand() (*command, error) {
 		}
 		if budget -= lit.n; lit.n > rd.max || budget < 0 {
 			if lit.plus {
-				return cmd, errFatal // the client is already sending it
+				return cmd, errFatal{"[TOOBIG] Literal too big"} // the client is already sending it
 			}
-			return cmd, errSyntax{"Literal too big"}
+			return cmd, errSyntax{"[TOOBIG] Literal too big"}
 		}
 		if !lit.plus {
 			if _, err := io.WriteString(rd.w, "+ Ready for literal data\r\n"); err != nil {
@@ -84,7 +94,7 @@ func (rd *reader) readCommand() (*command, error) {
 		cmd.args = append(cmd.args, string(buf))
 		line, err = protocols.ReadLine(rd.r, rd.max)
 		if errors.Is(err, protocols.ErrLineTooLong) {
-			return cmd, errSyntax{"Line too long"}
+			return cmd, errFatal{"Line too long"}
 		}
 		if err != nil {
 			return nil, err
@@ -150,7 +160,8 @@ func parseQuoted(s string) (string, int, error) {
 	return "", 0, errSyntax{"Unterminated quoted string"}
 }
 
-// parseLiteral reads "{n}" or "{n+}", which must end the line.
+// parseLiteral reads "{n}" or "{n+}", which must end the line. A "{...+}"
+// whose size does not parse is fatal: the client is sending its bytes.
 func parseLiteral(s string) (*literal, error) {
 	if !strings.HasSuffix(s, "}") {
 		return nil, errSyntax{"Literal must end the line"}
@@ -162,6 +173,9 @@ func parseLiteral(s string) (*literal, error) {
 	}
 	n, err := strconv.ParseUint(body, 10, 31)
 	if err != nil || body == "" || body[0] == '+' {
+		if l.plus {
+			return nil, errFatal{"Invalid literal size"}
+		}
 		return nil, errSyntax{"Invalid literal size"}
 	}
 	l.n = int(n)

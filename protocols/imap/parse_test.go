@@ -70,12 +70,19 @@ func TestReadCommandErrors(t *testing.T) {
 		{"a LOGIN {5} trailing\r\n", false},
 		{"a LOGIN {9000}\r\n", false},
 		{"a LOGIN {9000+}\r\n", true},
-		{"a LOGIN " + strings.Repeat("x", 9000) + "\r\n", false},
+		{"a LOGIN {4294967296+}\r\n", true},
+		{"a LOGIN {-1+}\r\n", true},
+		{"a LOGIN {abc+}\r\n", true},
+		{"a LOGIN {+}\r\n", true},
+		{"a LOGIN {4294967296}\r\n", false},
+		{"a LOGIN " + strings.Repeat("x", 9000) + "\r\n", true},
+		{"a LOGIN {3}\r\nabc " + strings.Repeat("x", 9000) + "\r\n", true},
 	}
 	for _, tc := range cases {
 		cmds, _, err := readAll(tc.in, 8192)
+		var fatal errFatal
 		if tc.fatal {
-			if !errors.Is(err, errFatal) {
+			if !errors.As(err, &fatal) {
 				t.Errorf("%q: err %v, want fatal", tc.in, err)
 			}
 			continue

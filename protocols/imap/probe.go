@@ -12,9 +12,11 @@ import (
 )
 
 // Probe implements protocols.Handler: the backend must greet with "* OK";
-// the probe then logs out politely. The caller sets the deadline.
+// the probe then logs out politely and reads the answer before the caller
+// closes, so that the backend logs a logout, not a lost client. The
+// caller sets the deadline.
 func (Handler) Probe(ctx context.Context, conn net.Conn) error {
-	return protocols.Probe(conn, probeGreeting, "H LOGOUT\r\n")
+	return protocols.Probe(conn, probeGreeting, "H LOGOUT\r\n", probeFarewell)
 }
 
 func probeGreeting(r *bufio.Reader) error {
@@ -52,4 +54,14 @@ func (Handler) ProbeMechs(ctx context.Context, b *protocols.Backend) ([]string, 
 		}
 	}
 	return mechs, nil
+}
+
+// probeFarewell reads "* BYE", then the tagged OK.
+func probeFarewell(r *bufio.Reader) {
+	for range 8 {
+		line, err := protocols.ReadLine(r, maxBackendLine)
+		if err != nil || strings.HasPrefix(string(line), "H ") {
+			return
+		}
+	}
 }

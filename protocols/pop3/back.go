@@ -19,6 +19,9 @@ const maxBackendLine = 64 << 10
 // maxCapaLines bounds a backend's CAPA list.
 const maxCapaLines = 256
 
+// maxMultiBytes bounds a multi-line response read before login (CAPA).
+const maxMultiBytes = 64 << 10
+
 // errBackend is a backend that does not speak POP3 as expected.
 var errBackend = errors.New("unexpected backend response")
 

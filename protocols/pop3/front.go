@@ -56,12 +56,22 @@ type front struct {
 	errors int
 	user   string             // from USER, waiting for PASS
 	fixed  *protocols.Backend // apop listener: the backend picked at connect
+	// kept is the backend that refused keptUser's last login, kept open
+	// so that the client's next try of the same user goes there too, as
+	// it would talking to that server directly.
+	kept     *protocols.Backend
+	keptUser string
 }
 
 // Serve implements protocols.Handler.
 func (Handler) Serve(ctx context.Context, s *protocols.Session) (relay *protocols.Relay, err error) {
 	f := &front{s: s, tls: s.TLSActive}
 	f.setConn(s.Conn)
+	defer func() {
+		if f.kept != nil {
+			quit(f.kept)
+		}
+	}()
 	greeting := "+OK mailproxy ready."
 	if s.APOP {
 		if greeting, err = f.connectFixed(ctx); err != nil {
@@ -336,6 +346,16 @@ func (f *front) login(ctx context.Context, creds protocols.Credentials) (*protoc
 	if err != nil {
 		return nil, false, rejected(replyAuthFailed)
 	}
+	if b := f.retryBackend(creds.Username); b != nil {
+		ok, text, err := backendLogin(b, back, f.relayChallenge)
+		if err == nil || errors.Is(err, errClientGone) || errors.Is(err, errNoMech) {
+			return f.finish(ctx, b, creds.Username, ok, text, err)
+		}
+		// It hung up after the failed try (some servers count them):
+		// the client's doing, not the backend's. Start afresh.
+		f.s.Log.Info("backend closed after a failed login", "user", creds.Username, "backend", b.Name, "err", err)
+		b.Close()
+	}
 	b := f.fixed
 	if b == nil {
 		var err error
@@ -351,9 +371,25 @@ func (f *front) login(ctx context.Context, creds protocols.Credentials) (*protoc
 	return f.finish(ctx, b, creds.Username, ok, text, err)
 }
 
+// retryBackend hands over the backend kept after user's failed login, or
+// nil. A kept backend for another user is let go: that user's session
+// may belong elsewhere.
+func (f *front) retryBackend(user string) *protocols.Backend {
+	b := f.kept
+	if b == nil {
+		return nil
+	}
+	f.kept = nil
+	if f.keptUser != user {
+		quit(b)
+		return nil
+	}
+	return b
+}
+
 // finish answers the client after a backend login attempt. A backend that
-// failed is closed; one that rejected is closed too, unless it is the
-// fixed backend of an APOP listener, which the client may retry on.
+// failed is closed; one that rejected is kept for the client's next try
+// (the fixed backend of an APOP listener always is).
 func (f *front) finish(ctx context.Context, b *protocols.Backend, user string, ok bool, text string, err error) (*protocols.Relay, bool, error) {
 	switch {
 	case err != nil:
@@ -368,7 +404,11 @@ func (f *front) finish(ctx context.Context, b *protocols.Backend, user string, o
 		return nil, false, unavailable(nil)
 	case !ok:
 		if b != f.fixed {
-			b.Close()
+			f.kept, f.keptUser = b, user
+		} else {
+			// Some servers hang up after a refused login: the fixed
+			// backend failing from now on is not its health.
+			b.Fail = func(string) {}
 		}
 		f.s.Log.Info("login rejected by backend", "user", user, "backend", b.Name)
 		return nil, false, rejected(text)

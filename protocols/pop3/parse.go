@@ -72,13 +72,18 @@ func writeMulti(w io.Writer, status string, lines []string) error {
 
 // readMulti reads the lines of a multi-line response after its status line,
 // up to the terminating "." and without it, undoing the dot-stuffing. At
-// most maxLines lines are read; a longer response is an error.
+// most maxLines lines and maxMultiBytes in all are read; a longer response
+// is an error.
 func readMulti(r *bufio.Reader, maxLines int) ([]string, error) {
 	var lines []string
+	total := 0
 	for {
 		line, err := protocols.ReadLine(r, maxBackendLine)
 		if err != nil {
 			return nil, err
+		}
+		if total += len(line); total > maxMultiBytes {
+			return nil, fmt.Errorf("%w: multi-line response over %d bytes", errBackend, maxMultiBytes)
 		}
 		s := string(line)
 		if s == "." {

@@ -11,9 +11,11 @@ import (
 )
 
 // Probe implements protocols.Handler: the backend must greet with "+OK";
-// the probe then quits politely. The caller sets the deadline.
+// the probe then quits politely and reads the answer before the caller
+// closes, so that the backend logs a logout, not a lost client. The
+// caller sets the deadline.
 func (Handler) Probe(ctx context.Context, conn net.Conn) error {
-	return protocols.Probe(conn, probeGreeting, "QUIT\r\n")
+	return protocols.Probe(conn, probeGreeting, "QUIT\r\n", probeFarewell)
 }
 
 func probeGreeting(r *bufio.Reader) error {
@@ -53,3 +55,5 @@ func (Handler) ProbeMechs(ctx context.Context, b *protocols.Backend) ([]string, 
 	}
 	return mechs, nil
 }
+
+func probeFarewell(r *bufio.Reader) { protocols.ReadLine(r, maxBackendLine) }

@@ -77,7 +77,11 @@ func (a *authServer) Next(resp []byte) ([]byte, bool, error) {
 	case !done:
 		return challenge, false, nil
 	}
-	return nil, true, a.f.login(a.creds)
+	if err := a.f.login(a.creds); err != nil {
+		return nil, true, err
+	}
+	a.f.fc.loggedIn() // the login bound is met
+	return nil, true, nil
 }
 
 // login logs in to the backend with the credentials that
@@ -114,6 +118,9 @@ func (f *front) login(creds protocols.Credentials) error {
 	for retry := true; ; retry = false {
 		if f.back == nil {
 			if err := f.open(); err != nil {
+				if se, ok := refusal(err); ok {
+					return se
+				}
 				return errAuthTemp
 			}
 		}

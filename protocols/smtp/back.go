@@ -3,9 +3,11 @@ package smtp
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -20,6 +22,7 @@ import (
 type backend struct {
 	b      *protocols.Backend
 	c      *gosmtp.Client
+	rc     *replayConn // what c speaks over
 	helo   string      // the client's HELO name the backend was given
 	authed bool        // logged in with the client's credentials
 	stop   func() bool // unregisters the close-on-cancel of the session context
@@ -42,8 +45,12 @@ type backend struct {
 // XCLIENT commands, each answered by a fresh 220 greeting. Then go-smtp's
 // client gets the connection with the last greeting replayed in front of
 // it and sends the EHLO whose reply it keeps (SIZE, AUTH, DSN, ...). Every
-// EHLO carries the client's HELO name.
-func greet(ctx context.Context, b *protocols.Backend, helo string, xattrs []attr, log *slog.Logger) (*gosmtp.Client, error) {
+// EHLO carries the client's HELO name, so a 5xx to one is the client's
+// (protocols.ErrClientFault, carrying the backend's reply).
+//
+// name, when not nil, gives the client's host name for XCLIENT NAME
+// (clientName); it is asked only of a backend that takes NAME.
+func greet(ctx context.Context, b *protocols.Backend, helo string, xattrs []attr, name func(context.Context) string, log *slog.Logger) (*backend, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		b.Conn.SetDeadline(dl)
 	}
@@ -61,19 +68,59 @@ func greet(ctx context.Context, b *protocols.Backend, helo string, xattrs []attr
 		}
 	}
 	if b.ForwardClient {
-		if greeting, err = forward(b, helo, xattrs, greeting, log); err != nil {
+		if greeting, err = forward(ctx, b, helo, xattrs, name, greeting, log); err != nil {
 			return nil, err
 		}
 	}
-	c := gosmtp.NewClient(&replayConn{Conn: b.Conn, r: io.MultiReader(strings.NewReader(greeting.wire()), b.Reader)})
+	rc := newReplayConn(b.Conn, io.MultiReader(strings.NewReader(greeting.wire()), b.Reader))
+	c := gosmtp.NewClient(rc)
 	if dl, ok := ctx.Deadline(); ok {
 		c.CommandTimeout = time.Until(dl)
 	}
 	if err := c.Hello(helo); err != nil {
+		var se *gosmtp.SMTPError
+		if errors.As(err, &se) && heloRefused(se.Code) {
+			return nil, protocols.ClientFault(fmt.Errorf("ehlo: %w", se))
+		}
 		return nil, fmt.Errorf("ehlo: %w", err)
 	}
 	c.CommandTimeout, c.SubmissionTimeout = backendTimeout, dataEndTimeout
-	return c, nil
+	return &backend{b: b, c: c, rc: rc, helo: helo}, nil
+}
+
+// heloRefused says whether code, in answer to EHLO or HELO, refuses the
+// name the client gave rather than the command itself: any 5xx but
+// 500 and 502 (no EHLO here) and 503 (out of sequence).
+func heloRefused(code int) bool {
+	return code >= 500 && code < 600 && code != 500 && code != 502 && code != 503
+}
+
+// ehlo sends EHLO on the raw connection and wants 250; a refused name is
+// the client's fault, as in greet.
+func ehlo(b *protocols.Backend, helo string) (reply, error) {
+	rep, err := command(b, "EHLO "+helo)
+	switch {
+	case err != nil:
+		return rep, err
+	case heloRefused(rep.code):
+		return rep, protocols.ClientFault(fmt.Errorf("ehlo: %w", rep.err()))
+	case rep.code != 250:
+		return rep, fmt.Errorf("%w: EHLO answered %s", errBackend, rep)
+	}
+	return rep, nil
+}
+
+// unsent marks err, from a go-smtp client call, as the client's fault
+// when it is not the backend's reply and the call wrote nothing since
+// writes was read: go-smtp's client refused the client's arguments (an
+// address with CR or LF, a bad ENVID), the backend never saw the command
+// and the connection is as good as before.
+func (bk *backend) unsent(writes int64, err error) error {
+	var se *gosmtp.SMTPError
+	if err != nil && bk.rc.writes == writes && !errors.As(err, &se) {
+		return protocols.ClientFault(err)
+	}
+	return err
 }
 
 // command sends one raw command line and reads the reply.
@@ -96,7 +143,7 @@ func expect(b *protocols.Backend, line string, code int) (reply, error) {
 // startTLS upgrades the backend connection (RFC 3207). UpgradeTLS drops
 // anything the backend sent before the handshake.
 func startTLS(ctx context.Context, b *protocols.Backend, helo string) error {
-	if _, err := expect(b, "EHLO "+helo, 250); err != nil {
+	if _, err := ehlo(b, helo); err != nil {
 		return err
 	}
 	if _, err := expect(b, "STARTTLS", 220); err != nil {
@@ -110,8 +157,8 @@ func startTLS(ctx context.Context, b *protocols.Backend, helo string) error {
 // A backend that refuses XCLIENT (it does not trust mailproxy's address)
 // is used anyway, as IMAP does with a refused ID, with a warning: it then
 // sees mailproxy as the client.
-func forward(b *protocols.Backend, helo string, xattrs []attr, greeting reply, log *slog.Logger) (reply, error) {
-	rep, err := expect(b, "EHLO "+helo, 250)
+func forward(ctx context.Context, b *protocols.Backend, helo string, xattrs []attr, name func(context.Context) string, greeting reply, log *slog.Logger) (reply, error) {
+	rep, err := ehlo(b, helo)
 	if err != nil {
 		return greeting, err
 	}
@@ -120,7 +167,11 @@ func forward(b *protocols.Backend, helo string, xattrs []attr, greeting reply, l
 		log.Debug("backend has no XCLIENT", "backend", b.Name)
 		return greeting, nil
 	}
-	for _, cmd := range xclientCommands(strings.Fields(names), xattrs) {
+	supported := strings.Fields(names)
+	if name != nil && slices.ContainsFunc(supported, func(s string) bool { return strings.EqualFold(s, "NAME") }) {
+		xattrs = append([]attr{{"NAME", name(ctx)}}, xattrs...)
+	}
+	for _, cmd := range xclientCommands(supported, xattrs) {
 		rep, err := command(b, cmd)
 		if err != nil {
 			return greeting, fmt.Errorf("xclient: %w", err)

@@ -185,10 +185,11 @@ func TestGreetSequence(t *testing.T) {
 	attrs := clientAttrs(&net.TCPAddr{IP: net.IPv4(192, 0, 2, 9), Port: 5}, nil, "client.example")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	cl, err := greet(ctx, b, "client.example", attrs, discardLog())
+	bk, err := greet(ctx, b, "client.example", attrs, nil, discardLog())
 	if err != nil {
 		t.Fatal(err)
 	}
+	cl := bk.c
 	if n, ok := cl.MaxMessageSize(); !ok || n != 1000 {
 		t.Errorf("SIZE %d %v", n, ok)
 	}
@@ -208,7 +209,7 @@ func TestGreetWithoutForwarding(t *testing.T) {
 	defer c.Close()
 	fake := startFake(t, s, "220 mx\r\n", map[string]string{"EHLO": "250-mx\r\n250 XCLIENT ADDR\r\n"})
 	b := protocols.NewBackend(c, "mx", "pipe", nil)
-	if _, err := greet(context.Background(), b, "h.example", nil, discardLog()); err != nil {
+	if _, err := greet(context.Background(), b, "h.example", nil, nil, discardLog()); err != nil {
 		t.Fatal(err)
 	}
 	if got := fake.commands(); len(got) != 1 || got[0] != "EHLO h.example" {
@@ -221,7 +222,7 @@ func TestGreetWithoutForwarding(t *testing.T) {
 func TestGreetRefusals(t *testing.T) {
 	c, s := net.Pipe()
 	startFake(t, s, "554 5.3.2 not now\r\n", nil)
-	if _, err := greet(context.Background(), protocols.NewBackend(c, "mx", "pipe", nil), "h", nil, discardLog()); err == nil {
+	if _, err := greet(context.Background(), protocols.NewBackend(c, "mx", "pipe", nil), "h", nil, nil, discardLog()); err == nil {
 		t.Error("554 greeting accepted")
 	}
 	c.Close()
@@ -235,7 +236,7 @@ func TestGreetRefusals(t *testing.T) {
 	b := protocols.NewBackend(c, "mx", "pipe", nil)
 	b.ForwardClient = true
 	attrs := clientAttrs(&net.TCPAddr{IP: net.IPv4(192, 0, 2, 9), Port: 5}, nil, "h")
-	if _, err := greet(context.Background(), b, "h", attrs, discardLog()); err != nil {
+	if _, err := greet(context.Background(), b, "h", attrs, nil, discardLog()); err != nil {
 		t.Fatalf("refused XCLIENT: %v", err)
 	}
 	if got := fake.commands(); len(got) != 3 || got[2] != "EHLO h" {
@@ -250,7 +251,7 @@ func TestProbe(t *testing.T) {
 	if err := (Handler{}).Probe(context.Background(), c); err != nil {
 		t.Fatal(err)
 	}
-	c.Close() // as the health checker does; the probe does not wait for 221
+	c.Close() // as the health checker does
 	<-fake.done
 	if got := fake.commands(); len(got) != 1 || got[0] != "QUIT" {
 		t.Errorf("commands %q", got)
@@ -292,11 +293,10 @@ func TestBackendAuth(t *testing.T) {
 			tt.script["EHLO"] = tt.ehlo
 			fake := startFake(t, s, "220 mx\r\n", tt.script)
 			b := protocols.NewBackend(c, "mx", "pipe", nil)
-			cl, err := greet(context.Background(), b, "h", nil, discardLog())
+			bk, err := greet(context.Background(), b, "h", nil, nil, discardLog())
 			if err != nil {
 				t.Fatal(err)
 			}
-			bk := &backend{b: b, c: cl}
 			err = bk.auth(creds)
 			var se *gosmtp.SMTPError
 			switch {

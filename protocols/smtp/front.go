@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 
@@ -26,7 +27,43 @@ var (
 	errNo8BitMIME   = &gosmtp.SMTPError{Code: 555, EnhancedCode: gosmtp.EnhancedCode{5, 5, 4}, Message: "BODY=8BITMIME not supported by the mail server"}
 	errLineTooLong  = &gosmtp.SMTPError{Code: 500, EnhancedCode: gosmtp.EnhancedCode{5, 5, 2}, Message: "Line too long"}
 	errAborted      = &gosmtp.SMTPError{Code: 451, EnhancedCode: gosmtp.EnhancedCode{4, 3, 0}, Message: "Message transfer aborted"}
+	errBadHelo      = &gosmtp.SMTPError{Code: 501, EnhancedCode: gosmtp.EnhancedCode{5, 5, 2}, Message: "Invalid HELO name"}
+	errBadSender    = &gosmtp.SMTPError{Code: 501, EnhancedCode: gosmtp.EnhancedCode{5, 5, 2}, Message: "Bad sender address syntax"}
+	errBadRcpt      = &gosmtp.SMTPError{Code: 501, EnhancedCode: gosmtp.EnhancedCode{5, 5, 2}, Message: "Bad recipient address syntax"}
+	errBadArgs      = &gosmtp.SMTPError{Code: 501, EnhancedCode: gosmtp.EnhancedCode{5, 5, 4}, Message: "Invalid command arguments"}
 )
+
+// maxHelo is the longest HELO name passed on: a domain is at most 255
+// octets (RFC 5321 §4.5.3.1.2), an address literal less.
+const maxHelo = 255
+
+// validWord reports whether s, a HELO name or an address from the client,
+// can go on a backend's command line: no control characters (a bare CR
+// would end the line early for some and make go-smtp's client refuse it),
+// which neither a domain, an address literal nor a mailbox may hold
+// (RFC 5321 §4.1.2).
+func validWord(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// refusal is the reply to a failure the client caused
+// (protocols.ErrClientFault): the backend's own 5xx when it gave one, else
+// 501 5.5.4. ok is false for any other failure.
+func refusal(err error) (reply *gosmtp.SMTPError, ok bool) {
+	if !errors.Is(err, protocols.ErrClientFault) {
+		return nil, false
+	}
+	var se *gosmtp.SMTPError
+	if errors.As(err, &se) {
+		return se, true
+	}
+	return errBadArgs, true
+}
 
 // front is one client connection's SMTP session. go-smtp's server calls it
 // (it is both the gosmtp.Backend and the gosmtp.Session) and it mirrors each
@@ -61,6 +98,7 @@ type front struct {
 	logoutPending atomic.Bool            // STARTTLS came during a BDAT Data
 	backAuth      atomic.Bool            // the backend announced AUTH (smtp_auth = "optional" offers it then)
 	err           error                  // why the session could not be served
+	name          string                 // the client's name, once looked up
 }
 
 func newFront(ctx context.Context, s *protocols.Session, fc *frontConn) *front {
@@ -75,17 +113,32 @@ func (f *front) NewSession(c *gosmtp.Conn) (gosmtp.Session, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	helo := c.Hostname()
+	if len(helo) > maxHelo || !validWord(helo) {
+		return nil, errBadHelo // go-smtp forgets the name; the client may try again
+	}
 	f.conn, f.helo = c, helo
 	if f.back != nil && f.back.helo != helo {
 		f.rehello() // a new name after STARTTLS
 	}
 	if f.back == nil {
 		if err := f.open(); err != nil {
+			if se, ok := refusal(err); ok {
+				return nil, se // the backend refused the name: the client may try another
+			}
 			f.fc.closeAfterReply()
 			return nil, errUnavailable
 		}
 	}
 	return f, nil
+}
+
+// clientName looks up the client's host name for XCLIENT NAME once per
+// session; a temporary failure is asked again for the next backend.
+func (f *front) clientName(ctx context.Context) string {
+	if f.name == "" || f.name == nameTempFail {
+		f.name = clientName(ctx, net.DefaultResolver, f.s.Conn.RemoteAddr())
+	}
+	return f.name
 }
 
 // rehello gives the backend the client's new HELO name (typically the EHLO
@@ -113,13 +166,17 @@ func (f *front) open() error {
 	}
 	var bk *backend
 	attrs := clientAttrs(f.s.Conn.RemoteAddr(), f.s.Conn.LocalAddr(), f.helo)
-	b, err := f.s.Dial(f.ctx, "", func(ctx context.Context, b *protocols.Backend) error {
-		c, err := greet(ctx, b, f.helo, attrs, f.s.Log)
+	b, err := f.s.Dial(f.ctx, "", func(ctx context.Context, b *protocols.Backend) (err error) {
+		bk, err = greet(ctx, b, f.helo, attrs, f.clientName, f.s.Log)
 		if err == nil {
-			bk = &backend{b: b, c: c, helo: f.helo, loginTimeout: f.s.BackendTimeout}
+			bk.loginTimeout = f.s.BackendTimeout
 		}
 		return err
 	})
+	if _, ok := refusal(err); ok {
+		f.s.Log.Info("backend refused the client's HELO name", "helo", f.helo, "err", err)
+		return err
+	}
 	if err != nil {
 		f.s.Log.Warn("no backend for the session", "err", err)
 		f.err = err
@@ -226,16 +283,26 @@ func (f *front) Mail(from string, opts *gosmtp.MailOptions) error {
 		}
 		return errAuthRequired
 	}
+	if !validWord(from) {
+		return errBadSender
+	}
 	for retry := true; ; retry = false {
 		if f.back == nil {
 			if err := f.open(); err != nil {
+				if se, ok := refusal(err); ok {
+					return se
+				}
 				return errTryLater
 			}
 		}
 		err := f.startTx(from, opts)
 		if err == nil {
 			f.inTx, f.from, f.rcpts = true, from, 0
+			f.fc.loggedIn() // a transaction: the login bound is met
 			return nil
+		}
+		if se, ok := refusal(err); ok {
+			return se
 		}
 		if !retry || !stale(err) {
 			return f.backendReply(err, "MAIL")
@@ -264,17 +331,27 @@ func (f *front) startTx(from string, opts *gosmtp.MailOptions) error {
 			return errNo8BitMIME
 		}
 	}
-	return c.Mail(from, opts)
+	writes := f.back.rc.writes
+	err := c.Mail(from, opts)
+	return f.back.unsent(writes, err)
 }
 
 // Rcpt implements gosmtp.Session.
 func (f *front) Rcpt(to string, opts *gosmtp.RcptOptions) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if !validWord(to) {
+		return errBadRcpt
+	}
 	if f.back == nil || !f.inTx {
 		return errBackendLost
 	}
-	if err := f.back.c.Rcpt(to, opts); err != nil {
+	writes := f.back.rc.writes
+	err := f.back.c.Rcpt(to, opts)
+	if err = f.back.unsent(writes, err); err != nil {
+		if se, ok := refusal(err); ok {
+			return se
+		}
 		return f.backendReply(err, "RCPT")
 	}
 	f.rcpts++

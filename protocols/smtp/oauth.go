@@ -92,6 +92,9 @@ func (p *passServer) step(line string) ([]byte, bool, error) {
 	}
 	if f.back == nil {
 		if err := f.open(); err != nil {
+			if se, ok := refusal(err); ok {
+				return nil, true, se
+			}
 			return nil, true, errAuthTemp
 		}
 	}
@@ -111,6 +114,7 @@ func (p *passServer) step(line string) ([]byte, bool, error) {
 	case rep.code == 235:
 		bk.authed = true
 		f.creds = &p.creds
+		f.fc.loggedIn() // the login bound is met
 		f.s.LoginSucceeded()
 		f.s.Log.Info("login", "user", p.creds.Username, "backend", bk.b.Name)
 		return nil, true, nil

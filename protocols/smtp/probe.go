@@ -10,9 +10,10 @@ import (
 )
 
 // Probe implements protocols.Handler: the backend must greet with 220; the
-// probe then sends QUIT. The caller sets the deadline.
+// probe then sends QUIT and reads the 221 before the caller closes, so
+// that the backend logs a polite goodbye. The caller sets the deadline.
 func (Handler) Probe(ctx context.Context, conn net.Conn) error {
-	return protocols.Probe(conn, probeGreeting, "QUIT\r\n")
+	return protocols.Probe(conn, probeGreeting, "QUIT\r\n", probeFarewell)
 }
 
 func probeGreeting(r *bufio.Reader) error {
@@ -25,3 +26,5 @@ func probeGreeting(r *bufio.Reader) error {
 	}
 	return nil
 }
+
+func probeFarewell(r *bufio.Reader) { readReply(r) }

@@ -25,9 +25,12 @@ import (
 	"mailproxy/protocols"
 )
 
-// Timeouts of RFC 5321 §4.5.3.2. The proxy's login deadline does not fit
-// SMTP, whose whole session happens before what the proxy calls login, so
-// Serve replaces it with these per-read and per-write deadlines.
+// Timeouts of RFC 5321 §4.5.3.2. SMTP's whole session happens before what
+// the proxy calls login, so Serve replaces the proxy's deadline with these
+// per-read and per-write deadlines, and keeps the login deadline
+// (Session.LoginDeadline, login_timeout from accept) only until the client
+// authenticates or a backend accepts its first MAIL: a client that does
+// neither, however slowly it trickles, is closed then.
 const (
 	commandTimeout = 5 * time.Minute  // §4.5.3.2.7: waiting for the client's next command or data block
 	writeTimeout   = time.Minute      // one reply to the client
@@ -50,7 +53,7 @@ var _ protocols.Handler = Handler{}
 // connection goroutine has ended and the backend is closed: nothing outlives
 // the session.
 func (Handler) Serve(ctx context.Context, s *protocols.Session) (*protocols.Relay, error) {
-	fc := newFrontConn(s.Conn, commandTimeout, writeTimeout)
+	fc := newFrontConn(s.Conn, commandTimeout, writeTimeout, s.LoginDeadline)
 	f := newFront(ctx, s, fc)
 	srv := f.newServer()
 	ln := newOneConnListener(fc)

@@ -1,10 +1,13 @@
 package smtp
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net"
 	"slices"
 	"strings"
+	"time"
 )
 
 // maxCommand is the longest command line, without CRLF (RFC 5321
@@ -15,10 +18,10 @@ const maxCommand = 510
 type attr struct{ name, value string }
 
 // clientAttrs describes the client for XCLIENT: its address and port, the
-// address it connected to, and its HELO name. NAME is left out (mailproxy
-// does no reverse lookup, and Postfix does its own only for a direct
-// client), LOGIN too: in passthrough mode the backend sees the client's AUTH
-// itself and must not take mailproxy's word for it.
+// address it connected to, and its HELO name. NAME comes from clientName,
+// asked only of a backend that takes it. LOGIN is left out: in passthrough
+// mode the backend sees the client's AUTH itself and must not take
+// mailproxy's word for it.
 func clientAttrs(client, local net.Addr, helo string) []attr {
 	addr, port := xclientAddr(client)
 	dest, dport := xclientAddr(local)
@@ -90,4 +93,63 @@ func xtext(s string) string {
 		fmt.Fprintf(&b, "+%02X", c)
 	}
 	return b.String()
+}
+
+// The NAME values Postfix knows for a client without a verified name
+// (XCLIENT_README): none, or the lookup failed for now.
+const (
+	nameUnavailable = "[UNAVAILABLE]"
+	nameTempFail    = "[TEMPUNAVAIL]"
+)
+
+// maxNameLookup bounds the reverse lookup of a client's address; the
+// lookup also gets at most half of what is left of the backend's budget,
+// so that a slow DNS is never blamed on the backend.
+const maxNameLookup = 5 * time.Second
+
+// clientName is what Postfix itself would log for a direct client: the
+// first name that the address's PTR records give and that resolves back to
+// the address, else [UNAVAILABLE], or [TEMPUNAVAIL] when DNS did not
+// answer in time. Postfix trusts NAME as given, so only a forward-confirmed
+// name is passed on.
+func clientName(ctx context.Context, r *net.Resolver, addr net.Addr) string {
+	ta, ok := addr.(*net.TCPAddr)
+	if !ok {
+		return nameUnavailable
+	}
+	timeout := maxNameLookup
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = min(timeout, time.Until(dl)/2)
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	names, err := r.LookupAddr(ctx, ta.IP.String())
+	if err != nil {
+		return lookupFailure(err)
+	}
+	for _, n := range names[:min(len(names), 4)] {
+		ips, err := r.LookupIPAddr(ctx, n)
+		if err != nil {
+			if lookupFailure(err) == nameTempFail {
+				return nameTempFail
+			}
+			continue
+		}
+		for _, ip := range ips {
+			if ip.IP.Equal(ta.IP) {
+				return strings.TrimSuffix(n, ".")
+			}
+		}
+	}
+	return nameUnavailable
+}
+
+// lookupFailure says which NAME a failed lookup gives: [UNAVAILABLE] when
+// there is no such name, [TEMPUNAVAIL] when DNS may answer later.
+func lookupFailure(err error) string {
+	var de *net.DNSError
+	if errors.As(err, &de) && de.IsNotFound {
+		return nameUnavailable
+	}
+	return nameTempFail
 }
