@@ -150,7 +150,7 @@ func TestAuthHTTP(t *testing.T) {
 	if err := c.Login("alice", "client pw%").Wait(); err != nil {
 		t.Fatalf("IMAP alice: %v", err)
 	}
-	if b, live, _ := e.Srv.Pool("main").Lookup("alice"); b != "mail2" || live != 1 {
+	if b, live, _, _ := e.Srv.Pool("main").Lookup(context.Background(), "alice"); b != "mail2" || live != 1 {
 		t.Errorf("alice's binding = %s (%d live), want mail2 from Auth-Server", b, live)
 	}
 	h := svc.requests()[0]
@@ -266,7 +266,7 @@ func TestAuthHTTPUnavailable(t *testing.T) {
 			if code, _, _ := smtpCode(err); code != 454 {
 				t.Errorf("SMTP: %v, want 454", err)
 			}
-			if _, live, _ := e.Srv.Pool("main").Lookup("bob"); live != 0 {
+			if _, live, _, _ := e.Srv.Pool("main").Lookup(context.Background(), "bob"); live != 0 {
 				t.Errorf("bob has %d live sessions", live)
 			}
 		})

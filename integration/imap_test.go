@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"fmt"
 	"strings"
@@ -440,7 +441,7 @@ func TestIMAPStickiness(t *testing.T) {
 		pool.SetWeight(pool.Backend("mail3"), 1000)
 		for i := range 30 {
 			user := fmt.Sprintf("user%d", i)
-			before, _, _ := pool.Lookup(user)
+			before, _, _, _ := pool.Lookup(context.Background(), user)
 			c, err := imapclient.DialInsecure(e.Addr["imap"], nil)
 			if err != nil {
 				t.Fatal(err)

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bufio"
+	"context"
 	"crypto/md5"
 	"crypto/tls"
 	"encoding/base64"
@@ -576,7 +577,7 @@ name = "main"
 				t.Fatal(err)
 			}
 			waitFor(t, 5*time.Second, "bob's lease to end", func() bool {
-				_, live, _ := pool.Lookup("bob")
+				_, live, _, _ := pool.Lookup(context.Background(), "bob")
 				return live == 0
 			})
 		}

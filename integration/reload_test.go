@@ -364,7 +364,9 @@ func TestReloadRemoves(t *testing.T) {
 		t.Fatal("no user hashed to mail3")
 	}
 	pool := srv.Pool("main")
-	pool.SetDraining(pool.Backend("mail1"), true)
+	if err := srv.SetDraining(t.Context(), "main", "mail1", true); err != nil {
+		t.Fatal(err)
+	}
 
 	// Remove the plain listener and mail3.
 	if err := srv.Reload(mustParse(t, reloadConfig(dir, "info", bk("mail1", "mail2"), "", ""))); err != nil {

@@ -21,6 +21,7 @@ type metrics struct {
 	logins   *prometheus.CounterVec
 	bytes    *prometheus.CounterVec
 	sessions *prometheus.CounterVec
+	store    *storeMetrics
 }
 
 // The descriptions of the scrape-time gauges; read-only.
@@ -52,6 +53,7 @@ func newMetrics(s *Server) *metrics {
 			Help: "Client sessions ended, by outcome (logout, closed, login_timeout, idle_timeout, write_timeout, closed_by_proxy, tls_handshake_failed, error, relay_error, panic), and connections refused at a limit (refused).",
 		}, []string{"listener", "outcome"}),
 	}
+	m.store = newStoreMetrics(m.reg)
 	m.reg.MustRegister(m.logins, m.bytes, m.sessions, stateCollector{s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -140,8 +140,9 @@ func (s *Server) setLevel(cfg *config.Config) {
 // sessions finish, a removed backend's users keep going there until their
 // sessions end or an operator kicks them).
 //
-// [admin], [peer] and [log] format are not the server's: cmd/mailproxy sets
-// them up once, and a reload leaves them as they were.
+// [store] is read by New only; [admin], [peer] and [log] format are not
+// the server's: cmd/mailproxy sets them up once. A reload leaves them as
+// they were.
 func (s *Server) Reload(cfg *config.Config) error {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
@@ -159,6 +160,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 	}
 	st.apply()
 	s.st.Store(st)
+	s.reloadState() // runtime drains, weights and pins on top of the new config
 	s.setLevel(cfg)
 	s.serveAdded(added)
 	s.closeRemoved(st)

@@ -21,6 +21,7 @@ import (
 
 	"mailproxy/protocols"
 	"mailproxy/routing"
+	rstore "mailproxy/routing/redis"
 	mtls "mailproxy/tls"
 )
 
@@ -85,6 +86,10 @@ type Server struct {
 
 	// The logs of connections refused at accept, one per reason.
 	refusedLimit, refusedUntrusted rateLog
+
+	adminState routing.StateStore // runtime drains, weights, pins (store.go)
+	rstore     *rstore.Store      // [store] type = "redis"; nil for memory; [store] is read at New only
+	bgDone     sync.WaitGroup     // the store's background work
 }
 
 // lnEntry is what the server knows of a serving listener: the name it
@@ -117,6 +122,9 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	}
 	s.metrics = newMetrics(s)
 	s.setupLoginMetrics()
+	if err := s.setupStore(cfg); err != nil {
+		return nil, err
+	}
 	st, err := s.build(cfg, nil)
 	if err != nil {
 		return nil, err
@@ -136,6 +144,7 @@ func (s *Server) poolSpecs(cfg *config.Config, pc config.PoolConfig) (routing.Op
 	opts.Name = pc.Name
 	opts.Linger = pc.Linger.Duration
 	opts.Rise, opts.Fall = pc.Health.Rise, pc.Health.Fall
+	opts.Table = s.table(pc)
 	opts.Pins = make(map[string]string, len(pc.Pins))
 	for u, b := range pc.Pins {
 		opts.Pins[cfg.Auth.RoutingKey(u)] = b
@@ -417,6 +426,7 @@ func (s *Server) StartBackground() {
 	s.bgCtx, s.bgStop = ctx, cancel
 	s.mu.Unlock()
 	s.state().startHealth(s, ctx)
+	s.startStore(ctx)
 }
 
 func (s *Server) stopBackground() {
@@ -428,5 +438,7 @@ func (s *Server) stopBackground() {
 	if stop != nil {
 		stop()
 		s.state().stopHealth()
+		s.bgDone.Wait()
 	}
+	s.closeStore()
 }

@@ -251,7 +251,7 @@ func (ss *session) dialBackend(ctx context.Context, login string, hello func(con
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		lease, err := ss.pool.Acquire(ss.proto, key, tried...)
+		lease, err := ss.pool.Acquire(ctx, ss.proto, key, tried...)
 		if err != nil {
 			ss.log.Warn("no backend available", "user", login, "tried", len(tried))
 			return nil, fmt.Errorf("pick backend: %w", err)

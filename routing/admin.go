@@ -2,8 +2,11 @@ package routing
 
 import (
 	"cmp"
+	"context"
+	"fmt"
 	"slices"
 	"strings"
+	"time"
 )
 
 // Observe records one health result for b and proto: from a health probe,
@@ -67,6 +70,94 @@ func (p *Pool) Kick(b *Backend) int {
 	p.mu.Unlock()
 	runKills(kill)
 	return n
+}
+
+// KickUsers ends every live session on b that has a user (IMAP, POP3; not
+// SMTP) and returns how many it ended.
+func (p *Pool) KickUsers(b *Backend) int {
+	var kill []func()
+	p.mu.Lock()
+	n := 0
+	for l := range b.leases.all() {
+		if l.User == "" || l.kicked {
+			continue
+		}
+		l.kicked = true
+		n++
+		if l.onKill != nil {
+			kill = append(kill, l.onKill)
+		}
+	}
+	p.mu.Unlock()
+	runKills(kill)
+	return n
+}
+
+// KickUser ends every live session of user that is not on keep (nil: end
+// them all) and returns how many it ended. As with Kick, the leases count
+// until their sessions release them.
+func (p *Pool) KickUser(user string, keep *Backend) int {
+	var kill []func()
+	p.mu.Lock()
+	n := 0
+	for _, b := range p.withRetired() {
+		if b == keep {
+			continue
+		}
+		for l := range b.leases.all() {
+			if l.User != user || l.kicked {
+				continue
+			}
+			l.kicked = true
+			n++
+			if l.onKill != nil {
+				kill = append(kill, l.onKill)
+			}
+		}
+	}
+	p.mu.Unlock()
+	runKills(kill)
+	return n
+}
+
+// SetPin pins user to b (nil: removes the pin, config pins included). A
+// pin wins over hashing for a user with no live or lingering binding.
+func (p *Pool) SetPin(user string, b *Backend) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if b == nil {
+		delete(p.pins, user)
+		return
+	}
+	p.pins[user] = b.Name
+}
+
+// Pin returns the backend user is pinned to, or "".
+func (p *Pool) Pin(user string) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.pins[user]
+}
+
+// MoveLinger is the least time a moved user's binding lingers with no
+// session, so that a move holds until the user's next login even with
+// linger = 0.
+const MoveLinger = time.Minute
+
+// Move re-points user to b: the user's sessions on other backends are
+// kicked, and the binding moves to b, lingering for the pool's linger (at
+// least MoveLinger), so the user's next session goes there (Dovecot
+// director's move). Pins are not changed: a pin applies again once the
+// binding has expired. It returns how many sessions it kicked; they count
+// no longer.
+func (p *Pool) Move(ctx context.Context, user string, b *Backend) (int, error) {
+	// Re-point first, then kick: a session that starts in between goes to
+	// b, and one on the old backend ends with the kick. The other order
+	// could let a new session start on the old backend and stay there.
+	if err := p.table.Move(ctx, user, b.Name, max(p.opts.Linger, MoveLinger)); err != nil {
+		return 0, fmt.Errorf("move %s: %w", user, err)
+	}
+	return p.KickUser(user, b), nil
 }
 
 // State returns b's state for proto.

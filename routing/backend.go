@@ -96,19 +96,20 @@ type BackendSpec struct {
 type Backend struct {
 	Name string
 
-	seed uint64
-	data atomic.Pointer[any] // BackendSpec.Data; replaced by Reconfigure
+	index int
+	seed  uint64
+	data  atomic.Pointer[any] // BackendSpec.Data; replaced by Reconfigure
 
 	// Guarded by Pool.mu.
-	serves    [numProtocols]bool
-	disabled  bool
-	retired   bool // removed from the config; kept while sessions hold it
-	cfgWeight int  // the weight the config gave; a reload that keeps it keeps a runtime weight
-	weight    int
-	draining  bool
-	health    [numProtocols]health
-	curRR     [numProtocols]int // smooth weighted round-robin state
-	leases    leaseList
+	serves     [numProtocols]bool
+	disabled   bool
+	retired    bool // removed from the config; kept while sessions hold it
+	baseWeight int  // from the config; runtime changes go on top
+	weight     int
+	draining   bool
+	health     [numProtocols]health
+	curRR      [numProtocols]int // smooth weighted round-robin state
+	leases     leaseList
 
 	sessions atomic.Int64
 }

@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"sync"
@@ -27,7 +28,7 @@ var benchKnown = sync.OnceValue(func() benchFixture {
 	}
 	users := benchUserNames("known", benchUsers)
 	for _, u := range users {
-		l, err := p.Acquire(IMAP, u)
+		l, err := p.Acquire(context.Background(), IMAP, u)
 		if err != nil {
 			panic(err)
 		}
@@ -51,7 +52,7 @@ func BenchmarkPick(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		l, err := f.pool.Acquire(IMAP, f.users[rng.IntN(len(f.users))])
+		l, err := f.pool.Acquire(context.Background(), IMAP, f.users[rng.IntN(len(f.users))])
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -68,7 +69,7 @@ func BenchmarkPickParallel(b *testing.B) {
 	b.RunParallel(func(pb *testing.PB) {
 		rng := rand.New(rand.NewPCG(rand.Uint64(), 0))
 		for pb.Next() {
-			l, err := f.pool.Acquire(IMAP, f.users[rng.IntN(len(f.users))])
+			l, err := f.pool.Acquire(context.Background(), IMAP, f.users[rng.IntN(len(f.users))])
 			if err != nil {
 				b.Error(err)
 				return
@@ -116,7 +117,7 @@ func BenchmarkAcquireNewUser(b *testing.B) {
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
-		l, err := p.Acquire(IMAP, users[i&(len(users)-1)])
+		l, err := p.Acquire(context.Background(), IMAP, users[i&(len(users)-1)])
 		if err != nil {
 			b.Fatal(err)
 		}

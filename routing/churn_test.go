@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"math/rand/v2"
@@ -153,7 +154,7 @@ func (m *churn) acquire(proto Protocol, u int) {
 			want = want || (b != ex && m.open(b, proto))
 		}
 	}
-	l, err := m.p.Acquire(proto, user, exclude...)
+	l, err := m.p.Acquire(context.Background(), proto, user, exclude...)
 	if (err == nil) != want {
 		m.fatalf("%v for user %d (live on %d, exclude %d): err %v, want success %v", proto, u, had, ex, err, want)
 	}
@@ -161,7 +162,7 @@ func (m *churn) acquire(proto Protocol, u int) {
 		m.refused++
 		return
 	}
-	b := m.index(l.Backend)
+	b := l.Backend.index
 	switch {
 	case had >= 0 && b != had:
 		m.moved++
@@ -203,15 +204,10 @@ func (m *churn) acquire(proto Protocol, u int) {
 	m.peak = max(m.peak, len(m.live))
 }
 
-// index is b's position in the pool.
-func (m *churn) index(b *Backend) int {
-	return slices.Index(m.backends, b)
-}
-
 // lastOn is the backend the table binds u to, or -1.
 func (m *churn) lastOn(u int) int {
-	if name, _, ok := m.p.Lookup(m.users[u]); ok {
-		return m.index(m.p.Backend(name))
+	if name, _, ok := lookupPool(m.p, m.users[u]); ok {
+		return m.p.Backend(name).index
 	}
 	return -1
 }
@@ -323,7 +319,7 @@ func (m *churn) check() {
 		for _, n := range m.on[u] {
 			total += n
 		}
-		name, live, _ := m.p.Lookup(m.users[u])
+		name, live, _ := lookupPool(m.p, m.users[u])
 		if int32(live) != total {
 			m.fatalf("user %d: table has %d live on %q, model %d", u, live, name, total)
 		}
@@ -446,7 +442,7 @@ func TestConcurrentChurn(t *testing.T) {
 				switch r := rng.IntN(100); {
 				case r < 45:
 					user := fmt.Sprint("u", rng.IntN(users))
-					l, err := p.Acquire(Protocol(rng.IntN(2)), user)
+					l, err := p.Acquire(context.Background(), Protocol(rng.IntN(2)), user)
 					if err == nil {
 						held = append(held, l)
 					}
@@ -479,7 +475,7 @@ func TestConcurrentChurn(t *testing.T) {
 		}
 	}
 	for i := range users {
-		if name, live, _ := p.Lookup(fmt.Sprint("u", i)); live != 0 {
+		if name, live, _ := lookupPool(p, fmt.Sprint("u", i)); live != 0 {
 			t.Errorf("u%d: table still has %d live on %s", i, live, name)
 		}
 	}

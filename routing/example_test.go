@@ -29,7 +29,7 @@ func ExamplePool() {
 	user := routing.Key("Alice", false, "example.org")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	imap, err := pool.Acquire(routing.IMAP, user)
+	imap, err := pool.Acquire(ctx, routing.IMAP, user)
 	if err != nil {
 		panic(err) // routing.ErrNoBackend
 	}
@@ -38,7 +38,7 @@ func ExamplePool() {
 
 	// Every other session of the user goes to the same backend while the
 	// first is live, whatever the protocol's policy.
-	pop, _ := pool.Acquire(routing.POP3, user)
+	pop, _ := pool.Acquire(ctx, routing.POP3, user)
 	pop.Release()
 	fmt.Println(user, "IMAP on", imap.Backend.Name, "POP3 on", pop.Backend.Name)
 

@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -35,7 +36,9 @@ type Pool struct {
 	backends []*Backend
 	byName   map[string]*Backend
 	table    Table
-	pick     picker
+	pins     map[string]string // routing key -> backend; config pins, then runtime changes
+	// Sessions whose table release runs outside the lock, not yet done.
+	inRelease map[userAt]int
 }
 
 // NewPool builds a pool. Backend names must be unique.
@@ -49,23 +52,49 @@ func NewPool(opts Options, specs []BackendSpec) (*Pool, error) {
 	if opts.Table == nil {
 		opts.Table = NewMemTable(nil)
 	}
-	if err := checkSpecs(opts, specs); err != nil {
-		return nil, err
-	}
 	p := &Pool{Name: opts.Name, opts: opts, table: opts.Table, byName: make(map[string]*Backend)}
-	p.pick = picker{p: p}
-	p.pick.decide = p.pick.run
-	for _, s := range specs {
-		b := &Backend{Name: s.Name, seed: hashString(s.Name)}
+	p.pins = make(map[string]string, len(opts.Pins))
+	p.inRelease = make(map[userAt]int)
+	for i, s := range specs {
+		if _, dup := p.byName[s.Name]; dup {
+			return nil, fmt.Errorf("pool %s: duplicate backend %q", opts.Name, s.Name)
+		}
+		b := &Backend{Name: s.Name, index: i, seed: hashString(s.Name)}
 		b.set(s)
 		p.backends = append(p.backends, b)
 		p.byName[s.Name] = b
 	}
+	for u, name := range opts.Pins {
+		if p.byName[name] == nil {
+			return nil, fmt.Errorf("pool %s: pin %q names unknown backend %q", opts.Name, u, name)
+		}
+		p.pins[u] = name
+	}
 	return p, nil
 }
 
-// checkSpecs refuses duplicate backend names and pins to unknown backends.
-func checkSpecs(opts Options, specs []BackendSpec) error {
+// set applies a spec to b. A weight the spec leaves as it was keeps the
+// weight set at runtime. The caller holds p.mu (or owns b alone).
+func (b *Backend) set(s BackendSpec) {
+	d := s.Data
+	b.data.Store(&d)
+	b.serves, b.disabled, b.retired = s.Serves, s.Disabled, false
+	if w := max(s.Weight, 0); w != b.baseWeight {
+		b.weight, b.baseWeight = w, w
+	}
+}
+
+// Reconfigure applies a new config to the pool in place, so that its leases,
+// bindings, health, drains and runtime pins carry over (a reload). opts
+// replaces the policies, linger, config pins and rise/fall (Table and
+// OnStateChange stay as NewPool set them). Backends are matched by name: new
+// ones are added up with no sessions; kept ones take the spec's data,
+// protocols, disabled flag and (when it changed in the spec) weight; removed
+// ones take no new user but stay, retired, for the users whose sessions are
+// still there, so no user is ever split: until those sessions end (or are
+// kicked) Backend still finds them. It changes nothing and returns the error
+// when the specs have duplicate names or the pins name unknown backends.
+func (p *Pool) Reconfigure(opts Options, specs []BackendSpec) error {
 	names := make(map[string]bool, len(specs))
 	for _, s := range specs {
 		if names[s.Name] {
@@ -78,34 +107,6 @@ func checkSpecs(opts Options, specs []BackendSpec) error {
 			return fmt.Errorf("pool %s: pin %q names unknown backend %q", opts.Name, u, name)
 		}
 	}
-	return nil
-}
-
-// set applies a spec to b. A weight the spec leaves as it was keeps the
-// weight set at runtime. The caller holds p.mu (or owns b alone).
-func (b *Backend) set(s BackendSpec) {
-	d := s.Data
-	b.data.Store(&d)
-	b.serves, b.disabled, b.retired = s.Serves, s.Disabled, false
-	if w := max(s.Weight, 0); w != b.cfgWeight {
-		b.weight, b.cfgWeight = w, w
-	}
-}
-
-// Reconfigure applies a new config to the pool in place, so that its leases,
-// bindings, health and drains carry over (a reload). opts replaces the
-// policies, linger, pins and rise/fall (Table and OnStateChange stay as
-// NewPool set them). Backends are matched by name: new ones are added up
-// with no sessions; kept ones take the spec's data, protocols, disabled flag
-// and (when it changed in the spec) weight; removed ones take no new user
-// but stay, retired, for the users whose sessions are still there, so no
-// user is ever split: until those sessions end (or are kicked) Backend
-// still finds them. It changes nothing and returns the error when the specs
-// have duplicate names or the pins name unknown backends.
-func (p *Pool) Reconfigure(opts Options, specs []BackendSpec) error {
-	if err := checkSpecs(opts, specs); err != nil {
-		return err
-	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	opts.Table, opts.OnStateChange = p.opts.Table, p.opts.OnStateChange
@@ -115,14 +116,30 @@ func (p *Pool) Reconfigure(opts Options, specs []BackendSpec) error {
 	if opts.Fall <= 0 {
 		opts.Fall = 2
 	}
-	p.opts = opts
+	// Pins: the new config's, with the runtime changes on top.
+	pins := make(map[string]string, len(opts.Pins))
+	for u, name := range opts.Pins {
+		pins[u] = name
+	}
+	for u, name := range p.pins {
+		if p.opts.Pins[u] != name && names[name] {
+			pins[u] = name // set at runtime
+		}
+	}
+	for u := range p.opts.Pins {
+		if _, ok := p.pins[u]; !ok {
+			delete(pins, u) // removed at runtime
+		}
+	}
+	p.opts, p.pins = opts, pins
 	backends := make([]*Backend, 0, len(specs))
 	keep := make(map[string]*Backend, len(specs))
-	for _, s := range specs {
+	for i, s := range specs {
 		b := p.byName[s.Name]
 		if b == nil {
 			b = &Backend{Name: s.Name, seed: hashString(s.Name)}
 		}
+		b.index = i
 		b.set(s)
 		backends = append(backends, b)
 		keep[s.Name] = b
@@ -154,8 +171,8 @@ func (p *Pool) Backend(name string) *Backend {
 }
 
 // Lookup returns the user's binding in the lease table.
-func (p *Pool) Lookup(user string) (backend string, live int, ok bool) {
-	return p.table.Lookup(user)
+func (p *Pool) Lookup(ctx context.Context, user string) (backend string, live int, ok bool, err error) {
+	return p.table.Lookup(ctx, user)
 }
 
 // usable reports whether b may carry a session of proto at all: it serves
@@ -171,8 +188,7 @@ func (p *Pool) open(b *Backend, proto Protocol) bool {
 }
 
 // accepting reports whether b takes users brought to it by a pin: weight
-// 0 keeps a backend out of hashing, not away from its pinned users. A
-// retired backend (removed by Reconfigure) takes no new user at all.
+// 0 keeps a backend out of hashing, not away from its pinned users.
 func (p *Pool) accepting(b *Backend, proto Protocol) bool {
 	return p.usable(b, proto) && !b.draining && !b.retired
 }
@@ -186,89 +202,129 @@ func (p *Pool) accepting(b *Backend, proto Protocol) bool {
 //     is draining or hashing would now say otherwise. If that backend is in
 //     exclude, the session fails rather than split the user.
 //  2. A user whose live backend is down is moved; the user's sessions still
-//     held on it are killed (only when there is somewhere to move to).
+//     held on it are killed (only when there is somewhere to move to). With
+//     a table shared by several instances, only when every live session
+//     there is this pool's: another instance's sessions hold the user until
+//     that instance ends them.
 //  3. A sticky user still lingering on an open backend goes back there.
-//  4. A pinned user goes to the pin if it is open.
+//  4. A pinned user goes to the pin if it is up and not draining.
+//  5. Anyone else goes where the protocol's policy says.
 //
 // Weight 0 keeps a backend out of rules 3 and 5 only: live sessions and
 // pins still bring users to it.
-//  5. Anyone else goes where the protocol's policy says.
-func (p *Pool) Acquire(proto Protocol, user string, exclude ...*Backend) (*Lease, error) {
+//
+// The pool's lock is not held while the table runs (a shared store is a
+// network round trip): the decision takes it briefly, and the lease is
+// registered under it afterwards. An error from the table wraps its cause
+// (ErrStoreDown when the store refuses); ErrNoBackend when nothing fits.
+func (p *Pool) Acquire(ctx context.Context, proto Protocol, user string, exclude ...*Backend) (*Lease, error) {
+	if user == "" {
+		p.mu.Lock()
+		l := p.register(p.choose(proto, "", exclude), user, proto, Token{})
+		p.mu.Unlock()
+		if l == nil {
+			return nil, ErrNoBackend
+		}
+		return l, nil
+	}
+	// The backend chosen may go down while the table runs: Observe kills
+	// the leases it knows of, and this one would escape it. Then the
+	// session is given back and the decision made again.
+	for range 3 {
+		l, err := p.acquireUser(ctx, proto, user, exclude)
+		if !errors.Is(err, errWentDown) {
+			return l, err
+		}
+	}
+	return nil, ErrNoBackend
+}
+
+// errWentDown is acquireUser's answer when the backend it chose went down
+// before the lease was registered.
+var errWentDown = errors.New("backend went down while acquiring")
+
+func (p *Pool) acquireUser(ctx context.Context, proto Protocol, user string, exclude []*Backend) (*Lease, error) {
+	k := picker{p: p, proto: proto, user: user, exclude: exclude}
+	tok, err := p.table.Acquire(ctx, user, k.run)
+	if err != nil {
+		return nil, fmt.Errorf("routing table: %w", err)
+	}
+	if tok.Backend == "" {
+		return nil, ErrNoBackend
+	}
 	var kill []func()
 	p.mu.Lock()
-	var chosen *Backend
-	if user == "" {
-		chosen = p.choose(proto, "", exclude)
-	} else {
-		k := &p.pick
-		k.proto, k.user, k.exclude = proto, user, exclude
-		if p.table.Acquire(user, k.decide) != "" {
-			chosen = k.chosen
-		}
-		if chosen != nil && k.moveFrom != nil {
+	chosen := p.byName[tok.Backend]
+	var l *Lease
+	if chosen != nil && p.usable(chosen, proto) {
+		l = p.register(chosen, user, proto, tok)
+		if k.moveFrom != nil {
 			kill = p.detachUser(k.moveFrom, user, kill)
 		}
-		k.reset()
-	}
-	var l *Lease
-	if chosen != nil {
-		l = &Lease{Backend: chosen, User: user, Proto: proto, pool: p}
-		chosen.leases.add(l)
-		chosen.sessions.Add(1)
 	}
 	p.mu.Unlock()
 	runKills(kill)
 	if l == nil {
-		return nil, ErrNoBackend
+		p.table.Release(ctx, user, tok, p.opts.Linger)
+		return nil, errWentDown
 	}
 	return l, nil
 }
 
-// picker is the decision Acquire hands to Table.Acquire. The pool keeps one,
-// guarded by p.mu, with its decide method value bound once, so a session
-// costs no closure allocation. decide only decides: a Table may call it more
-// than once (a shared store retrying its compare-and-set), so the sessions
-// to kill are acted on after the table has answered.
+// register adds a live lease on b (nil: none). The caller holds p.mu.
+func (p *Pool) register(b *Backend, user string, proto Protocol, tok Token) *Lease {
+	if b == nil {
+		return nil
+	}
+	l := &Lease{Backend: b, User: user, Proto: proto, pool: p, tok: tok}
+	b.leases.add(l)
+	b.sessions.Add(1)
+	return l
+}
+
+// picker is the decision Acquire hands to Table.Acquire. decide only
+// decides: a Table may call it more than once (a shared store retrying its
+// compare-and-set), so the sessions to kill are acted on after the table
+// has answered.
 type picker struct {
 	p        *Pool
-	decide   func(cur string, live int, ok bool) string // bound to run
 	proto    Protocol
 	user     string
 	exclude  []*Backend
-	chosen   *Backend
 	moveFrom *Backend // the user's live backend, down for proto
 }
 
-func (k *picker) reset() {
-	k.user, k.exclude, k.chosen, k.moveFrom = "", nil, nil, nil
-}
-
-// run applies rules 1 to 5 of Acquire to the user's current binding.
+// run applies rules 1 to 5 of Acquire to the user's current binding, under
+// the pool's lock.
 func (k *picker) run(cur string, live int, ok bool) string {
 	p := k.p
-	k.chosen, k.moveFrom = nil, nil
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	k.moveFrom = nil
 	if b := p.byName[cur]; ok && b != nil {
 		switch {
 		case live > 0 && p.usable(b, k.proto):
 			if excluded(b, k.exclude) {
 				return "" // never split the user
 			}
-			k.chosen = b
 			return cur
 		case live > 0 && p.servingUser(b, k.user):
 			return "" // healthy sessions of another protocol hold the user there
+		case live > 0 && p.userLeases(b, k.user) < live:
+			// Other instances sharing the table hold sessions there, and
+			// only they can end them: the user moves when they have
+			// (their backend is down for them too, or soon).
+			return ""
 		case live > 0:
 			k.moveFrom = b
 		case p.opts.Policies[k.proto] == Sticky && p.open(b, k.proto) && !excluded(b, k.exclude):
-			k.chosen = b
 			return cur
 		}
 	}
-	k.chosen = p.choose(k.proto, k.user, k.exclude)
-	if k.chosen == nil {
-		return ""
+	if c := p.choose(k.proto, k.user, k.exclude); c != nil {
+		return c.Name
 	}
-	return k.chosen.Name
+	return ""
 }
 
 // servingUser reports whether b still serves one of user's live sessions:
@@ -285,6 +341,18 @@ func (p *Pool) servingUser(b *Backend, user string) bool {
 	return false
 }
 
+// userLeases counts the user's live leases on b in this pool, and those
+// on their way out of the table. The caller holds p.mu.
+func (p *Pool) userLeases(b *Backend, user string) int {
+	n := p.inRelease[userAt{b, user}]
+	for l := range b.leases.all() {
+		if l.User == user {
+			n++
+		}
+	}
+	return n
+}
+
 func excluded(b *Backend, list []*Backend) bool {
 	for _, x := range list {
 		if x == b {
@@ -296,7 +364,7 @@ func excluded(b *Backend, list []*Backend) bool {
 
 // choose applies the pin and the policy. The caller holds p.mu.
 func (p *Pool) choose(proto Protocol, user string, exclude []*Backend) *Backend {
-	if pin := p.byName[p.opts.Pins[user]]; user != "" && pin != nil && p.accepting(pin, proto) && !excluded(pin, exclude) {
+	if pin := p.byName[p.pins[user]]; user != "" && pin != nil && p.accepting(pin, proto) && !excluded(pin, exclude) {
 		return pin
 	}
 	switch p.opts.Policies[proto] {
@@ -334,7 +402,7 @@ func (p *Pool) detach(l *Lease, kill []func()) []func() {
 	l.Backend.sessions.Add(-1)
 	l.killed = true
 	if l.User != "" {
-		p.table.Release(l.User, l.Backend.Name, p.opts.Linger)
+		kill = append(kill, p.releasing(l))
 	}
 	if l.onKill != nil {
 		kill = append(kill, l.onKill) // again, if it was kicked before
@@ -356,6 +424,7 @@ type Lease struct {
 	Proto   Protocol
 
 	pool *Pool
+	tok  Token // what the table acquired; zero for sessions of no user
 	// Guarded by pool.mu.
 	prev, next *Lease // in Backend.leases while live
 	onKill     func()
@@ -384,17 +453,46 @@ func (l *Lease) OnKill(f func()) {
 func (l *Lease) Release() {
 	p := l.pool
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if l.released {
+		p.mu.Unlock()
 		return
 	}
 	l.released = true
 	if l.killed {
+		p.mu.Unlock()
 		return // detach already released it
 	}
 	l.Backend.leases.remove(l)
 	l.Backend.sessions.Add(-1)
+	var release func()
 	if l.User != "" {
-		p.table.Release(l.User, l.Backend.Name, p.opts.Linger)
+		release = p.releasing(l)
 	}
+	p.mu.Unlock()
+	if release != nil {
+		release()
+	}
+}
+
+// releasing returns the function that gives l's session back to the
+// table, to be run outside the pool's lock (a store call). Until it has,
+// the session still counts as this pool's in userLeases: the table counts
+// it too. The caller holds p.mu.
+func (p *Pool) releasing(l *Lease) func() {
+	k := userAt{l.Backend, l.User}
+	p.inRelease[k]++
+	return func() {
+		p.table.Release(context.Background(), l.User, l.tok, p.opts.Linger)
+		p.mu.Lock()
+		if p.inRelease[k]--; p.inRelease[k] <= 0 {
+			delete(p.inRelease, k)
+		}
+		p.mu.Unlock()
+	}
+}
+
+// userAt names a user's sessions on one backend.
+type userAt struct {
+	b    *Backend
+	user string
 }

@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -45,7 +46,7 @@ func newPool(t testing.TB, opts Options, backends []BackendSpec) (*Pool, *clock)
 
 func acquire(t testing.TB, p *Pool, proto Protocol, user string, exclude ...*Backend) *Lease {
 	t.Helper()
-	l, err := p.Acquire(proto, user, exclude...)
+	l, err := p.Acquire(context.Background(), proto, user, exclude...)
 	if err != nil {
 		t.Fatalf("Acquire(%v, %q): %v", proto, user, err)
 	}
@@ -118,7 +119,7 @@ func TestStickyConcurrentAcquire(t *testing.T) {
 	errs := make(chan error, n)
 	for range n {
 		wg.Go(func() {
-			l, err := p.Acquire(IMAP, "alice@example.org")
+			l, err := p.Acquire(context.Background(), IMAP, "alice@example.org")
 			if err != nil {
 				errs <- err
 				return
@@ -144,7 +145,7 @@ func TestStickyConcurrentAcquire(t *testing.T) {
 	if on.Sessions() != n {
 		t.Fatalf("%s has %d sessions, want %d", on.Name, on.Sessions(), n)
 	}
-	if b, live, _ := p.Lookup("alice@example.org"); b != on.Name || live != n {
+	if b, live, _ := lookupPool(p, "alice@example.org"); b != on.Name || live != n {
 		t.Fatalf("table says %s/%d, want %s/%d", b, live, on.Name, n)
 	}
 }
@@ -304,7 +305,7 @@ func TestDownKillsAndMoves(t *testing.T) {
 	}
 	// Bob still holds a working POP3 session on b0, down for IMAP: his new
 	// IMAP session fails rather than kill it, until the POP3 session ends.
-	if _, err := p.Acquire(IMAP, bob); err != ErrNoBackend {
+	if _, err := p.Acquire(context.Background(), IMAP, bob); err != ErrNoBackend {
 		t.Fatalf("bob's IMAP while his POP3 works on b0: %v, want ErrNoBackend", err)
 	}
 	if kills.count() != 2 || b0.Sessions() != 1 {
@@ -356,7 +357,7 @@ func TestLateReleaseOfKilledLease(t *testing.T) {
 		t.Fatalf("back on %s, want b0", back.Backend.Name)
 	}
 	old.Release() // the first session finally ends
-	if b, live, _ := p.Lookup(u); b != "b0" || live != 1 {
+	if b, live, _ := lookupPool(p, u); b != "b0" || live != 1 {
 		t.Fatalf("table says %s/%d, want b0/1", b, live)
 	}
 	for range 10 { // round-robin POP3 must follow the live IMAP lease
@@ -376,23 +377,23 @@ func TestExclude(t *testing.T) {
 		t.Fatal("went to excluded b0")
 	}
 	// A live session on the excluded backend: fail rather than split.
-	if _, err := p.Acquire(IMAP, u, l.Backend); !errors.Is(err, ErrNoBackend) {
+	if _, err := p.Acquire(context.Background(), IMAP, u, l.Backend); !errors.Is(err, ErrNoBackend) {
 		t.Fatalf("excluding the live backend: err %v, want ErrNoBackend", err)
 	}
-	if _, err := p.Acquire(POP3, u, l.Backend); !errors.Is(err, ErrNoBackend) {
+	if _, err := p.Acquire(context.Background(), POP3, u, l.Backend); !errors.Is(err, ErrNoBackend) {
 		t.Fatalf("POP3 excluding the live backend: err %v, want ErrNoBackend", err)
 	}
 	if l.Backend.Sessions() != 1 {
 		t.Fatalf("%d sessions, want 1", l.Backend.Sessions())
 	}
-	if _, live, _ := p.Lookup(u); live != 1 {
+	if _, live, _ := lookupPool(p, u); live != 1 {
 		t.Fatalf("failed acquires changed the table: live %d", live)
 	}
 	// Excluding all of them.
-	if _, err := p.Acquire(IMAP, "other", p.Backends()...); !errors.Is(err, ErrNoBackend) {
+	if _, err := p.Acquire(context.Background(), IMAP, "other", p.Backends()...); !errors.Is(err, ErrNoBackend) {
 		t.Fatalf("all excluded: err %v", err)
 	}
-	if _, err := p.Acquire(SMTP, "", p.Backends()...); !errors.Is(err, ErrNoBackend) {
+	if _, err := p.Acquire(context.Background(), SMTP, "", p.Backends()...); !errors.Is(err, ErrNoBackend) {
 		t.Fatalf("SMTP all excluded: err %v", err)
 	}
 }
@@ -402,14 +403,14 @@ func TestNoBackend(t *testing.T) {
 	for _, b := range p.Backends() {
 		takeDown(t, p, b, IMAP)
 	}
-	if _, err := p.Acquire(IMAP, "u"); !errors.Is(err, ErrNoBackend) {
+	if _, err := p.Acquire(context.Background(), IMAP, "u"); !errors.Is(err, ErrNoBackend) {
 		t.Fatalf("err %v, want ErrNoBackend", err)
 	}
 	if l := acquire(t, p, POP3, "u"); l == nil {
 		t.Fatal("POP3 is up")
 	}
 	q, _ := newPool(t, Options{}, nil)
-	if _, err := q.Acquire(IMAP, "u"); !errors.Is(err, ErrNoBackend) {
+	if _, err := q.Acquire(context.Background(), IMAP, "u"); !errors.Is(err, ErrNoBackend) {
 		t.Fatalf("empty pool: err %v", err)
 	}
 }
@@ -641,7 +642,7 @@ func TestStatusAndUserSessions(t *testing.T) {
 	acquire(t, p, IMAP, "u")
 	acquire(t, p, POP3, "u")
 	acquire(t, p, IMAP, "v")
-	if _, err := p.Acquire(SMTP, ""); !errors.Is(err, ErrNoBackend) {
+	if _, err := p.Acquire(context.Background(), SMTP, ""); !errors.Is(err, ErrNoBackend) {
 		t.Fatalf("SMTP: %v, a does not serve it and the rest are closed", err)
 	}
 	st := p.Status()
@@ -693,7 +694,7 @@ func TestNewPoolErrors(t *testing.T) {
 	if st := p.Status(); st[0].Weight != 0 {
 		t.Errorf("negative weight kept as %d", st[0].Weight)
 	}
-	if _, err := p.Acquire(IMAP, "u"); !errors.Is(err, ErrNoBackend) {
+	if _, err := p.Acquire(context.Background(), IMAP, "u"); !errors.Is(err, ErrNoBackend) {
 		t.Errorf("weight-0 backend took a new user: %v", err)
 	}
 }
@@ -720,7 +721,7 @@ func TestOnKillRacesKick(t *testing.T) {
 	})
 	leases := make([]*Lease, n)
 	for i := range n {
-		l, err := p.Acquire(IMAP, fmt.Sprint("u", i))
+		l, err := p.Acquire(context.Background(), IMAP, fmt.Sprint("u", i))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -766,6 +767,15 @@ func TestRendezvousBoundIsExact(t *testing.T) {
 	}
 }
 
+// lookupPool is Pool.Lookup for tests of a MemTable, which never fails.
+func lookupPool(p *Pool, user string) (string, int, bool) {
+	b, live, ok, err := p.Lookup(context.Background(), user)
+	if err != nil {
+		panic(err)
+	}
+	return b, live, ok
+}
+
 // TestWeightZero (issue 10, point 8): weight 0 keeps a backend out of
 // hashing only. A pin still brings its user there, so does a live
 // session, and a pool of only weight-0 backends still serves its pinned
@@ -793,9 +803,7 @@ func TestWeightZero(t *testing.T) {
 	}
 	// A live session holds its user there as well, pin or not.
 	l := acquire(t, p, IMAP, "pinned@example.org")
-	p.mu.Lock()
-	p.opts.Pins = nil
-	p.mu.Unlock()
+	p.SetPin("pinned@example.org", nil)
 	if l2 := acquire(t, p, IMAP, "pinned@example.org"); l2.Backend != spare {
 		t.Errorf("user live on the weight-0 backend went to %s", l2.Backend.Name)
 	} else {
@@ -808,12 +816,12 @@ func TestWeightZero(t *testing.T) {
 		Policies: mailPolicies,
 		Pins:     map[string]string{"pinned@example.org": "spare"},
 	}, []BackendSpec{spec("spare", 0)})
-	if l, err := only.Acquire(IMAP, "pinned@example.org"); err != nil {
+	if l, err := only.Acquire(context.Background(), IMAP, "pinned@example.org"); err != nil {
 		t.Errorf("pool of weight-0 backends: pinned user refused: %v", err)
 	} else {
 		l.Release()
 	}
-	if _, err := only.Acquire(IMAP, "someone@example.org"); !errors.Is(err, ErrNoBackend) {
+	if _, err := only.Acquire(context.Background(), IMAP, "someone@example.org"); !errors.Is(err, ErrNoBackend) {
 		t.Errorf("pool of weight-0 backends: unpinned user got %v, want ErrNoBackend", err)
 	}
 }

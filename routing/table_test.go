@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"context"
 	"sync"
 	"testing"
 	"time"
@@ -45,13 +46,49 @@ func bindingString(backend string, live int, ok bool) string {
 }
 
 func lookupString(t Table, user string) string {
-	return bindingString(t.Lookup(user))
+	b, live, ok, err := t.Lookup(context.Background(), user)
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	return bindingString(b, live, ok)
+}
+
+// tokens drives a Table as sessions would: it keeps the token of the last
+// acquire per user and backend, and releases with it.
+type tokens struct {
+	tab  Table
+	last map[string]Token
+}
+
+func newTokens(tab Table) *tokens { return &tokens{tab: tab, last: map[string]Token{}} }
+
+func (k *tokens) acquire(user string, decide func(string, int, bool) string) {
+	tok, err := k.tab.Acquire(context.Background(), user, decide)
+	if err != nil {
+		panic(err)
+	}
+	if tok.Backend != "" {
+		k.last[user+"/"+tok.Backend] = tok
+	}
+}
+
+// release gives back the last token acquired for user on backend; a
+// backend never acquired gets a token no binding has.
+func (k *tokens) release(user, backend string, linger time.Duration) {
+	tok, ok := k.last[user+"/"+backend]
+	if !ok {
+		tok = Token{Backend: backend, Gen: 1 << 60}
+	}
+	if err := k.tab.Release(context.Background(), user, tok, linger); err != nil {
+		panic(err)
+	}
 }
 
 func TestMemTable(t *testing.T) {
 	const linger = time.Minute
 	c := newClock()
 	tab := NewMemTable(c.now)
+	k := newTokens(tab)
 	var seen string
 	steps := []struct {
 		name string
@@ -60,21 +97,21 @@ func TestMemTable(t *testing.T) {
 		want string // binding after the step
 		seen string // what decide was shown ("" when not called)
 	}{
-		{"first acquire", func() { tab.Acquire("u", to("b1", &seen)) }, "u", "b1/1", "none"},
-		{"second acquire same backend", func() { tab.Acquire("u", to("b1", &seen)) }, "u", "b1/2", "b1/1"},
-		{"release for another backend ignored", func() { tab.Release("u", "b2", linger) }, "u", "b1/2", ""},
-		{"release one", func() { tab.Release("u", "b1", linger) }, "u", "b1/1", ""},
-		{"release last lingers", func() { tab.Release("u", "b1", linger) }, "u", "b1/0", ""},
-		{"extra release ignored", func() { tab.Release("u", "b1", linger) }, "u", "b1/0", ""},
+		{"first acquire", func() { k.acquire("u", to("b1", &seen)) }, "u", "b1/1", "none"},
+		{"second acquire same backend", func() { k.acquire("u", to("b1", &seen)) }, "u", "b1/2", "b1/1"},
+		{"release for another backend ignored", func() { k.release("u", "b2", linger) }, "u", "b1/2", ""},
+		{"release one", func() { k.release("u", "b1", linger) }, "u", "b1/1", ""},
+		{"release last lingers", func() { k.release("u", "b1", linger) }, "u", "b1/0", ""},
+		{"extra release ignored", func() { k.release("u", "b1", linger) }, "u", "b1/0", ""},
 		{"still lingering just before deadline", func() { c.advance(linger - time.Nanosecond) }, "u", "b1/0", ""},
 		{"expired at deadline", func() { c.advance(time.Nanosecond) }, "u", "none", ""},
-		{"empty answer adds nothing", func() { tab.Acquire("u", to("", &seen)) }, "u", "none", "none"},
-		{"acquire again", func() { tab.Acquire("u", to("b1", &seen)) }, "u", "b1/1", "none"},
-		{"move restarts count", func() { tab.Acquire("u", to("b2", &seen)) }, "u", "b2/1", "b1/1"},
-		{"release for moved-from backend ignored", func() { tab.Release("u", "b1", linger) }, "u", "b2/1", ""},
-		{"empty answer keeps binding", func() { tab.Acquire("u", to("", &seen)) }, "u", "b2/1", "b2/1"},
-		{"release on new backend", func() { tab.Release("u", "b2", linger) }, "u", "b2/0", ""},
-		{"lingering binding shown to decide", func() { tab.Acquire("u", to("b2", &seen)) }, "u", "b2/1", "b2/0"},
+		{"empty answer adds nothing", func() { k.acquire("u", to("", &seen)) }, "u", "none", "none"},
+		{"acquire again", func() { k.acquire("u", to("b1", &seen)) }, "u", "b1/1", "none"},
+		{"move restarts count", func() { k.acquire("u", to("b2", &seen)) }, "u", "b2/1", "b1/1"},
+		{"release for moved-from backend ignored", func() { k.release("u", "b1", linger) }, "u", "b2/1", ""},
+		{"empty answer keeps binding", func() { k.acquire("u", to("", &seen)) }, "u", "b2/1", "b2/1"},
+		{"release on new backend", func() { k.release("u", "b2", linger) }, "u", "b2/0", ""},
+		{"lingering binding shown to decide", func() { k.acquire("u", to("b2", &seen)) }, "u", "b2/1", "b2/0"},
 	}
 	for _, s := range steps {
 		seen = ""
@@ -88,11 +125,38 @@ func TestMemTable(t *testing.T) {
 	}
 }
 
+// TestMemTableLateRelease: a session of an old binding that releases after
+// the user moved away and back must not end the newer binding's session.
+func TestMemTableLateRelease(t *testing.T) {
+	ctx := context.Background()
+	tab := NewMemTable(newClock().now)
+	old, _ := tab.Acquire(ctx, "u", to("b1", nil))
+	tab.Release(ctx, "u", old, time.Minute)
+	moved, _ := tab.Acquire(ctx, "u", to("b2", nil))
+	tab.Release(ctx, "u", moved, time.Minute)
+	back, _ := tab.Acquire(ctx, "u", to("b1", nil))
+	if back.Gen == old.Gen {
+		t.Fatalf("binding made again has the old generation %d", old.Gen)
+	}
+	tab.Release(ctx, "u", old, time.Minute) // late, twice over
+	if got := lookupString(tab, "u"); got != "b1/1" {
+		t.Fatalf("after a late release of the old binding: %s, want b1/1", got)
+	}
+	if err := tab.Move(ctx, "u", "b2", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	tab.Release(ctx, "u", back, time.Minute)
+	if got := lookupString(tab, "u"); got != "b2/0" {
+		t.Fatalf("after move and a release of the moved-away session: %s, want b2/0", got)
+	}
+}
+
 func TestMemTableLingerZero(t *testing.T) {
 	c := newClock()
 	tab := NewMemTable(c.now)
-	tab.Acquire("u", to("b1", nil))
-	tab.Release("u", "b1", 0)
+	k := newTokens(tab)
+	k.acquire("u", to("b1", nil))
+	k.release("u", "b1", 0)
 	if got := lookupString(tab, "u"); got != "none" {
 		t.Fatalf("linger 0: binding %s, want none", got)
 	}
@@ -101,11 +165,12 @@ func TestMemTableLingerZero(t *testing.T) {
 func TestMemTableSweep(t *testing.T) {
 	c := newClock()
 	tab := NewMemTable(c.now)
-	tab.Acquire("live", to("b1", nil))
-	tab.Acquire("short", to("b1", nil))
-	tab.Release("short", "b1", time.Second)
-	tab.Acquire("long", to("b2", nil))
-	tab.Release("long", "b2", time.Hour)
+	k := newTokens(tab)
+	k.acquire("live", to("b1", nil))
+	k.acquire("short", to("b1", nil))
+	k.release("short", "b1", time.Second)
+	k.acquire("long", to("b2", nil))
+	k.release("long", "b2", time.Hour)
 	if n := tab.Sweep(); n != 3 {
 		t.Fatalf("Sweep before expiry = %d, want 3", n)
 	}
@@ -129,8 +194,9 @@ func TestMemTableSweep(t *testing.T) {
 
 func TestMemTableDefaultClock(t *testing.T) {
 	tab := NewMemTable(nil)
-	tab.Acquire("u", to("b1", nil))
-	tab.Release("u", "b1", time.Hour)
+	k := newTokens(tab)
+	k.acquire("u", to("b1", nil))
+	k.release("u", "b1", time.Hour)
 	if got := lookupString(tab, "u"); got != "b1/0" {
 		t.Fatalf("binding %s, want b1/0", got)
 	}

@@ -91,6 +91,22 @@ func TestCtlStatusAndDrain(t *testing.T) {
 	if code != 0 || out != "kicked 0 sessions on p/mail1; 0 left; it is up\n" {
 		t.Errorf("ctl kick: %d %q", code, out)
 	}
+	code, out, _ = runCtl("-admin", addr, "weight", "p", "mail2", "3")
+	if code != 0 || out != "p/mail2 has weight 3; it is up\n" {
+		t.Errorf("ctl weight: %d %q", code, out)
+	}
+	code, out, _ = runCtl("-admin", addr, "pin", "Bob", "p", "mail2")
+	if code != 0 || out != "bob pinned to mail2 in pool p\n" || srv.Pool("p").Pin("bob") != "mail2" {
+		t.Errorf("ctl pin: %d %q", code, out)
+	}
+	code, out, _ = runCtl("-admin", addr, "pin", "bob", "p")
+	if code != 0 || out != "bob unpinned in pool p\n" || srv.Pool("p").Pin("bob") != "" {
+		t.Errorf("ctl pin without a backend: %d %q", code, out)
+	}
+	code, out, _ = runCtl("-admin", addr, "move", "bob", "p", "mail1")
+	if code != 0 || out != "bob moved to mail1 in pool p; 0 sessions closed here\n" {
+		t.Errorf("ctl move: %d %q", code, out)
+	}
 	code, out, _ = runCtl("-admin", addr, "user", "Alice")
 	if code != 0 || !strings.Contains(out, "user alice") || !strings.Contains(out, "p     -         0     -    -") {
 		t.Errorf("ctl user: %d %q", code, out)
@@ -110,6 +126,10 @@ func TestCtlErrors(t *testing.T) {
 	code, _, errOut = runCtl("-admin", addr, "kick", "p")
 	if code != 2 || !strings.Contains(errOut, "kick takes 2 arguments, not 1") {
 		t.Errorf("kick with one argument: %d %q", code, errOut)
+	}
+	code, _, errOut = runCtl("-admin", addr, "weight", "p", "mail1", "many")
+	if code != 2 || !strings.Contains(errOut, `weight "many" is not a number >= 0`) {
+		t.Errorf("weight not a number: %d %q", code, errOut)
 	}
 	code, _, errOut = runCtl("-admin", "127.0.0.1:1", "status")
 	if code != 1 || !strings.Contains(errOut, "admin API") || !strings.Contains(errOut, "connection refused") {

@@ -4,8 +4,8 @@
 // Usage (`mailproxy help` lists every command with its flags):
 //
 //	mailproxy [run] -config FILE   serve (the default command)
-//	mailproxy check -config FILE   validate a config and exit
-//	mailproxy ctl COMMAND          call the admin API: status, drain, undrain, kick, user, reload
+//	mailproxy check -config FILE   validate a config, print its warnings, and exit
+//	mailproxy ctl COMMAND          call the admin API: status, drain, undrain, kick, weight, pin, move, user, reload
 //	mailproxy demo                 run against built-in in-memory backends
 //	mailproxy version              the module version and VCS revision
 //	mailproxy help [COMMAND]       the commands, or one command's flags

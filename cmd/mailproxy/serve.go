@@ -93,7 +93,8 @@ func (r *reloader) reload() (notes []string, err error) {
 }
 
 // restartNotes lists what differs between old and cfg that a reload does
-// not apply: the admin API, the pair and the log format are set up once.
+// not apply: the admin API, the pair, the routing store and the log format
+// are set up once.
 func restartNotes(old, cfg *config.Config) []string {
 	var notes []string
 	if old.Admin != cfg.Admin {
@@ -101,6 +102,9 @@ func restartNotes(old, cfg *config.Config) []string {
 	}
 	if !reflect.DeepEqual(old.Peer, cfg.Peer) {
 		notes = append(notes, "[peer] changed; it applies at the next restart")
+	}
+	if !reflect.DeepEqual(old.Store, cfg.Store) {
+		notes = append(notes, "[store] changed; it applies at the next restart")
 	}
 	if old.Log.Format != cfg.Log.Format {
 		notes = append(notes, "[log] format changed; it applies at the next restart")

@@ -8,8 +8,15 @@
 //	POST /pools/{pool}/backends/{backend}/drain    no new users; live users keep coming
 //	POST /pools/{pool}/backends/{backend}/undrain  end a drain
 //	POST /pools/{pool}/backends/{backend}/kick     close every session there now
+//	POST /pools/{pool}/backends/{backend}/weight   {"weight": N}: the backend's share of new users
+//	POST /users/{user}/pin                         {"pool": P, "backend": B}: pin (empty backend: unpin)
+//	POST /users/{user}/move                        {"pool": P, "backend": B}: re-point, kick the sessions elsewhere
 //	POST /reload                                   load, check and apply the config file (as SIGHUP)
 //	GET  /                                         the status page (HTML) over /status, with drain buttons
+//
+// Drains, weights and pins are kept in the routing store ([store]): with
+// Redis every instance sharing it applies them, and with memory they
+// persist in state_file; kicks and moves reach every instance of the store.
 //
 // With [admin] token_file set, POST calls and GET /users/{user} need
 // "Authorization: Bearer <token>" (401 otherwise); /status and /metrics
@@ -27,7 +34,9 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -73,6 +82,15 @@ type Server interface {
 	Pools() []*routing.Pool
 	Pool(name string) *routing.Pool // nil when there is none
 	Config() *config.Config         // the config in force; not modified
+
+	// The admin changes. Errors wrap routing.ErrNotFound for an unknown
+	// pool, backend or user; others mean the routing store did not take
+	// the change.
+	SetDraining(ctx context.Context, pool, backend string, on bool) error
+	SetWeight(ctx context.Context, pool, backend string, weight int) error
+	SetPin(ctx context.Context, pool, user, backend string) error
+	Kick(ctx context.Context, pool, backend string) (int, error)
+	Move(ctx context.Context, pool, user, backend string) (int, error)
 }
 
 // API is the admin HTTP API of one Server. Its methods are safe for
@@ -122,6 +140,7 @@ func (a *API) routes() {
 		a.mux.HandleFunc("POST /reload", a.reload)
 		a.mux.Handle("/reload", methodNotAllowed("POST"))
 	}
+	a.mux.HandleFunc("POST /users/{user}/{action}", a.userAction)
 	if a.opts.Metrics != nil {
 		a.mux.Handle("GET /metrics", a.opts.Metrics)
 		a.mux.Handle("/metrics", methodNotAllowed("GET"))
@@ -129,6 +148,7 @@ func (a *API) routes() {
 	a.mux.Handle("/status", methodNotAllowed("GET"))
 	a.mux.Handle("/users/{user}", methodNotAllowed("GET"))
 	a.mux.Handle(action, methodNotAllowed("POST"))
+	a.mux.Handle("/users/{user}/{action}", methodNotAllowed("POST"))
 	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path)
 	})
@@ -238,29 +258,84 @@ func (a *API) user(w http.ResponseWriter, r *http.Request) {
 	cfg := a.srv.Config()
 	key := cfg.Auth.RoutingKey(r.PathValue("user"))
 	us := UserStatus{User: key, Pools: []UserPool{}}
-	for _, pc := range cfg.Pools { // by name: a reload may swap the pools meanwhile
-		p := a.srv.Pool(pc.Name)
-		if p == nil {
-			continue
-		}
-		up := UserPool{Pool: p.Name, Sessions: p.UserSessions(key)}
+	for _, p := range a.srv.Pools() {
+		up := UserPool{Pool: p.Name, Sessions: p.UserSessions(key), Pin: p.Pin(key)}
 		if up.Sessions == nil {
 			up.Sessions = []routing.SessionInfo{}
 		}
-		if b, live, ok := p.Lookup(key); ok {
-			up.Backend, up.Live = b, live
+		b, live, ok, err := p.Lookup(r.Context(), key)
+		if err != nil {
+			writeError(w, http.StatusServiceUnavailable, err.Error())
+			return
 		}
-		for u, b := range pc.Pins {
-			if cfg.Auth.RoutingKey(u) == key {
-				up.Pin = b
-			}
+		if ok {
+			up.Backend, up.Live = b, live
 		}
 		us.Pools = append(us.Pools, up)
 	}
 	writeJSON(w, http.StatusOK, us)
 }
 
-// action runs drain, undrain or kick on one backend.
+// changeError answers a failed admin change: 404 for an unknown name, 400
+// for a bad value, 503 when the routing store did not take it.
+func changeError(w http.ResponseWriter, err error, bad bool) {
+	switch {
+	case errors.Is(err, routing.ErrNotFound):
+		writeError(w, http.StatusNotFound, err.Error())
+	case bad:
+		writeError(w, http.StatusBadRequest, err.Error())
+	default:
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+	}
+}
+
+// readBody decodes a small JSON body into v.
+func readBody(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("body: %w", err)
+	}
+	return nil
+}
+
+// userAction runs pin or move for one user.
+func (a *API) userAction(w http.ResponseWriter, r *http.Request) {
+	if !a.authorized(r) {
+		a.refuse(w, r)
+		return
+	}
+	var body UserChange
+	if err := readBody(r, &body); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	user, act := r.PathValue("user"), r.PathValue("action")
+	res := UserResult{User: a.srv.Config().Auth.RoutingKey(user), Pool: body.Pool, Backend: body.Backend, Action: act}
+	attrs := []any{"user", res.User, "pool", body.Pool, "backend", body.Backend, "client", r.RemoteAddr}
+	var err error
+	switch act {
+	case "pin":
+		err = a.srv.SetPin(r.Context(), body.Pool, user, body.Backend)
+	case "move":
+		if body.Backend == "" {
+			writeError(w, http.StatusBadRequest, "move needs a backend")
+			return
+		}
+		res.Kicked, err = a.srv.Move(r.Context(), body.Pool, user, body.Backend)
+	default:
+		writeError(w, http.StatusNotFound, fmt.Sprintf("unknown action %q (want pin or move)", act))
+		return
+	}
+	if err != nil {
+		changeError(w, err, false)
+		return
+	}
+	a.log.Info("user "+act, attrs...)
+	writeJSON(w, http.StatusOK, res)
+}
+
+// action runs drain, undrain, kick or weight on one backend.
 func (a *API) action(w http.ResponseWriter, r *http.Request) {
 	if !a.authorized(r) {
 		a.refuse(w, r)
@@ -273,26 +348,43 @@ func (a *API) action(w http.ResponseWriter, r *http.Request) {
 	}
 	res := Result{Pool: pool.Name, Backend: b.Name, Action: r.PathValue("action")}
 	attrs := []any{"pool", pool.Name, "backend", b.Name, "client", r.RemoteAddr}
+	ctx := r.Context()
 	switch res.Action {
-	case "drain":
-		pool.SetDraining(b, true)
-		a.log.Info("backend draining", append(attrs, "sessions", b.Sessions())...)
-	case "undrain":
-		pool.SetDraining(b, false)
-		a.log.Info("backend undrained", attrs...)
+	case "drain", "undrain":
+		if err := a.srv.SetDraining(ctx, pool.Name, b.Name, res.Action == "drain"); err != nil {
+			changeError(w, err, false)
+			return
+		}
+		a.log.Info("backend "+map[string]string{"drain": "draining", "undrain": "undrained"}[res.Action], append(attrs, "sessions", b.Sessions())...)
+	case "weight":
+		var body WeightChange
+		if err := readBody(r, &body); err != nil || body.Weight == nil {
+			writeError(w, http.StatusBadRequest, `want a body {"weight": N}`)
+			return
+		}
+		if err := a.srv.SetWeight(ctx, pool.Name, b.Name, *body.Weight); err != nil {
+			changeError(w, err, true)
+			return
+		}
+		a.log.Info("backend weight", append(attrs, "weight", *body.Weight)...)
 	case "kick":
 		before := b.Sessions()
-		res.Kicked = pool.Kick(b)
+		n, err := a.srv.Kick(ctx, pool.Name, b.Name)
+		res.Kicked = n
 		a.log.Info(fmt.Sprintf("kicked %d sessions", res.Kicked), append(attrs, "sessions", res.Kicked)...)
-		waitReleased(r.Context(), b, before-res.Kicked)
+		waitReleased(ctx, b, before-res.Kicked)
+		if err != nil {
+			changeError(w, err, false)
+			return
+		}
 	default:
-		writeError(w, http.StatusNotFound, fmt.Sprintf("unknown action %q (want drain, undrain or kick)", res.Action))
+		writeError(w, http.StatusNotFound, fmt.Sprintf("unknown action %q (want drain, undrain, kick or weight)", res.Action))
 		return
 	}
 	res.Sessions = b.Sessions()
 	for _, st := range pool.Status() {
 		if st.Name == b.Name {
-			res.State = st.State
+			res.State, res.Weight = st.State, st.Weight
 		}
 	}
 	writeJSON(w, http.StatusOK, res)

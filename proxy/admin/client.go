@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -60,6 +61,25 @@ func (c *Client) Kick(ctx context.Context, pool, backend string) (*Result, error
 	return c.action(ctx, pool, backend, "kick")
 }
 
+// Weight calls POST /pools/{pool}/backends/{backend}/weight.
+func (c *Client) Weight(ctx context.Context, pool, backend string, weight int) (*Result, error) {
+	var res Result
+	path := fmt.Sprintf("/pools/%s/backends/%s/weight", url.PathEscape(pool), url.PathEscape(backend))
+	return &res, c.doBody(ctx, http.MethodPost, path, WeightChange{Weight: &weight}, &res)
+}
+
+// Pin calls POST /users/{user}/pin; backend "" unpins.
+func (c *Client) Pin(ctx context.Context, user, pool, backend string) (*UserResult, error) {
+	var res UserResult
+	return &res, c.doBody(ctx, http.MethodPost, "/users/"+url.PathEscape(user)+"/pin", UserChange{Pool: pool, Backend: backend}, &res)
+}
+
+// Move calls POST /users/{user}/move.
+func (c *Client) Move(ctx context.Context, user, pool, backend string) (*UserResult, error) {
+	var res UserResult
+	return &res, c.doBody(ctx, http.MethodPost, "/users/"+url.PathEscape(user)+"/move", UserChange{Pool: pool, Backend: backend}, &res)
+}
+
 func (c *Client) action(ctx context.Context, pool, backend, action string) (*Result, error) {
 	var res Result
 	path := fmt.Sprintf("/pools/%s/backends/%s/%s", url.PathEscape(pool), url.PathEscape(backend), action)
@@ -76,9 +96,25 @@ func (c *Client) base() string {
 // do makes one call and decodes a 200 answer into out; any other answer
 // becomes an *APIError with the server's message.
 func (c *Client) do(ctx context.Context, method, path string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, c.base()+path, nil)
+	return c.doBody(ctx, method, path, nil, out)
+}
+
+// doBody is do with a JSON body (nil: none).
+func (c *Client) doBody(ctx context.Context, method, path string, in, out any) error {
+	var reqBody io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		reqBody = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base()+path, reqBody)
 	if err != nil {
 		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	if c.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.Token)

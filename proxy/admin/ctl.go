@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -23,6 +24,9 @@ const CtlUsage = `commands:
   drain POOL BACKEND      send no new users to BACKEND; its live users keep coming
   undrain POOL BACKEND    end a drain
   kick POOL BACKEND       close every session on BACKEND now
+  weight POOL BACKEND N   set BACKEND's weight for new users (0: none by hashing)
+  pin USER POOL [BACKEND] pin USER to BACKEND; without BACKEND, unpin
+  move USER POOL BACKEND  re-point USER to BACKEND and close its sessions elsewhere
   user NAME               where NAME is routed, and its live sessions
   reload                  load, check and apply the config file (as SIGHUP)
 `
@@ -31,20 +35,43 @@ const CtlUsage = `commands:
 // arguments) through c and writes a readable answer to w. A wrong command
 // line is an error wrapping ErrUsage; an error from the server carries its
 // message.
-func Ctl(ctx context.Context, c *Client, args []string, w io.Writer) error {
+func Ctl(ctx context.Context, c *Client, args []string, out io.Writer) error {
+	w := out
 	if len(args) == 0 {
 		return fmt.Errorf("%w: no command", ErrUsage)
 	}
 	cmd, args := args[0], args[1:]
-	want := map[string]int{"status": 0, "user": 1, "drain": 2, "undrain": 2, "kick": 2, "reload": 0}
+	want := map[string]int{"status": 0, "user": 1, "drain": 2, "undrain": 2, "kick": 2, "weight": 3, "pin": 3, "move": 3, "reload": 0}
 	n, ok := want[cmd]
 	switch {
 	case !ok:
 		return fmt.Errorf("%w: unknown command %q", ErrUsage, cmd)
+	case cmd == "pin" && len(args) == 2:
+		args = append(args, "") // unpin
 	case len(args) != n:
 		return fmt.Errorf("%w: %s takes %d arguments, not %d", ErrUsage, cmd, n, len(args))
 	}
 	switch cmd {
+	case "weight":
+		n, err := strconv.Atoi(args[2])
+		if err != nil || n < 0 {
+			return fmt.Errorf("%w: weight %q is not a number >= 0", ErrUsage, args[2])
+		}
+		res, err := c.Weight(ctx, args[0], args[1], n)
+		if err != nil {
+			return err
+		}
+		return printResult(out, res)
+	case "pin", "move":
+		call := c.Pin
+		if cmd == "move" {
+			call = c.Move
+		}
+		res, err := call(ctx, args[0], args[1], args[2])
+		if err != nil {
+			return err
+		}
+		return printUserResult(w, res)
 	case "status":
 		st, err := c.Status(ctx)
 		if err != nil {
@@ -72,6 +99,19 @@ func Ctl(ctx context.Context, c *Client, args []string, w io.Writer) error {
 		return err
 	}
 	return printResult(w, res)
+}
+
+func printUserResult(w io.Writer, r *UserResult) error {
+	switch {
+	case r.Action == "move":
+		_, err := fmt.Fprintf(w, "%s moved to %s in pool %s; %d sessions closed here\n", r.User, r.Backend, r.Pool, r.Kicked)
+		return err
+	case r.Backend == "":
+		_, err := fmt.Fprintf(w, "%s unpinned in pool %s\n", r.User, r.Pool)
+		return err
+	}
+	_, err := fmt.Fprintf(w, "%s pinned to %s in pool %s\n", r.User, r.Backend, r.Pool)
+	return err
 }
 
 func printStatus(w io.Writer, st *Status) error {
@@ -198,6 +238,8 @@ func printResult(w io.Writer, r *Result) error {
 		_, err = fmt.Fprintf(w, "%s/%s is %s: no new users; %d sessions left\n", r.Pool, r.Backend, state, r.Sessions)
 	case "undrain":
 		_, err = fmt.Fprintf(w, "%s/%s is %s: takes new users again\n", r.Pool, r.Backend, r.State)
+	case "weight":
+		_, err = fmt.Fprintf(w, "%s/%s has weight %d; it is %s\n", r.Pool, r.Backend, r.Weight, r.State)
 	default:
 		_, err = fmt.Fprintf(w, "kicked %d sessions on %s/%s; %d left; it is %s\n", r.Kicked, r.Pool, r.Backend, r.Sessions, r.State)
 	}

@@ -35,7 +35,7 @@ type UserPool struct {
 	// Empty when the user has no binding in this pool.
 	Backend  string                `json:"backend,omitempty"`
 	Live     int                   `json:"live"`          // live sessions the lease table counts
-	Pin      string                `json:"pin,omitempty"` // static pin from the config
+	Pin      string                `json:"pin,omitempty"` // pin: the config's, or one made through the API
 	Sessions []routing.SessionInfo `json:"sessions"`      // the live sessions, by backend and protocol
 }
 
@@ -43,8 +43,9 @@ type UserPool struct {
 type Result struct {
 	Pool     string `json:"pool"`
 	Backend  string `json:"backend"`
-	Action   string `json:"action"`   // drain | undrain | kick
+	Action   string `json:"action"`   // drain | undrain | kick | weight
 	State    string `json:"state"`    // the backend's state afterwards
+	Weight   int    `json:"weight"`   // the backend's weight afterwards
 	Sessions int    `json:"sessions"` // live sessions left on it
 	Kicked   int    `json:"kicked"`   // sessions closed by kick
 }
@@ -62,4 +63,24 @@ type ListenerStatus struct {
 	TLS      string `json:"tls"`
 	Pool     string `json:"pool"`
 	Serving  bool   `json:"serving"`
+}
+
+// WeightChange is the body of POST /pools/{pool}/backends/{backend}/weight.
+type WeightChange struct {
+	Weight *int `json:"weight"` // >= 0; 0: no new users by hashing
+}
+
+// UserChange is the body of POST /users/{user}/pin and /move.
+type UserChange struct {
+	Pool    string `json:"pool"`
+	Backend string `json:"backend"` // pin: "" unpins
+}
+
+// UserResult is the answer to POST /users/{user}/pin and /move.
+type UserResult struct {
+	User    string `json:"user"` // the routing key
+	Pool    string `json:"pool"`
+	Backend string `json:"backend"`
+	Action  string `json:"action"` // pin | move
+	Kicked  int    `json:"kicked"` // move: sessions closed on this instance
 }

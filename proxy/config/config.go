@@ -23,7 +23,8 @@ type Config struct {
 	Auth      AuthConfig       `toml:"auth"`
 	Listeners []ListenerConfig `toml:"listener"`
 	Pools     []PoolConfig     `toml:"pool"`
-	Peer      *PeerConfig      `toml:"peer"` // nil: no pair, always active
+	Peer      *PeerConfig      `toml:"peer"`  // nil: no pair, always active
+	Store     *StoreConfig     `toml:"store"` // never nil after loading: defaults to memory
 
 	source string         // file name for messages; set by Parse
 	lines  map[string]int // indexed key path -> line; set by Parse

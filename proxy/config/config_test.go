@@ -308,6 +308,10 @@ name = "imaponly"
 			[]cfgWant{{"auth.penalty.window", "window", "longer than 0s"}, {"auth.penalty.ip_user_limit", "ip_user_limit", "less than 0"}}},
 		{"peer checks", cfgWith("[peer]\nnode = \"lb1\"\nlisten = \"0.0.0.0:7946\"\naddress = \"lb2\"\ninterval = \"2s\"\n"),
 			[]cfgWant{{"peer.address", "lb2", "not host:port"}, {"peer.secret_file", "[peer]", "missing"}, {"peer.dead_after", "[peer]", "longer than peer.interval"}}},
+		{"store checks", cfgWith("[store]\ntype = \"etcd\"\non_store_loss = \"panic\"\nlease_ttl = \"100ms\"\n"),
+			[]cfgWant{{"store.type", "type", `"memory" or "redis"`}, {"store.on_store_loss", "on_store_loss", `"hash" or "refuse"`}, {"store.lease_ttl", "lease_ttl", "shorter than 1s"}}},
+		{"redis store checks", cfgWith("[store]\ntype = \"redis\"\naddress = \"redis\"\nstate_file = \"s.json\"\nsentinel_master = \"m\"\n"),
+			[]cfgWant{{"store.address", "address", "not host:port"}, {"store.state_file", "state_file", "only for type memory"}, {"store.sentinel_master", "sentinel_master", "needs store.addresses"}}},
 		{"multi-line values keep line numbers", cfgWith(`
 [peer]
 node = "lb1"

@@ -472,6 +472,7 @@ func (c *Config) applyDefaults(md *toml.MetaData, raw map[string]any) {
 		defDur(&p.Interval, 200*time.Millisecond, md.IsDefined("peer", "interval"))
 		defDur(&p.DeadAfter, time.Second, md.IsDefined("peer", "dead_after"))
 	}
+	c.storeDefaults(md)
 }
 
 func (p *PoolConfig) applyDefaults(m map[string]any) {

@@ -27,6 +27,7 @@ func (c *Config) problems() []Problem {
 	pools := c.checkPools(ck)
 	c.checkListeners(ck, pools)
 	c.checkPeer(ck)
+	c.checkStore(ck)
 	return ck.problems
 }
 
