@@ -22,6 +22,8 @@ import (
 	"mailproxy/internal/testkit"
 	"mailproxy/protocols"
 	"mailproxy/protocols/imap"
+	"mailproxy/protocols/lmtp"
+	"mailproxy/protocols/managesieve"
 	"mailproxy/protocols/pop3"
 	"mailproxy/protocols/smtp"
 	"mailproxy/proxy"
@@ -31,7 +33,8 @@ import (
 // handlers are the protocol implementations under test, wired as
 // cmd/mailproxy wires them.
 func handlers() map[string]protocols.Handler {
-	return map[string]protocols.Handler{"imap": imap.Handler{}, "pop3": pop3.Handler{}, "smtp": smtp.Handler{}}
+	return map[string]protocols.Handler{"imap": imap.Handler{}, "pop3": pop3.Handler{}, "smtp": smtp.Handler{},
+		"lmtp": lmtp.Handler{}, "managesieve": &managesieve.Handler{}}
 }
 
 // env is one running mailproxy under test.

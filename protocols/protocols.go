@@ -1,6 +1,7 @@
-// Package protocols is the contract between the proxy and the three
-// protocol packages (imap, pop3, smtp): what the proxy hands a protocol for
-// one client connection, and what the protocol hands back after login.
+// Package protocols is the contract between the proxy and the protocol
+// packages (imap, pop3, smtp, lmtp, managesieve): what the proxy hands a
+// protocol for one client connection, and what the protocol hands back
+// after login.
 //
 // A protocol package speaks its protocol on both sides (the client dialogue
 // before login, and the backend's greeting, STARTTLS and login) but never
@@ -106,6 +107,13 @@ type Session struct {
 	// gets the client's user name, which routes. nil (passthrough): the
 	// backend checks the client's credentials.
 	Authenticate func(ctx context.Context, c Credentials) (Credentials, error)
+
+	// Route, on listeners of a protocol that routes each recipient on
+	// its own (LMTP), places user as an IMAP login of user would be placed
+	// and holds the user there until the returned Lease is released. The
+	// protocol never picks a backend itself: it asks Route for every user.
+	// Nil on other listeners.
+	Route func(ctx context.Context, user string) (*Lease, error)
 
 	// User is the login name of the last login attempt, for the session log.
 	User string

@@ -189,7 +189,7 @@ func (s *Server) openAdded(old, st *state) (map[string]net.Listener, error) {
 		if o := old.listener(l.Name); o != nil && o.Address == l.Address {
 			continue
 		}
-		ln, err := s.listen("tcp", l.Address)
+		ln, err := s.listenOn(l.Address)
 		if err != nil {
 			for _, o := range added {
 				o.Close()

@@ -34,8 +34,9 @@ type Options struct {
 	// Level, when set, is the level Logger's handler uses: New and Reload
 	// set it to [log] level. Nil: [log] level is the caller's business.
 	Level *slog.LevelVar
-	// Handlers maps a protocol name ("imap", "pop3", "smtp") to its
-	// implementation. A listener whose protocol has no handler is an error.
+	// Handlers maps a protocol name ("imap", "pop3", "smtp", "lmtp",
+	// "managesieve") to its implementation. A listener whose protocol has
+	// no handler is an error.
 	Handlers map[string]protocols.Handler
 	// Dial connects to backends; default a net.Dialer.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -99,8 +100,8 @@ type lnEntry struct{ name, addr string }
 // backendInfo is what the proxy keeps per backend as routing.Backend.Data.
 type backendInfo struct {
 	cfg  config.BackendConfig
-	addr [3]string     // by routing.Protocol
-	tls  []*tls.Config // by routing.Protocol; client config for tls != none
+	addr [routing.NumProtocols]string // by routing.Protocol
+	tls  []*tls.Config                // by routing.Protocol; client config for tls != none
 }
 
 // New builds a server from a validated config. It does not listen yet.
@@ -149,7 +150,8 @@ func (s *Server) poolSpecs(cfg *config.Config, pc config.PoolConfig) (routing.Op
 	for u, b := range pc.Pins {
 		opts.Pins[cfg.Auth.RoutingKey(u)] = b
 	}
-	for i, name := range []string{pc.IMAP, pc.POP3, pc.SMTP} {
+	// LMTP and ManageSieve touch the mail store as IMAP does: IMAP's policy.
+	for i, name := range []string{pc.IMAP, pc.POP3, pc.SMTP, pc.IMAP, pc.IMAP} {
 		pol, err := routing.ParsePolicy(name)
 		if err != nil {
 			return opts, nil, fmt.Errorf("pool %s: %w", pc.Name, err)
@@ -167,7 +169,7 @@ func (s *Server) poolSpecs(cfg *config.Config, pc config.PoolConfig) (routing.Op
 	}
 	var specs []routing.BackendSpec
 	for _, bc := range pc.Backends {
-		info := &backendInfo{cfg: bc, addr: [3]string{bc.IMAP, bc.POP3, bc.SMTP}, tls: make([]*tls.Config, 3)}
+		info := &backendInfo{cfg: bc, addr: [routing.NumProtocols]string{bc.IMAP, bc.POP3, bc.SMTP, bc.LMTP, bc.ManageSieve}, tls: make([]*tls.Config, routing.NumProtocols)}
 		spec := routing.BackendSpec{Name: bc.Name, Weight: bc.Weight, Disabled: bc.Disabled, Data: info}
 		for i, a := range info.addr {
 			spec.Serves[i] = a != ""

@@ -232,6 +232,9 @@ func (ss *session) protoSession(c net.Conn) *protocols.Session {
 		BackendTimeout: st.cfg.Limits.BackendTimeout.Duration,
 		Dial:           ss.dialBackend,
 	}
+	if ss.proto == routing.LMTP {
+		ps.Route = ss.route
+	}
 	if st.auth != nil {
 		ps.Authenticate = ss.authenticate
 	}
@@ -276,6 +279,17 @@ func (ss *session) dialBackend(ctx context.Context, login string, hello func(con
 // released and the backend charged with a failed health check, unless
 // hello says the client caused it (protocols.ErrClientFault).
 func (ss *session) connect(ctx context.Context, lease *routing.Lease, hello func(context.Context, *protocols.Backend) error) (*protocols.Backend, error) {
+	return ss.connectLease(ctx, lease, hello, false)
+}
+
+// connectLease is connect; with held, the lease belongs to a
+// protocols.Lease (route.go): a failure does not release it, nor does
+// closing the Backend, and a kill closes this connection only.
+func (ss *session) connectLease(ctx context.Context, lease *routing.Lease, hello func(context.Context, *protocols.Backend) error, held bool) (*protocols.Backend, error) {
+	release := lease.Release
+	if held {
+		release = func() {}
+	}
 	rb := lease.Backend
 	info := rb.Data().(*backendInfo)
 	addr := info.addr[ss.proto]
@@ -301,14 +315,14 @@ func (ss *session) connect(ctx context.Context, lease *routing.Lease, hello func
 	conn, err := ss.srv.dial(dialCtx, "tcp", addr)
 	dialCancel()
 	if err != nil {
-		lease.Release()
+		release()
 		fail("connect: " + err.Error())
 		return nil, fmt.Errorf("dial backend %s: %w", rb.Name, err)
 	}
 	raw := conn
 	if err := writeProxyHeader(dctx, conn, info.cfg.SendProxyProtocol, ss.client.RemoteAddr(), ss.client.LocalAddr(), ss.clientTLS()); err != nil {
 		conn.Close()
-		lease.Release()
+		release()
 		fail(err.Error())
 		return nil, fmt.Errorf("backend %s: %w", rb.Name, err)
 	}
@@ -316,13 +330,13 @@ func (ss *session) connect(ctx context.Context, lease *routing.Lease, hello func
 		tc, err := mtls.Handshake(dctx, conn, info.tls[ss.proto], false)
 		if err != nil {
 			conn.Close()
-			lease.Release()
+			release()
 			fail(err.Error())
 			return nil, fmt.Errorf("backend %s: %w", rb.Name, err)
 		}
 		conn = tc
 	}
-	b := protocols.NewBackend(conn, rb.Name, addr, lease.Release)
+	b := protocols.NewBackend(conn, rb.Name, addr, release)
 	b.TLS, b.StartTLS, b.ForwardClient = info.tls[ss.proto], info.cfg.TLS == "starttls", info.cfg.ForwardClient
 	b.Fail = fail
 	// A kill while greeting ends this attempt only: dialBackend then tries
@@ -338,6 +352,10 @@ func (ss *session) connect(ctx context.Context, lease *routing.Lease, hello func
 			fail("greeting: " + err.Error())
 		}
 		return nil, fmt.Errorf("backend %s: %w", rb.Name, err)
+	}
+	if held {
+		lease.OnKill(func() { raw.Close() })
+		return b, nil
 	}
 	lease.OnKill(func() { ss.cancel(); raw.Close() })
 	return b, nil

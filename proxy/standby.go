@@ -110,7 +110,7 @@ func (s *Server) listenAll() ([]net.Listener, error) {
 	cfg := s.state().cfg
 	lns := make([]net.Listener, 0, len(cfg.Listeners))
 	for _, l := range cfg.Listeners {
-		ln, err := s.listen("tcp", l.Address)
+		ln, err := s.listenOn(l.Address)
 		if err != nil {
 			for _, o := range lns {
 				o.Close()

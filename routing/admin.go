@@ -154,7 +154,10 @@ func (p *Pool) Move(ctx context.Context, user string, b *Backend) (int, error) {
 	// Re-point first, then kick: a session that starts in between goes to
 	// b, and one on the old backend ends with the kick. The other order
 	// could let a new session start on the old backend and stay there.
-	if err := p.table.Move(ctx, user, b.Name, max(p.opts.Linger, MoveLinger)); err != nil {
+	p.mu.Lock()
+	linger := p.opts.Linger
+	p.mu.Unlock()
+	if err := p.table.Move(ctx, user, b.Name, max(linger, MoveLinger)); err != nil {
 		return 0, fmt.Errorf("move %s: %w", user, err)
 	}
 	return p.KickUser(user, b), nil

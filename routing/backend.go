@@ -14,13 +14,21 @@ import (
 // Protocol names the mail protocol of a session.
 type Protocol int
 
-// The protocols a pool serves.
+// The protocols a pool serves. LMTP and ManageSieve touch a user's mail
+// store as IMAP does (deliveries, Sieve scripts); the proxy gives them
+// IMAP's policy.
 const (
 	IMAP Protocol = iota
 	POP3
 	SMTP
+	LMTP
+	ManageSieve
 	numProtocols
 )
+
+// NumProtocols is how many protocols there are: the length of
+// BackendSpec.Serves and Options.Policies.
+const NumProtocols = int(numProtocols)
 
 func (p Protocol) String() string {
 	switch p {
@@ -30,11 +38,16 @@ func (p Protocol) String() string {
 		return "pop3"
 	case SMTP:
 		return "smtp"
+	case LMTP:
+		return "lmtp"
+	case ManageSieve:
+		return "managesieve"
 	}
 	return fmt.Sprintf("protocol(%d)", int(p))
 }
 
-// ParseProtocol maps "imap", "pop3" and "smtp" to a Protocol.
+// ParseProtocol maps "imap", "pop3", "smtp", "lmtp" and "managesieve" to
+// a Protocol.
 func ParseProtocol(s string) (Protocol, error) {
 	for p := range numProtocols {
 		if p.String() == s {

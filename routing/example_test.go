@@ -9,10 +9,11 @@ import (
 )
 
 func ExamplePool() {
-	both := [3]bool{routing.IMAP: true, routing.POP3: true}
+	var both [routing.NumProtocols]bool
+	both[routing.IMAP], both[routing.POP3] = true, true
 	pool, err := routing.NewPool(routing.Options{
 		Name:     "mail",
-		Policies: [3]routing.Policy{routing.IMAP: routing.Sticky, routing.POP3: routing.RoundRobin, routing.SMTP: routing.RoundRobin},
+		Policies: [routing.NumProtocols]routing.Policy{routing.IMAP: routing.Sticky, routing.POP3: routing.RoundRobin, routing.SMTP: routing.RoundRobin},
 		Linger:   time.Minute,
 	}, []routing.BackendSpec{
 		{Name: "mail1", Weight: 1, Serves: both},

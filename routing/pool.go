@@ -109,7 +109,6 @@ func (p *Pool) Reconfigure(opts Options, specs []BackendSpec) error {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	opts.Table, opts.OnStateChange = p.opts.Table, p.opts.OnStateChange
 	if opts.Rise <= 0 {
 		opts.Rise = 2
 	}
@@ -131,7 +130,10 @@ func (p *Pool) Reconfigure(opts Options, specs []BackendSpec) error {
 			delete(pins, u) // removed at runtime
 		}
 	}
-	p.opts, p.pins = opts, pins
+	// Field by field: Table and OnStateChange are read without the lock.
+	p.opts.Policies, p.opts.Linger, p.opts.Pins = opts.Policies, opts.Linger, opts.Pins
+	p.opts.Rise, p.opts.Fall = opts.Rise, opts.Fall
+	p.pins = pins
 	backends := make([]*Backend, 0, len(specs))
 	keep := make(map[string]*Backend, len(specs))
 	for i, s := range specs {
@@ -262,10 +264,11 @@ func (p *Pool) acquireUser(ctx context.Context, proto Protocol, user string, exc
 			kill = p.detachUser(k.moveFrom, user, kill)
 		}
 	}
+	linger := p.opts.Linger
 	p.mu.Unlock()
 	runKills(kill)
 	if l == nil {
-		p.table.Release(ctx, user, tok, p.opts.Linger)
+		p.table.Release(ctx, user, tok, linger)
 		return nil, errWentDown
 	}
 	return l, nil
@@ -481,8 +484,9 @@ func (l *Lease) Release() {
 func (p *Pool) releasing(l *Lease) func() {
 	k := userAt{l.Backend, l.User}
 	p.inRelease[k]++
+	linger := p.opts.Linger
 	return func() {
-		p.table.Release(context.Background(), l.User, l.tok, p.opts.Linger)
+		p.table.Release(context.Background(), l.User, l.tok, linger)
 		p.mu.Lock()
 		if p.inRelease[k]--; p.inRelease[k] <= 0 {
 			delete(p.inRelease, k)

@@ -289,8 +289,8 @@ func TestParse(t *testing.T) {
 			t.Errorf("ParseProtocol(%q) = %v, %v", p.String(), got, err)
 		}
 	}
-	if _, err := ParseProtocol("lmtp"); err == nil {
-		t.Error("ParseProtocol(lmtp): no error")
+	if _, err := ParseProtocol("nntp"); err == nil {
+		t.Error("ParseProtocol(nntp): no error")
 	}
 	for s, want := range map[string]Policy{"sticky": Sticky, "round-robin": RoundRobin, "least-conn": LeastConn} {
 		if got, err := ParsePolicy(s); err != nil || got != want {

@@ -23,6 +23,8 @@ import (
 
 	"mailproxy/protocols"
 	"mailproxy/protocols/imap"
+	"mailproxy/protocols/lmtp"
+	"mailproxy/protocols/managesieve"
 	"mailproxy/protocols/pop3"
 	"mailproxy/protocols/smtp"
 	"mailproxy/proxy/auth"
@@ -202,7 +204,8 @@ func checkUsersFile(a config.AuthConfig) error {
 
 // handlers wires the protocol implementations into the proxy.
 func handlers() map[string]protocols.Handler {
-	return map[string]protocols.Handler{"imap": imap.Handler{}, "pop3": pop3.Handler{}, "smtp": smtp.Handler{}}
+	return map[string]protocols.Handler{"imap": imap.Handler{}, "pop3": pop3.Handler{}, "smtp": smtp.Handler{},
+		"lmtp": lmtp.Handler{}, "managesieve": &managesieve.Handler{}}
 }
 
 // newLogger makes the logger of [log]; its level is level's, which a

@@ -197,7 +197,7 @@ type login struct {
 	inst, proto, user, rip, session, line string
 }
 
-var loginRE = regexp.MustCompile(`(imap|pop3)-login: Info: Login: user=<([^>]*)>.*? rip=([^,]+),.*? session=<([^>]*)>`)
+var loginRE = regexp.MustCompile(`(imap|pop3|managesieve)-login: Info: Login: user=<([^>]*)>.*? rip=([^,]+),.*? session=<([^>]*)>`)
 
 // logins returns Dovecot's successful logins since m, on both instances.
 func (h *harness) logins(t *testing.T, m logMark) []login {

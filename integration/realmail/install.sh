@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the real-backend harness needs: Dovecot (IMAP, POP3), Postfix,
+# Installs what the real-backend harness needs: Dovecot (IMAP, POP3, LMTP,
+# ManageSieve with Pigeonhole), Postfix,
 # swaks (with TLS), curl, python3, openssl. Idempotent: does nothing when all are there.
 #
 # The packages must not leave a *system* Dovecot or Postfix running: the
@@ -18,7 +19,7 @@ have() { command -v "$1" >/dev/null 2>&1; }
 pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
 # libnet-ssleay-perl + libio-socket-ssl-perl: swaks --tls (STARTTLS) needs them.
-for p in dovecot-imapd dovecot-pop3d postfix swaks curl openssl libnet-ssleay-perl libio-socket-ssl-perl; do
+for p in dovecot-imapd dovecot-pop3d dovecot-lmtpd dovecot-managesieved postfix swaks curl openssl libnet-ssleay-perl libio-socket-ssl-perl; do
   pkg_installed "$p" || need_pkgs+=("$p")
 done
 # python3 may come from elsewhere (pyenv, /usr/local); only install if absent.
@@ -65,7 +66,8 @@ echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-se
 echo "postfix postfix/mailname string localhost" | debconf-set-selections
 
 echo "realmail/install.sh: installing ${need_pkgs[*]}"
-apt-get update
+# Other installs may hold the dpkg lock for a while: wait rather than fail.
+apt-get -o DPkg::Lock::Timeout=600 update
 DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "${need_pkgs[@]}"
 
 # Stop a system instance only if this install started it.

@@ -40,6 +40,11 @@ type proxyOptions struct {
 	// backendTLS is the backends' tls; for starttls and implicit they are
 	// verified against the harness certificate (name localhost).
 	backendTLS string
+	// lmtp adds the LMTP listener on the harness's MAILPROXY_LMTP_PORT,
+	// where Postfix delivers the LMTP users, and [auth] default_domain, so
+	// that an IMAP login "user200" and a recipient "user200@example.test"
+	// are one user.
+	lmtp bool
 }
 
 // listenerSpec is one [[listener]] the tests may use.
@@ -52,6 +57,7 @@ var listenerSpecs = []listenerSpec{
 	{"pop3s", "pop3", "implicit", ""},
 	{"smtp", "smtp", "starttls", `smtp_auth = "off"`},
 	{"submission", "smtp", "starttls", "require_tls = true\nsmtp_auth = \"required\""},
+	{"sieve", "managesieve", "starttls", ""},
 }
 
 // unbuilt remembers protocols the binary has no handler for, so that later
@@ -110,6 +116,10 @@ func tryStartProxy(t *testing.T, h *harness, o proxyOptions) (*mailproxy, string
 	p.Admin = "http://" + ports[len(specs)]
 	for i, l := range specs {
 		p.Addr[l.name] = ports[i]
+	}
+	if o.lmtp && !unbuilt.protos["lmtp"] {
+		specs = append(specs, listenerSpec{"lmtp", "lmtp", "none", ""})
+		p.Addr["lmtp"] = h.addr(t, "MAILPROXY_LMTP_PORT")
 	}
 	p.config = filepath.Join(t.TempDir(), "mailproxy.toml")
 	if err := os.WriteFile(p.config, []byte(p.configText(t, specs, o)), 0o600); err != nil {
@@ -174,6 +184,9 @@ max_connections_per_ip = 1000
 auth_failure_delay = "0s"
 shutdown_grace = "2s"
 `, strings.TrimPrefix(p.Admin, "http://"), h.get(t, "REALMAIL_TLS_CERT"), h.get(t, "REALMAIL_TLS_KEY"))
+	if o.lmtp {
+		fmt.Fprintf(&b, "\n[auth]\ndefault_domain = %q\n", h.get(t, "REALMAIL_DOMAIN"))
+	}
 	for _, l := range specs {
 		fmt.Fprintf(&b, "\n[[listener]]\nname = %q\nprotocol = %q\naddress = %q\ntls = %q\npool = \"main\"\nhostname = \"mailproxy.test\"\n%s\n",
 			l.name, l.proto, p.Addr[l.name], l.tls, l.extra)
@@ -200,6 +213,7 @@ shutdown_grace = "2s"
 		I := strings.ToUpper(inst)
 		fmt.Fprintf(&b, "\n  [[pool.backend]]\n  name = %q\n  imap = %q\n  pop3 = %q\n  smtp = %q\n  %s\n  forward_client = true\n",
 			inst, h.addr(t, "DOVECOT_"+I+"_IMAP_PORT"), h.addr(t, "DOVECOT_"+I+"_POP3_PORT"), h.addr(t, "POSTFIX_SMTP_PORT"), btls)
+		fmt.Fprintf(&b, "  lmtp = %q\n  managesieve = %q\n", h.addr(t, "DOVECOT_"+I+"_LMTP_PORT"), h.addr(t, "DOVECOT_"+I+"_SIEVE_PORT"))
 	}
 	return b.String()
 }

@@ -175,7 +175,7 @@ func peerLine(reason string, p *peer.PeerStatus) string {
 // where a protocol is down.
 func health(h, reason map[string]string) string {
 	var parts []string
-	for _, proto := range []string{"imap", "pop3", "smtp"} {
+	for _, proto := range []string{"imap", "pop3", "smtp", "lmtp", "managesieve"} {
 		s, ok := h[proto]
 		if !ok {
 			continue

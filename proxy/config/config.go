@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"mailproxy/routing"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -102,8 +103,8 @@ type PenaltyConfig struct {
 // ListenerConfig is one [[listener]].
 type ListenerConfig struct {
 	Name          string `toml:"name"`     // required, unique
-	Protocol      string `toml:"protocol"` // imap | pop3 | smtp; required
-	Address       string `toml:"address"`  // host:port; required
+	Protocol      string `toml:"protocol"` // imap | pop3 | smtp | lmtp | managesieve; required
+	Address       string `toml:"address"`  // host:port, or for lmtp also an absolute unix socket path; required
 	TLS           string `toml:"tls"`      // none (default) | starttls | implicit
 	RequireTLS    bool   `toml:"require_tls"`
 	Pool          string `toml:"pool"`           // required; a [[pool]] name
@@ -142,8 +143,8 @@ type HealthConfig struct {
 	Fall     int      `toml:"fall"`     // failures to go down; default 2; >= 1
 }
 
-// BackendConfig is one [[pool.backend]]. At least one of IMAP, POP3 and SMTP
-// is set.
+// BackendConfig is one [[pool.backend]]. At least one of IMAP, POP3, SMTP,
+// LMTP and ManageSieve is set.
 type BackendConfig struct {
 	Name              string `toml:"name"` // required, unique in its pool
 	IMAP              string `toml:"imap"` // host:port
@@ -157,6 +158,11 @@ type BackendConfig struct {
 	SendProxyProtocol string `toml:"send_proxy_protocol"` // "" (default) | v1 | v2: PROXY header first, on sessions and health checks
 	ForwardClient     bool   `toml:"forward_client"`
 	Disabled          bool   `toml:"disabled"` // out of service: never checked or chosen; drain/undrain do not change it
+
+	// Routed with the pool's imap policy: a delivery or a Sieve login
+	// follows the user's live binding, else goes where an IMAP login would.
+	LMTP        string `toml:"lmtp"`        // host:port
+	ManageSieve string `toml:"managesieve"` // host:port
 }
 
 // PeerConfig configures the active/standby pair; package proxy/peer runs
@@ -254,6 +260,10 @@ func (b *BackendConfig) addr(proto string) string {
 		return b.POP3
 	case "smtp":
 		return b.SMTP
+	case "lmtp":
+		return b.LMTP
+	case "managesieve":
+		return b.ManageSieve
 	}
 	return ""
 }
@@ -264,3 +274,10 @@ func (b *BackendConfig) addr(proto string) string {
 func (a AuthConfig) RoutingKey(login string) string {
 	return routing.Key(login, a.UsernameCase == "keep", a.DefaultDomain)
 }
+
+// protocolNames are the protocols a listener may speak.
+func protocolNames() []string { return []string{"imap", "pop3", "smtp", "lmtp", "managesieve"} }
+
+// IsUnixPath reports whether a listener address is a unix socket path
+// (absolute), which lmtp listeners may have instead of host:port.
+func IsUnixPath(addr string) bool { return strings.HasPrefix(addr, "/") }

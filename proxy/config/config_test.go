@@ -245,8 +245,8 @@ backend_login = "admin"
 				{"listener[0].apop", "apop", "only for pop3 listeners"},
 				{"listener[0].max_size", "max_size", "only for smtp listeners"},
 			}},
-		{"bad protocol", cfgReplaced(`protocol = "imap"`, `protocol = "lmtp"`),
-			[]cfgWant{{"listener[0].protocol", "lmtp", `not "lmtp"`}}},
+		{"bad protocol", cfgReplaced(`protocol = "imap"`, `protocol = "nntp"`),
+			[]cfgWant{{"listener[0].protocol", "nntp", `not "nntp"`}}},
 		{"bad pool policies", cfgReplaced(`name = "main"`, "name = \"main\"\nimap = \"random\"\npop3 = \"sticky\""),
 			[]cfgWant{{"pool[0].imap", "random", `not "random"`}, {"pool[0].pop3", `"sticky"`, `must be "round-robin" or "least-conn", not "sticky"`}}},
 		{"bad backend settings", cfgWith(`

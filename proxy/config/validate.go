@@ -113,10 +113,10 @@ func (c *Config) checkPools(ck *cfgChecker) map[string]*PoolConfig {
 }
 
 func (c *Config) checkBackend(ck *cfgChecker, key string, b *BackendConfig) {
-	if b.IMAP == "" && b.POP3 == "" && b.SMTP == "" {
-		ck.add(key, "backend %q has none of imap, pop3, smtp", b.Name)
+	if b.IMAP == "" && b.POP3 == "" && b.SMTP == "" && b.LMTP == "" && b.ManageSieve == "" {
+		ck.add(key, "backend %q has none of imap, pop3, smtp, lmtp, managesieve", b.Name)
 	}
-	for _, proto := range []string{"imap", "pop3", "smtp"} {
+	for _, proto := range protocolNames() {
 		if a := b.addr(proto); a != "" {
 			ck.addr(key+"."+proto, a, true)
 		}
@@ -172,10 +172,18 @@ func (c *Config) checkListeners(ck *cfgChecker, pools map[string]*PoolConfig) {
 	for i := range c.Listeners {
 		l, key := &c.Listeners[i], fmt.Sprintf("listener[%d]", i)
 		ck.unique(key+".name", l.Name, "listener", names, i)
-		ck.oneOf(key+".protocol", l.Protocol, "imap", "pop3", "smtp")
-		if l.Address == "" {
+		ck.oneOf(key+".protocol", l.Protocol, protocolNames()...)
+		switch {
+		case l.Address == "":
 			ck.add(key+".address", "missing")
-		} else if ck.addr(key+".address", l.Address, false) {
+		case IsUnixPath(l.Address):
+			if l.Protocol != "lmtp" {
+				ck.add(key+".address", "a unix socket is for lmtp listeners only")
+			}
+			if l.ProxyProtocol {
+				ck.add(key+".proxy_protocol", "needs a TCP address: a unix socket has no balancer to trust")
+			}
+		case ck.addr(key+".address", l.Address, false):
 			binds = ck.claim(binds, key+".address", l.Address)
 		}
 		c.checkListenerTLS(ck, key, l)
@@ -186,7 +194,7 @@ func (c *Config) checkListeners(ck *cfgChecker, pools map[string]*PoolConfig) {
 			ck.add(key+".pool", "missing")
 		case p == nil:
 			ck.add(key+".pool", "no [[pool]] named %q", l.Pool)
-		case !slices.Contains([]string{"imap", "pop3", "smtp"}, l.Protocol):
+		case !slices.Contains(protocolNames(), l.Protocol):
 			// reported above
 		case !slices.ContainsFunc(p.Backends, func(b BackendConfig) bool { return b.addr(l.Protocol) != "" }):
 			ck.add(key+".pool", "pool %q has no backend with a %s address", l.Pool, l.Protocol)

@@ -25,7 +25,7 @@ func BenchmarkDecision(b *testing.B) {
 			s := newStore(b, r.Addr, "bench-"+kind, 10*time.Second, nil)
 			specs := make([]routing.BackendSpec, 10)
 			for i := range specs {
-				specs[i] = routing.BackendSpec{Name: fmt.Sprint("mail", i), Weight: 1, Serves: [3]bool{true, true, true}}
+				specs[i] = routing.BackendSpec{Name: fmt.Sprint("mail", i), Weight: 1, Serves: [routing.NumProtocols]bool{true, true, true}}
 			}
 			p, err := routing.NewPool(routing.Options{Name: "p", Linger: time.Minute, Table: s.Table("p-"+kind, time.Minute)}, specs)
 			if err != nil {
