@@ -11,7 +11,8 @@ package integration
 //	BenchmarkIMAPFetchMem       the same with go-imap on both ends, for scale
 //	BenchmarkIMAPLogin          connect + LOGIN + LOGOUT, one client at a time (latency)
 //	BenchmarkIMAPLoginParallel  the same with 16 clients at once (rate; target: proxy ≥ 0.85× direct)
-//	BenchmarkIdleSessionMemory  what an idle session costs the proxy after login (target: ≤ 8 KiB)
+//	BenchmarkIdleSessionMemory  what an idle, parked session costs the proxy after login, tls=off
+//	                            and tls=on (targets: ≤ 4 KiB and ≤ 12 KiB)
 //
 // Everything is on loopback and bounded by -benchtime; without -bench the
 // test run only compiles this file.
@@ -19,6 +20,8 @@ package integration
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -26,6 +29,7 @@ import (
 	"mailproxy/proxy/config"
 	"net"
 	"os"
+	"os/exec"
 	"runtime"
 	"strings"
 	"sync"
@@ -38,7 +42,9 @@ import (
 
 	"mailproxy/internal/benchkit"
 	"mailproxy/internal/demo"
+	"mailproxy/internal/testkit"
 	"mailproxy/proxy"
+	mtls "mailproxy/tls"
 )
 
 // fetchSize is the message a FETCH benchmark moves per op.
@@ -47,22 +53,37 @@ const fetchSize = 1 << 20
 // benchTimeout bounds every read and write of a benchmark client.
 const benchTimeout = 10 * time.Second
 
-// benchConfig is one plain IMAP listener in front of one backend. Logs go
-// nowhere at info level, as a production proxy's would cost; health checks
-// are slow so that no probe lands in a measurement; the per-IP limit is
-// raised because every benchmark client comes from 127.0.0.1.
+// benchConfig is a plain and an implicit-TLS IMAP listener in front of
+// one backend. Logs go nowhere at info level, as a production proxy's
+// would cost; health checks are slow so that no probe lands in a
+// measurement; the per-IP limit is raised because every benchmark client
+// comes from 127.0.0.1; sessions park after 100 ms, so that the idle
+// benchmark need not wait the default 5 s.
 const benchConfig = `
 [admin]
 listen = ""
 
+[tls]
+cert = "generated.pem"
+key = "generated.pem"
+
 [limits]
 auth_failure_delay = "0s"
 max_connections_per_ip = 100000
+max_connections = 100000
+park_after = "100ms"
 
 [[listener]]
 name = "imap"
 protocol = "imap"
 address = "127.0.0.1:1"
+pool = "main"
+
+[[listener]]
+name = "imaps"
+protocol = "imap"
+address = "127.0.0.1:2"
+tls = "implicit"
 pool = "main"
 
 [[pool]]
@@ -77,33 +98,59 @@ imap = %q
 `
 
 // startBenchProxy runs mailproxy on 127.0.0.1:0 in front of backend and
-// returns its address. It is startProxy for benchmarks: no debug log kept
-// in memory, which would grow with every session.
+// returns its plain IMAP address.
 func startBenchProxy(tb testing.TB, backend string) string {
+	return startBenchProxyTLS(tb, backend).plain
+}
+
+// benchProxy is a mailproxy started for a benchmark.
+type benchProxy struct {
+	srv        *proxy.Server
+	plain, tls string // the listeners' addresses
+	roots      *x509.CertPool
+}
+
+// startBenchProxyTLS is startProxy for benchmarks: no debug log kept in
+// memory, which would grow with every session.
+func startBenchProxyTLS(tb testing.TB, backend string) benchProxy {
 	tb.Helper()
+	tc, err := testCert()
+	if err != nil {
+		tb.Fatal(err)
+	}
 	cfg, err := config.Parse(fmt.Appendf(nil, benchConfig, backend), tb.Name())
 	if err != nil {
 		tb.Fatalf("config: %v", err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	srv, err := proxy.New(cfg, proxy.Options{Logger: log, Handlers: handlers()})
+	srv, err := proxy.New(cfg, proxy.Options{Logger: log, Handlers: handlers(), Certs: mtls.StaticCertStore(tc.cert)})
 	if err != nil {
 		tb.Fatalf("proxy.New: %v", err)
 	}
 	srv.StartBackground()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
+	bp := benchProxy{srv: srv, roots: tc.roots}
+	done := make(chan error, 2)
+	for _, name := range []string{"imap", "imaps"} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if name == "imap" {
+			bp.plain = ln.Addr().String()
+		} else {
+			bp.tls = ln.Addr().String()
+		}
+		go func() { done <- srv.Serve(name, ln) }()
 	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve("imap", ln) }()
 	tb.Cleanup(func() {
 		srv.Close()
-		if err := <-done; !errors.Is(err, proxy.ErrServerClosed) {
-			tb.Errorf("Serve: %v", err)
+		for range 2 {
+			if err := <-done; !errors.Is(err, proxy.ErrServerClosed) {
+				tb.Errorf("Serve: %v", err)
+			}
 		}
 	})
-	return ln.Addr().String()
+	return bp
 }
 
 // cpuTime is the CPU time this process has used, user and system. Client,
@@ -345,79 +392,152 @@ func startMemIMAP(tb testing.TB) memBackend {
 }
 
 // BenchmarkIdleSessionMemory measures what one idle session costs the
-// proxy once it is logged in: Go heap and goroutine stacks (the target),
-// goroutines and file descriptors. Kernel memory is not measured (on a
-// shared machine /proc/meminfo is too noisy for it); descriptors stand in
-// for it: beyond the two sockets, each is half a pipe, and a pipe sized
-// for splicing holds 10 to 16 KiB of kernel memory. One op is one session;
-// -benchtime 2000x gives the number of sessions. Sessions are opened in
-// batches of at most 2000 (fewer when the descriptor limit is low), and
-// the ns/op, the cost of opening, waiting for and measuring a batch, is
-// not a target.
+// proxy once it is logged in and parked: Go heap and goroutine stacks (the
+// target), goroutines and file descriptors; tls=off for plain IMAP,
+// tls=on for implicit TLS terminated by the proxy. Kernel memory is not
+// measured (on a shared machine /proc/meminfo is too noisy for it);
+// descriptors stand in for it: beyond the two sockets, each is half a
+// pipe, and a pipe sized for splicing holds 10 to 16 KiB of kernel
+// memory. One op is one session; -benchtime 2000x gives the number of
+// sessions. Sessions are opened in batches of at most 2000 (fewer when
+// the descriptor limit is low), and the ns/op, the cost of opening,
+// waiting for and measuring a batch, is not a target.
 //
-// The clients, the proxy and the fake backend all live in this process,
-// so the proxy's share is a difference of two phases of each batch. First
+// The clients and the proxy live in this process (the fake backend in a
+// child process), so the proxy's share is a difference of two phases of
+// each batch. First
 // n clients log in directly to the backend; then n clients log in
 // through the proxy to the same backend. Each phase starts from a
 // measured quiet state, and each ends after every session has answered a
-// NOOP (so the proxy's relay runs both ways), the descriptors have been
-// counted as they are (fds-nogc/session: a proxy that is idle runs a GC
-// only every two minutes, so anything released only by GC, such as
-// pipes in a sync.Pool, shows there), and then the garbage collector has
-// run several times (stacks shrink by half per cycle, as they would in a
-// long-running proxy) before the memory and the descriptors
-// (fds/session) are counted again. The clients keep nothing but their
-// connection and the backend keeps the same per-connection state either
-// way, so
+// NOOP (so the proxy's relay runs both ways) and, through the proxy, both
+// its directions are parked; the descriptors are counted as they are
+// (fds-nogc/session: a proxy that is idle runs a GC only every two
+// minutes, so anything released only by GC, such as pipes in a
+// sync.Pool, shows there), and then the garbage collector has run
+// several times (stacks shrink by half per cycle, as they would in a
+// long-running proxy) before the memory and the descriptors (fds/session)
+// are counted again. A client keeps nothing but its TCP connection (a TLS
+// client drops its tls.Conn once logged in, and never uses the
+// connection again), so
 //
 //	(growth through the proxy − growth direct) / n
 //
-// is what the proxy holds per session: its two goroutines and their
-// stacks, the session, the lease, the backend struct and whatever the
-// login left reachable.
+// is what the proxy holds per session: the session, the lease, the
+// backend struct, the relay state, the TLS connection's state and
+// whatever the login left reachable; parked-fraction says how many of
+// the sessions were parked when it was measured.
 func BenchmarkIdleSessionMemory(b *testing.B) {
-	back := startFakeIMAP(b, 0)
-	proxied := startBenchProxy(b, back.addr)
-	batch := idleBatch()
-	var direct, through footprint
-	for left := b.N; left > 0; left -= batch {
-		n := min(left, batch)
-		d, err := idleGrowth(back.addr, n, 2)
-		if err != nil {
-			b.Fatal(err)
-		}
-		p, err := idleGrowth(proxied, n, 4)
-		if err != nil {
-			b.Fatal(err)
-		}
-		direct, through = direct.add(d), through.add(p)
+	back := startFakeIMAPProcess(b)
+	px := startBenchProxyTLS(b, back)
+	// One session each way first: the poller's goroutine and the TLS
+	// server's session ticket keys are the server's, not a session's.
+	warm := []func() (net.Conn, error){
+		func() (net.Conn, error) { return dialIdle(px.plain, nil) },
+		func() (net.Conn, error) {
+			return dialIdle(px.tls, &tls.Config{RootCAs: px.roots, ServerName: "127.0.0.1"})
+		},
 	}
-	n := float64(b.N)
-	own := through.sub(direct)
-	b.ReportMetric(float64(own.heap+own.stack)/n, "B/session")
-	b.ReportMetric(float64(own.heap)/n, "heap-B/session")
-	b.ReportMetric(float64(own.stack)/n, "stack-B/session")
-	b.ReportMetric(float64(own.goroutines)/n, "goroutines/session")
-	b.ReportMetric(float64(own.fds)/n, "fds/session")
-	b.ReportMetric(float64(own.fdsNoGC)/n, "fds-nogc/session")
+	for _, dial := range warm {
+		c, err := dial()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if !testkit.Eventually(5*time.Second, 10*time.Millisecond, func() bool { return px.srv.ParkedDirections() == 2 }) {
+			b.Fatal("the warm-up session did not park")
+		}
+		c.Close()
+		if !testkit.Eventually(5*time.Second, 10*time.Millisecond, func() bool { return px.srv.ParkedDirections() == 0 }) {
+			b.Fatal("the warm-up session did not end")
+		}
+	}
+	for _, mode := range []string{"off", "on"} {
+		b.Run("tls="+mode, func(b *testing.B) {
+			dial := func() (net.Conn, error) { return dialIdle(px.plain, nil) }
+			if mode == "on" {
+				cfg := &tls.Config{RootCAs: px.roots, ServerName: "127.0.0.1"}
+				dial = func() (net.Conn, error) { return dialIdle(px.tls, cfg) }
+			}
+			direct := func() (net.Conn, error) { return dialIdle(back, nil) }
+			batch := idleBatch()
+			var dsum, psum footprint
+			parked := 0
+			for left := b.N; left > 0; left -= batch {
+				n := min(left, batch)
+				d, _, err := idleGrowth(direct, n, 1, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				p, k, err := idleGrowth(dial, n, 3, px.srv.ParkedDirections)
+				if err != nil {
+					b.Fatal(err)
+				}
+				dsum, psum, parked = dsum.add(d), psum.add(p), parked+k/2
+			}
+			n := float64(b.N)
+			own := psum.sub(dsum)
+			b.ReportMetric(float64(own.heap+own.stack)/n, "B/session")
+			b.ReportMetric(float64(own.heap)/n, "heap-B/session")
+			b.ReportMetric(float64(own.stack)/n, "stack-B/session")
+			b.ReportMetric(float64(own.goroutines)/n, "goroutines/session")
+			b.ReportMetric(float64(own.fds)/n, "fds/session")
+			b.ReportMetric(float64(own.fdsNoGC)/n, "fds-nogc/session")
+			b.ReportMetric(float64(parked)/n, "parked-fraction")
+		})
+	}
 }
 
-// idleBatch is how many sessions are open at once: each costs up to 8
-// descriptors (client, proxy front and back, backend, and two splice pipes
-// if the relay held them while idle).
+// dialIdle logs in to addr (over TLS with cfg, unless nil), sends a NOOP
+// and returns the bare TCP connection: the reader and, with TLS, the
+// tls.Conn become garbage, and only the proxy's side of the TLS state
+// stays live.
+func dialIdle(addr string, cfg *tls.Config) (net.Conn, error) {
+	if cfg == nil {
+		c, err := benchkit.DialRaw(addr, "idle", "pw", benchTimeout)
+		if err != nil {
+			return nil, err
+		}
+		if err := c.Command("n", "NOOP"); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return c.Conn, nil
+	}
+	c, err := benchkit.DialRawTLS(addr, "idle", "pw", cfg, benchTimeout)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Command("n", "NOOP"); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c.Conn.(*tls.Conn).NetConn(), nil
+}
+
+// idleBatch is how many sessions are open at once, at most 10,000: each
+// costs up to 8 descriptors (client, proxy front and back, backend, and
+// two splice pipes if the relay held them while idle). The descriptor
+// limit is raised where that is allowed (root).
 func idleBatch() int {
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		return 100
 	}
-	return max(1, min(2000, (int(lim.Cur)-500)/8))
+	if want := uint64(8*10000 + 1000); lim.Cur < want {
+		raised := syscall.Rlimit{Cur: want, Max: max(lim.Max, want)}
+		if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &raised) == nil {
+			lim = raised
+		}
+	}
+	return max(1, min(10000, (int(lim.Cur)-500)/8))
 }
 
-// idleGrowth opens n logged-in sessions to addr, lets them become idle,
+// idleGrowth opens n logged-in sessions with dial, lets them become idle,
 // measures the growth over the quiet state before, closes them and waits
 // for the quiet state again. sockets is how many sockets a session has in
-// this process once idle: 2 direct (client, backend), 4 through the proxy.
-func idleGrowth(addr string, n, sockets int) (footprint, error) {
+// this process once idle: 1 direct (the client's), 3 through the proxy
+// (and the proxy's two). parked, if not nil, counts the parked relay directions; it
+// returns that count as it was when measured.
+func idleGrowth(dial func() (net.Conn, error), n, sockets int, parked func() int) (footprint, int, error) {
 	before := measure()
 	conns := make([]net.Conn, 0, n)
 	closeAll := func() {
@@ -426,38 +546,41 @@ func idleGrowth(addr string, n, sockets int) (footprint, error) {
 		}
 	}
 	for i := range n {
-		c, err := benchkit.DialRaw(addr, "idle", "pw", benchTimeout)
-		if err == nil {
-			err = c.Command("n", "NOOP")
-		}
+		c, err := dial()
 		if err != nil {
 			closeAll()
-			return footprint{}, fmt.Errorf("session %d of %d: %w", i+1, n, err)
+			return footprint{}, 0, fmt.Errorf("session %d of %d: %w", i+1, n, err)
 		}
-		conns = append(conns, c.Conn) // the reader and its buffer become garbage
+		conns = append(conns, c)
 	}
 	// A relay direction that spliced keeps its pipe for a second after
-	// its last byte (relayLinger), and a NOOP should not splice at all. An
-	// idle session is one past that: wait until only the sockets are
-	// left, or give up after a while and measure what is there, which then
-	// shows in fds-nogc/session (and in fds/session if GC does not
-	// release it either). Nothing here runs a GC before the first count.
+	// its last byte (relayLinger), and a NOOP should not splice at all;
+	// a direction parks after the park period. An idle session is one
+	// past both: wait until only the sockets are left and every session
+	// is parked, or give up after a while and measure what is there,
+	// which then shows in fds-nogc/session (and in fds/session if GC does
+	// not release it either) and in parked-fraction. Nothing here runs a
+	// GC before the first count.
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
-		if countFDs() <= before.fds+sockets*n+16 {
+		if countFDs() <= before.fds+sockets*n+16 && (parked == nil || parked() >= 2*n) {
 			break
 		}
 		time.Sleep(50 * time.Millisecond) // no event to wait on: another package's timers
 	}
 	after := measure()
+	k := 0
+	if parked != nil {
+		k = parked()
+	}
 	closeAll()
 	deadline := time.Now().Add(30 * time.Second)
 	for runtime.NumGoroutine() > before.goroutines {
 		if time.Now().After(deadline) {
-			return footprint{}, fmt.Errorf("%d goroutines left after closing, %d before", runtime.NumGoroutine(), before.goroutines)
+			return footprint{}, 0, fmt.Errorf("%d goroutines left after closing, %d before", runtime.NumGoroutine(), before.goroutines)
 		}
 		time.Sleep(10 * time.Millisecond) // no event to wait on: goroutines of other packages ending
 	}
-	return after.sub(before), nil
+	return after.sub(before), k, nil
 }
 
 // footprint is what the process holds at one moment.
@@ -538,10 +661,17 @@ func startFakeIMAP(tb testing.TB, size int) *fakeIMAP {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	f, stop := serveFakeIMAP(ln, size)
+	tb.Cleanup(stop)
+	return f
+}
+
+// serveFakeIMAP serves a message of size bytes on ln until stop.
+func serveFakeIMAP(ln net.Listener, size int) (f *fakeIMAP, stop func()) {
 	resp := fmt.Appendf(nil, "* 1 FETCH (BODY[] {%d}\r\n", size)
 	resp = append(resp, bytes.Repeat([]byte{'x'}, size)...)
 	resp = append(resp, ")\r\n"...)
-	f := &fakeIMAP{addr: ln.Addr().String(), fetch: resp, conns: map[net.Conn]struct{}{}}
+	f = &fakeIMAP{addr: ln.Addr().String(), fetch: resp, conns: map[net.Conn]struct{}{}}
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
@@ -557,7 +687,7 @@ func startFakeIMAP(tb testing.TB, size int) *fakeIMAP {
 			go f.serve(c)
 		}
 	}()
-	tb.Cleanup(func() {
+	return f, func() {
 		ln.Close()
 		f.mu.Lock()
 		for c := range f.conns {
@@ -565,8 +695,54 @@ func startFakeIMAP(tb testing.TB, size int) *fakeIMAP {
 		}
 		f.mu.Unlock()
 		f.wg.Wait()
-	})
-	return f
+	}
+}
+
+// fakeIMAPEnv, when set, makes the test binary a fake IMAP backend and
+// nothing else (TestMain): BenchmarkIdleSessionMemory runs its backend in
+// a process of its own, so that the backend's goroutine stacks, which
+// vary with what each phase sends it, are not in the figures.
+const fakeIMAPEnv = "MAILPROXY_BENCH_FAKE_IMAP"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(fakeIMAPEnv) == "" {
+		os.Exit(m.Run())
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	serveFakeIMAP(ln, 0)
+	fmt.Println(ln.Addr())
+	io.Copy(io.Discard, os.Stdin) // until the parent closes it or exits
+}
+
+// startFakeIMAPProcess runs a fake IMAP backend in a child process until
+// the benchmark ends and returns its address.
+func startFakeIMAPProcess(tb testing.TB) string {
+	tb.Helper()
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), fakeIMAPEnv+"=1")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { stdin.Close(); cmd.Wait() })
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		cmd.Process.Kill()
+		tb.Fatalf("fake IMAP backend process: %v", err)
+	}
+	return strings.TrimSpace(line)
 }
 
 func (f *fakeIMAP) serve(c net.Conn) {

@@ -32,6 +32,8 @@ var (
 		"Live sessions on a backend, all protocols.", []string{"pool", "backend"}, nil)
 	descBackendUsers = prometheus.NewDesc("mailproxy_backend_users",
 		"Users with a live session on a backend.", []string{"pool", "backend"}, nil)
+	descParked = prometheus.NewDesc("mailproxy_relay_parked_directions",
+		"Relay directions parked: quiet, with no goroutine, their socket watched by the poller (two per idle session).", nil, nil)
 	descBackendState = prometheus.NewDesc("mailproxy_backend_state",
 		"1 for the state a backend is in for a protocol (up, down, draining, disabled), 0 for the others.",
 		[]string{"pool", "backend", "protocol", "state"}, nil)
@@ -98,7 +100,7 @@ func outcomeLabel(outcome string) string {
 type stateCollector struct{ s *Server }
 
 func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSessions, descBackendSessions, descBackendUsers, descBackendState} {
+	for _, d := range []*prometheus.Desc{descSessions, descBackendSessions, descBackendUsers, descBackendState, descParked} {
 		ch <- d
 	}
 }
@@ -114,6 +116,7 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, lc := range s.Config().Listeners {
 		ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(open[lc.Name]), lc.Name, lc.Protocol)
 	}
+	ch <- prometheus.MustNewConstMetric(descParked, prometheus.GaugeValue, float64(s.ParkedDirections()))
 	states := []routing.State{routing.Up, routing.Down, routing.Draining, routing.Disabled}
 	for _, p := range s.Pools() {
 		for _, st := range p.Status() {

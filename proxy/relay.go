@@ -4,14 +4,18 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"mailproxy/protocols"
+	"mailproxy/proxy/proxyproto"
 )
 
 // relayLinger is how long a direction that is moving a bulk burst keeps
@@ -40,62 +44,93 @@ type relayResult struct {
 	err      error // the first error that was not a normal end
 }
 
+// relayOpts are what a relay needs besides its connections.
+type relayOpts struct {
+	idle time.Duration // no byte either way for this long ends the relay
+	// park is how long a direction waits for its next burst before its
+	// goroutine hands the source over to poller and exits; 0, or a nil
+	// poller, never parks.
+	park   time.Duration
+	poller *poller
+	// onEnd receives the result once both directions have ended, on the
+	// goroutine of the last one; it owns the session's teardown.
+	onEnd func(relayResult)
+}
+
 // relay copies bytes both ways until either side ends, in the five steps of
 // the house style: flush what the protocol read ahead, unwrap to TCP so the
 // kernel can splice, CloseWrite on EOF, a bounded grace for the other
-// direction, and wait for both copies. The connection closes on ctx.Done.
-// No direction is idle while the other moves data.
+// direction, and wait for both copies (the last one to end calls
+// o.onEnd). The connections close on ctx.Done. No direction is idle while
+// the other moves data.
 //
-// The session goroutine copies client to backend itself. An idle session
-// is two goroutines parked in the network poller, and the one under
-// serveSession has its stack shrunk to 4 KiB only while it uses less
-// than a quarter of it (plus 800 bytes): so the frames between relay and
-// that wait are kept few and small.
-func relay(ctx context.Context, r *protocols.Relay, idle time.Duration) relayResult {
-	st, err := beginRelay(ctx, r, idle)
+// The caller's goroutine copies client to backend itself and returns
+// when that direction ends or parks; the other direction has a goroutine
+// of its own. A direction that has waited o.park for its next burst
+// parks: its goroutine exits and o.poller watches its source, starting a
+// new goroutine for it at the first readable byte (park.go). A session
+// that is quiet both ways thus costs no goroutine and no buffer.
+func relay(ctx context.Context, r *protocols.Relay, o relayOpts) {
+	st, err := beginRelay(ctx, r, o)
 	if err != nil {
-		return relayResult{err: err}
+		r.Client.Close()
+		r.Backend.Conn.Close()
+		o.onEnd(relayResult{err: err})
+		return
 	}
 	st.dirs[0].pipe()
-	return st.end()
 }
 
 // beginRelay flushes what the protocol read ahead, ties the connections
 // to ctx and starts the backend to client direction.
-func beginRelay(ctx context.Context, r *protocols.Relay, idle time.Duration) (*relayState, error) {
+func beginRelay(ctx context.Context, r *protocols.Relay, o relayOpts) (*relayState, error) {
 	client, back := r.Client, r.Backend.Conn
-	if err := writeAll(back, r.ClientBuf, idle); err != nil {
+	if err := writeAll(back, r.ClientBuf, o.idle); err != nil {
 		return nil, err
 	}
-	if err := writeAll(client, r.BackBuf, idle); err != nil {
+	if err := writeAll(client, r.BackBuf, o.idle); err != nil {
 		return nil, err
 	}
-	st := &relayState{idle: idle}
+	st := &relayState{idle: o.idle, onEnd: o.onEnd, ctx: ctx}
+	if o.park > 0 && o.poller != nil {
+		st.park, st.poller = o.park, o.poller
+	}
 	st.dirs[0] = newDirection(st, 0, back, client, len(r.ClientBuf))
 	st.dirs[1] = newDirection(st, 1, client, back, len(r.BackBuf))
 	// The session keeps the Backend for its whole life; its login reader
 	// (4 KiB) was flushed into BackBuf and must not stay reachable.
 	r.ClientBuf, r.BackBuf, r.Backend.Reader = nil, nil, nil
-	st.stop = context.AfterFunc(ctx, func() {
-		client.Close()
-		back.Close()
-	})
-	st.wg.Add(1)
-	go st.down()
+	if a, ok := ctx.(interface{ AfterFunc(func()) func() bool }); ok {
+		st.stop = a.AfterFunc(st.kill) // a session's context: no context of its own per call
+	} else {
+		st.stop = context.AfterFunc(ctx, st.kill)
+	}
+	go st.dirs[1].pipe()
 	return st, nil
 }
 
-func (st *relayState) down() {
-	defer st.wg.Done()
-	st.dirs[1].pipe()
+// kill closes both connections when the context ends; a parked direction
+// is handed a goroutine first, which finds its connection closed and ends.
+func (st *relayState) kill() {
+	w := st.wake(true, 0, 1)
+	st.dirs[0].src.Close()
+	st.dirs[1].src.Close()
+	w.start()
 }
 
-// end waits for the backend to client direction and adds up.
-func (st *relayState) end() relayResult {
-	st.wg.Wait()
+// end runs once both directions have ended: it adds up and hands over.
+func (st *relayState) end() {
 	st.stop()
 	up, down := &st.dirs[0], &st.dirs[1]
-	return relayResult{up: up.total, down: down.total, err: errors.Join(quiet(up.err), quiet(down.err))}
+	st.onEnd(relayResult{up: up.total, down: down.total, err: errors.Join(quiet(up.err), quiet(down.err))})
+}
+
+// ended counts a direction that has ended for good; the second one ends
+// the relay.
+func (st *relayState) ended(n int32) {
+	if st.nEnded.Add(n) == 2 {
+		st.end()
+	}
 }
 
 // errIdle ends a relay that saw no traffic either way for the idle timeout.
@@ -123,15 +158,25 @@ func stalled(err error) error {
 // burst marks it busy again until its next wait runs out. The relay is
 // idle only when both directions are quiet, so a long one-way transfer (a
 // big FETCH, IDLE updates) keeps the silent side alive, and a dead
-// session ends within two idle periods.
+// session ends within two idle periods. With parking, a wait lasts only
+// the park period; once both directions are parked, the poller's sweep
+// (park.go) ends the relay when the rest of the idle period has passed.
 type relayState struct {
-	idle       time.Duration
+	idle, park time.Duration
 	quiet      [2]atomic.Bool
 	halfClosed atomic.Bool // one direction has ended
+	nEnded     atomic.Int32
 
-	dirs [2]direction // client to backend, backend to client
-	stop func() bool  // unties the connections from the context
-	wg   sync.WaitGroup
+	dirs   [2]direction // client to backend, backend to client
+	ctx    context.Context
+	stop   func() bool // unties the connections from the context
+	onEnd  func(relayResult)
+	poller *poller // nil: never park
+
+	// Guarded by poller.mu.
+	dead     bool  // killed or ending: never park again
+	nParked  uint8 // directions parked
+	parkedAt int64 // when both were parked (Unix ns), or 0
 }
 
 // direction is one way of a relay, owned by the goroutine that copies
@@ -146,39 +191,84 @@ type relayState struct {
 // its last byte (two descriptors and, at 1 MiB, about 10 KiB of kernel
 // memory while it lives); otherwise it is copied through the large
 // buffer, given back after the same linger. An idle session costs its
-// two sockets and two parked goroutines only.
+// two sockets and, until it parks, two waiting goroutines.
+//
+// A parked session keeps its relay state, so it is kept small: the
+// destination is the other direction's source, and the buffer pool
+// follows from splice.
 type direction struct {
-	st       *relayState
-	dir      int // index in st.quiet
-	dst, src net.Conn
-	w        *waiter    // waits for src to be readable, then reads; nil unless src is TCP on Linux
-	splice   bool       // src and dst are TCP on Linux: bulk is spliced
-	pool     *sync.Pool // smallPool when splicing, largePool otherwise
-	ahead    bool       // src is TLS: a wait reads one byte, the rest of its record is at hand
-	first    [1]byte    // the byte such a wait read
-	total    int64      // bytes copied, the flushed read-ahead included
-	err      error      // why the copy ended; nil at EOF
+	st     *relayState
+	src    net.Conn
+	w      *waiter         // waits for src to be readable, then reads; nil unless src is TCP on Linux
+	raw    syscall.RawConn // src's socket, for the poller; nil: this direction never parks
+	total  int64           // bytes copied, the flushed read-ahead included
+	err    error           // why the copy ended; nil at EOF
+	token  uint64          // while parked: its key in poller.parked (guarded by poller.mu)
+	dir    uint8           // index in st.quiet
+	splice bool            // src and dst are TCP on Linux: bulk is spliced
+	ahead  bool            // src is TLS: a wait reads one byte, the rest of its record is at hand
+	noPark bool            // the poller refused once: wait in the goroutine from now on
+	first  [1]byte         // the byte such a wait read
 }
 
-func newDirection(st *relayState, dir int, dst, src net.Conn, flushed int) direction {
-	d := direction{st: st, dir: dir, dst: dst, src: src, pool: &largePool, total: int64(flushed)}
+func newDirection(st *relayState, dir uint8, dst, src net.Conn, flushed int) direction {
+	d := direction{st: st, dir: dir, src: src, total: int64(flushed)}
 	_, tcp := dst.(*net.TCPConn)
 	d.w = newWaiter(src)
-	if d.splice = d.w != nil && tcp; d.splice {
-		d.pool = &smallPool
-	}
+	d.splice = d.w != nil && tcp
 	if d.w != nil {
-		d.w.pool = d.pool
+		d.w.pool = d.pool()
 	}
 	_, d.ahead = src.(*tls.Conn)
+	switch {
+	case st.poller == nil:
+	case d.w != nil:
+		d.raw = d.w.rc
+	default:
+		d.raw = rawConn(src)
+	}
 	return d
 }
 
-// deadline is the next read deadline: the idle timeout, or the bounded
-// grace once the other direction has ended.
-func (st *relayState) deadline() time.Time {
+// dst is where the direction writes: the other direction's source.
+func (d *direction) dst() net.Conn { return d.st.dirs[1-d.dir].src }
+
+// pool is where the direction takes its buffers: the small ones when
+// bulk is spliced, the large ones otherwise.
+func (d *direction) pool() *sync.Pool {
+	if d.splice {
+		return &smallPool
+	}
+	return &largePool
+}
+
+// rawConn returns the socket under c (TLS and a PROXY header unwrapped),
+// or nil when c is not TCP.
+func rawConn(c net.Conn) syscall.RawConn {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	tc, ok := proxyproto.Unwrap(c).(*net.TCPConn)
+	if !ok {
+		return nil
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
+}
+
+// deadline is the next read deadline: the idle timeout or, for a direction
+// that may park, the park period if shorter; the bounded grace once the
+// other direction has ended.
+func (d *direction) deadline() time.Time {
+	st := d.st
 	if st.halfClosed.Load() {
 		return time.Now().Add(min(st.idle, halfCloseGrace))
+	}
+	if d.raw != nil && !d.noPark {
+		return time.Now().Add(min(st.idle, st.park))
 	}
 	return time.Now().Add(st.idle)
 }
@@ -186,30 +276,64 @@ func (st *relayState) deadline() time.Time {
 // lingerDeadline is the read deadline inside a bulk burst: relayLinger
 // from now, or the idle deadline if that comes first.
 func (st *relayState) lingerDeadline(now time.Time) time.Time {
-	if d, l := st.deadline(), now.Add(relayLinger); d.Before(l) {
-		return d
+	d := now.Add(st.idle)
+	if st.halfClosed.Load() {
+		d = now.Add(min(st.idle, halfCloseGrace))
 	}
-	return now.Add(relayLinger)
+	if l := now.Add(relayLinger); l.Before(d) {
+		return l
+	}
+	return d
 }
 
 // pipe copies src to dst until EOF, an error, or idleness, then
-// half-closes dst and cuts the other direction's wait down to the grace.
+// half-closes dst and cuts the other direction's wait down to the grace;
+// or it parks the direction and returns at once. A panic ends the
+// relay, not the process: it is the top of the goroutine.
 func (d *direction) pipe() {
-	d.err = d.run()
+	defer func() {
+		if r := recover(); r != nil {
+			d.err = &relayPanic{value: r, stack: debug.Stack()}
+			d.finish()
+			d.st.ended(1)
+		}
+	}()
+	err := d.run()
+	if err == errParked {
+		return // d belongs to the poller now
+	}
+	d.err = err
 	d.finish()
+	d.st.ended(1)
 }
 
-// run copies burst after burst until EOF (nil), idleness or an error.
+// relayPanic is a panic in a relay goroutine, ending its session.
+type relayPanic struct {
+	value any
+	stack []byte
+}
+
+func (p *relayPanic) Error() string { return fmt.Sprintf("panic: %v", p.value) }
+
+// errParked is run's way of saying the direction was handed to the poller.
+var errParked = errors.New("parked")
+
+// run copies burst after burst until EOF (nil), idleness, an error, or
+// parking (errParked).
 func (d *direction) run() error {
 	st := d.st
+	have := false // the first byte of a burst is in d.first already
 	for {
-		d.src.SetReadDeadline(st.deadline())
 		var err error
-		if d.w != nil {
-			err = d.w.wait() // called here, not in wait: one frame less under an idle session
-		} else {
-			err = d.wait()
+		if !have {
+			d.src.SetReadDeadline(d.deadline())
+			if d.w != nil {
+				err = d.w.wait() // called here, not in wait: one frame less under an idle session
+			} else {
+				err = d.wait()
+			}
 		}
+		have = false
 		if err == nil {
 			err = d.burst()
 		}
@@ -218,8 +342,22 @@ func (d *direction) run() error {
 		case err == io.EOF:
 			return nil
 		case errors.Is(err, os.ErrDeadlineExceeded) && !st.halfClosed.Load():
+			if d.raw != nil && !d.noPark {
+				if have, err = d.pending(); err == io.EOF {
+					return nil
+				} else if err != nil {
+					return err
+				} else if have {
+					continue
+				}
+				if st.poller.park(d) {
+					return errParked
+				}
+				d.noPark = true
+				continue
+			}
 			st.quiet[d.dir].Store(true)
-			if !st.quiet[1-d.dir].Load() {
+			if !st.quiet[1-d.dir].Load() && !st.parked(1-d.dir) {
 				continue // this side is quiet, the other is not (yet)
 			}
 			return errIdle
@@ -227,6 +365,26 @@ func (d *direction) run() error {
 			return err
 		}
 	}
+}
+
+// pending says whether a TLS source holds something already (decrypted
+// bytes, whole records, an alert read with the last record), which its
+// socket's readiness would never announce: a read with a deadline in the
+// past returns it without touching the socket. The byte it finds is the
+// first of the next burst.
+func (d *direction) pending() (bool, error) {
+	if !d.ahead {
+		return false, nil
+	}
+	d.src.SetReadDeadline(time.Unix(1, 0))
+	n, err := d.src.Read(d.first[:])
+	if n > 0 {
+		return true, nil
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return false, nil
+	}
+	return false, err
 }
 
 // wait waits for the first byte of a burst from a source that is not TCP
@@ -268,7 +426,7 @@ func (d *direction) burst() error {
 	if bulk && !d.splice {
 		err = d.copyBulk(buf)
 	}
-	d.pool.Put(bp)
+	d.pool().Put(bp)
 	if bulk && d.splice {
 		if err = d.spliceBulk(); err == errNoPipe {
 			err = d.copyBulkPooled()
@@ -294,7 +452,7 @@ func (d *direction) read() (*[]byte, int, error) {
 	if d.w != nil {
 		return d.w.take() // the wait has read already
 	}
-	bp := d.pool.Get().(*[]byte)
+	bp := d.pool().Get().(*[]byte)
 	buf := *bp
 	if !d.ahead {
 		n, err := d.src.Read(buf)
@@ -346,24 +504,34 @@ func (d *direction) copyBulk(buf []byte) error {
 // write sends b on and counts what went, failing when dst takes nothing
 // for the idle timeout.
 func (d *direction) write(b []byte) error {
-	d.dst.SetWriteDeadline(time.Now().Add(d.st.idle))
-	n, err := d.dst.Write(b)
+	dst := d.dst()
+	dst.SetWriteDeadline(time.Now().Add(d.st.idle))
+	n, err := dst.Write(b)
 	d.total += int64(n)
 	return stalled(err)
 }
 
 // finish half-closes dst after EOF, the first direction to end, and
-// closes both connections otherwise.
+// closes both connections otherwise. The other direction, if parked, is
+// given its goroutine back: for the grace, or to find the end.
 func (d *direction) finish() {
-	first := !d.st.halfClosed.Swap(true)
-	if cw, ok := d.dst.(interface{ CloseWrite() error }); ok && d.err == nil && first {
+	st := d.st
+	first := !st.halfClosed.Swap(true)
+	w := st.wake(false, 1-d.dir, 1-d.dir)
+	if cw, ok := d.dst().(interface{ CloseWrite() error }); ok && d.err == nil && first {
 		cw.CloseWrite()
 		// Wake the other direction so it picks up the grace deadline.
-		d.dst.SetReadDeadline(time.Now().Add(halfCloseGrace))
+		d.dst().SetReadDeadline(time.Now().Add(halfCloseGrace))
 	} else {
-		d.dst.Close()
+		if tc, ok := d.dst().(*tls.Conn); ok && errors.Is(d.err, errStalled) {
+			// Its peer reads nothing: the close_notify that Close
+			// sends would wait five seconds for room.
+			tc.NetConn().Close()
+		}
+		d.dst().Close()
 		d.src.Close()
 	}
+	w.start()
 }
 
 // The pools hold buffers only between bursts: a direction takes one when

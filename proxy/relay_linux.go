@@ -98,7 +98,7 @@ const (
 // nothing; what went in is all spliced out to dst before the next one.
 // It returns errNoPipe, having moved nothing, when it cannot splice.
 func (d *direction) spliceBulk() error {
-	s, err := newSplicer(d.w.rc, d.dst)
+	s, err := newSplicer(d.w.rc, d.dst())
 	if err != nil {
 		return errNoPipe
 	}
@@ -120,7 +120,7 @@ func (d *direction) spliceBulk() error {
 		case n == 0:
 			return io.EOF
 		}
-		d.dst.SetWriteDeadline(time.Now().Add(d.st.idle))
+		d.dst().SetWriteDeadline(time.Now().Add(d.st.idle))
 		m, err := s.drain(n)
 		d.total += int64(m)
 		if err != nil {

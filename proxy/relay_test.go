@@ -42,7 +42,7 @@ type relayFixture struct {
 
 func startRelay(t *testing.T, idle time.Duration, clientBuf, backBuf string) *relayFixture {
 	client, proxyFront := tcpPair(t)
-	return relayFrom(t, idle, client, proxyFront, clientBuf, backBuf)
+	return relayFrom(t, relayOpts{idle: idle}, client, proxyFront, clientBuf, backBuf)
 }
 
 // startTLSRelay is startRelay with TLS between the client and the proxy,
@@ -50,6 +50,10 @@ func startRelay(t *testing.T, idle time.Duration, clientBuf, backBuf string) *re
 // TLS and writes TCP, the other reads TCP and writes TLS, and neither can
 // splice.
 func startTLSRelay(t *testing.T, idle time.Duration) *relayFixture {
+	return startTLSRelayOpts(t, relayOpts{idle: idle})
+}
+
+func startTLSRelayOpts(t *testing.T, o relayOpts) *relayFixture {
 	cert, roots, err := mtls.SelfSigned("localhost")
 	if err != nil {
 		t.Fatal(err)
@@ -65,17 +69,24 @@ func startTLSRelay(t *testing.T, idle time.Duration) *relayFixture {
 	if err := <-shook; err != nil {
 		t.Fatalf("server handshake: %v", err)
 	}
-	return relayFrom(t, idle, client, front, "", "")
+	return relayFrom(t, o, client, front, "", "")
 }
 
-func relayFrom(t *testing.T, idle time.Duration, client, proxyFront net.Conn, clientBuf, backBuf string) *relayFixture {
+// relayFrom runs a relay with o between proxyFront and a new backend
+// connection; o.onEnd is the fixture's.
+func relayFrom(t *testing.T, o relayOpts, client, proxyFront net.Conn, clientBuf, backBuf string) *relayFixture {
+	return relayCtx(t, context.Background(), o, client, proxyFront, clientBuf, backBuf)
+}
+
+func relayCtx(t *testing.T, ctx context.Context, o relayOpts, client, proxyFront net.Conn, clientBuf, backBuf string) *relayFixture {
 	proxyBack, backend := tcpPair(t)
 	f := &relayFixture{client: client, backend: backend, done: make(chan relayResult, 1)}
 	r := &protocols.Relay{
 		Client: proxyFront, ClientBuf: []byte(clientBuf),
 		Backend: protocols.NewBackend(proxyBack, "b", "", nil), BackBuf: []byte(backBuf),
 	}
-	go func() { f.done <- relay(context.Background(), r, idle) }()
+	o.onEnd = func(res relayResult) { f.done <- res }
+	go relay(ctx, r, o)
 	return f
 }
 

@@ -91,6 +91,11 @@ type Server struct {
 	adminState routing.StateStore // runtime drains, weights, pins (store.go)
 	rstore     *rstore.Store      // [store] type = "redis"; nil for memory; [store] is read at New only
 	bgDone     sync.WaitGroup     // the store's background work
+
+	// The poller of parked relays (park.go), started by the first relay
+	// that may park; guarded by mu.
+	poller       *poller
+	pollerFailed bool
 }
 
 // lnEntry is what the server knows of a serving listener: the name it
@@ -335,24 +340,27 @@ func (s *Server) accept(st *state, lc *config.ListenerConfig, c net.Conn) {
 		c.Close()
 		return
 	}
-	go func() {
-		defer s.wg.Done()
-		defer func() {
-			s.mu.Lock()
-			s.conns.Add(-1)
-			if ip != "" { // "": a balancer's connection whose header named no client
-				if s.perIP[ip]--; s.perIP[ip] <= 0 {
-					delete(s.perIP, ip)
-				}
+	// release runs when the session ends, which may be long after this
+	// goroutine: a parked session has none.
+	release := func() {
+		s.mu.Lock()
+		s.conns.Add(-1)
+		if ip != "" { // "": a balancer's connection whose header named no client
+			if s.perIP[ip]--; s.perIP[ip] <= 0 {
+				delete(s.perIP, ip)
 			}
-			s.mu.Unlock()
-		}()
+		}
+		s.mu.Unlock()
+		s.wg.Done()
+	}
+	go func() {
 		if lc.ProxyProtocol {
 			if c, ip = s.admitProxied(st, lc, c); c == nil {
+				release()
 				return
 			}
 		}
-		s.serveSession(st, lc, c)
+		s.serveSession(st, lc, c, release)
 	}()
 }
 
@@ -431,12 +439,49 @@ func (s *Server) StartBackground() {
 	s.startStore(ctx)
 }
 
+// parkPoller returns the server's poller of parked relays, starting it
+// on first use, or nil when sessions are not parked.
+func (s *Server) parkPoller() *poller {
+	cfg := s.Config()
+	if cfg.Limits.ParkAfter.Duration <= 0 {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.poller == nil && !s.pollerFailed && !s.closed.Load() {
+		p, err := newPoller(cfg.Limits.IdleTimeout.Duration) // the config at first use: a reload does not change it
+		if err != nil {
+			s.pollerFailed = true
+			s.log.Warn("idle sessions will not be parked", "err", err)
+			return nil
+		}
+		s.poller = p
+	}
+	return s.poller
+}
+
+// ParkedDirections counts the relay directions parked now: two per
+// session that is quiet both ways.
+func (s *Server) ParkedDirections() int {
+	s.mu.Lock()
+	p := s.poller
+	s.mu.Unlock()
+	if p == nil {
+		return 0
+	}
+	return p.count()
+}
+
 func (s *Server) stopBackground() {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
 	s.mu.Lock()
+	p := s.poller
 	stop := s.bgStop
 	s.mu.Unlock()
+	if p != nil {
+		p.close()
+	}
 	if stop != nil {
 		stop()
 		s.state().stopHealth()

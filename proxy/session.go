@@ -29,7 +29,8 @@ type session struct {
 	lc     *config.ListenerConfig
 	pool   *routing.Pool
 	proto  routing.Protocol
-	log    *slog.Logger
+	log    *slog.Logger // nil while relaying: rebuilt for the end line (logger)
+	addr   string       // the client's address, for the log
 	ctx    context.Context
 	cancel context.CancelFunc
 	stop   func() bool // unregisters the close-on-cancel of the accepted conn
@@ -44,12 +45,14 @@ type session struct {
 	key      string
 	backend  *protocols.Backend // the backend of the current login attempt
 	loggedIn bool
+	relaying bool // the relay owns the session's end (relayEnded)
 	// byeTo is where a goodbye may be written from another goroutine
 	// (shutdown): the connection in the state the client reads it, or nil
 	// while that is not known (before login on a STARTTLS listener).
 	byeTo   atomic.Pointer[net.Conn]
 	res     relayResult
 	outcome string // for the end line
+	release func() // gives back what accept counted for the connection
 }
 
 // say sends one of the proxy's own replies, bounded by a short deadline.
@@ -66,31 +69,76 @@ func newID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// serveSession runs one connection from accept to close. Its own frame is
-// kept small: it sits under the relay for the whole life of an idle
-// session, so the login work lives in helpers whose frames are gone by then.
-func (s *Server) serveSession(st *state, lc *config.ListenerConfig, c net.Conn) {
-	ss := s.newSession(st, lc, c)
-	defer ss.finish()
+// serveSession runs one connection from accept to login, then starts the
+// relay, which ends the session (relayEnded) on whichever goroutine its
+// last direction ends: an idle session may have parked, and then no
+// goroutine of it is left. Its own frame is kept small: it sits under the
+// relay while the client to backend direction is busy, so the login work
+// lives in helpers whose frames are gone by then.
+func (s *Server) serveSession(st *state, lc *config.ListenerConfig, c net.Conn, release func()) {
+	ss := s.newSession(st, lc, c, release)
+	defer ss.endLogin()
 	r := ss.login()
 	if r == nil {
 		return
 	}
-	ss.res = relay(ss.ctx, r, st.cfg.Limits.IdleTimeout.Duration)
+	// The relay ties the connections to ctx itself, and closing the
+	// accepted one behind its back would leave a parked direction unwoken.
+	ss.stop()
+	ss.stop = stopped // the registration stays reachable through its stop func
+	ss.relaying = true
+	// The logger's preformatted fields are a few hundred bytes that an
+	// idle session need not keep: the end line makes them again.
+	ss.log = nil
+	relay(ss.ctx, r, relayOpts{idle: st.cfg.Limits.IdleTimeout.Duration, park: st.cfg.Limits.ParkAfter.Duration,
+		poller: s.parkPoller(), onEnd: ss.relayEnded})
+}
+
+// stopped is the stop func of something already stopped.
+func stopped() bool { return false }
+
+// endLogin ends a session that did not reach the relay. It is deferred
+// directly, so its recover catches a panic anywhere before the relay
+// (the relay's goroutines recover their own).
+func (ss *session) endLogin() {
+	if r := recover(); r != nil {
+		ss.logger().Error("session panic", "panic", r, "stack", string(debug.Stack()))
+		say(ss.client, ss.srv.handlers[ss.lc.Protocol].Notice(protocols.NoticePanic))
+		ss.outcome = "panic"
+		if ss.relaying {
+			ss.cancel() // the relay ends the session
+			return
+		}
+	}
+	if !ss.relaying {
+		ss.finish()
+	}
+}
+
+// relayEnded ends a session after its relay.
+func (ss *session) relayEnded(res relayResult) {
+	ss.res = res
 	ss.outcome = ss.relayOutcome()
+	var p *relayPanic
+	if errors.As(res.err, &p) {
+		ss.logger().Error("session panic", "panic", p.value, "stack", string(p.stack))
+		ss.outcome = "panic"
+	}
+	ss.finish()
 }
 
 // newSession registers a session for c and logs its start.
-func (s *Server) newSession(st *state, lc *config.ListenerConfig, c net.Conn) *session {
+func (s *Server) newSession(st *state, lc *config.ListenerConfig, c net.Conn, release func()) *session {
 	proto, _ := routing.ParseProtocol(lc.Protocol)
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := newSessionCtx()
 	ss := &session{srv: s, st: st, lc: lc, pool: st.pools[lc.Pool], proto: proto, ctx: ctx, cancel: cancel,
-		id: newID(), start: time.Now(), client: c, ps: &protocols.Session{}, outcome: "closed"}
-	ss.log = s.log.With("session", ss.id, "listener", lc.Name, "client", c.RemoteAddr().String())
+		id: newID(), start: time.Now(), client: c, ps: &protocols.Session{}, outcome: "closed", release: release}
+	ss.addr = c.RemoteAddr().String()
+	ss.log = ss.logger()
 	// A kill (kick, backend down) cancels ctx from another goroutine:
 	// close the accepted conn, never ss.client, which this goroutine
 	// replaces after TLS and login.
-	ss.stop = context.AfterFunc(ctx, func() { c.Close() })
+	ss.stop = ctx.AfterFunc(func() { c.Close() })
 	if lc.TLS == "none" || lc.TLS == "" {
 		ss.byeTo.Store(&c)
 	}
@@ -101,15 +149,19 @@ func (s *Server) newSession(st *state, lc *config.ListenerConfig, c net.Conn) *s
 	return ss
 }
 
-// finish tears the session down and writes its end line. It is deferred
-// directly, so its recover catches a panic anywhere in the session.
+// logger returns the session's logger, making it again if the relay
+// dropped it.
+func (ss *session) logger() *slog.Logger {
+	if ss.log == nil {
+		ss.log = ss.srv.log.With("session", ss.id, "listener", ss.lc.Name, "client", ss.addr)
+	}
+	return ss.log
+}
+
+// finish tears the session down and writes its end line.
 func (ss *session) finish() {
 	s, lc := ss.srv, ss.lc
-	if r := recover(); r != nil {
-		ss.log.Error("session panic", "panic", r, "stack", string(debug.Stack()))
-		say(ss.client, s.handlers[lc.Protocol].Notice(protocols.NoticePanic))
-		ss.outcome = "panic"
-	}
+	defer ss.release()
 	ss.stop()
 	ss.cancel()
 	ss.client.Close()
@@ -128,7 +180,7 @@ func (ss *session) finish() {
 		attrs = append(attrs, "backend", backend)
 	}
 	s.metrics.sessionEnded(lc, backend, ss.loggedIn, ss.user != "", res, ss.outcome)
-	ss.log.Info("session end", attrs...)
+	ss.logger().Info("session end", attrs...)
 }
 
 // login runs TLS and the protocol's dialogue before login under the login

@@ -4,6 +4,7 @@ package benchkit
 
 import (
 	"bufio"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -30,6 +31,11 @@ func DialRaw(addr, user, password string, timeout time.Duration) (*RawIMAP, erro
 	if err != nil {
 		return nil, err
 	}
+	return login(conn, user, password, timeout)
+}
+
+// login reads the greeting on conn and logs in.
+func login(conn net.Conn, user, password string, timeout time.Duration) (*RawIMAP, error) {
 	c := &RawIMAP{Conn: conn, Timeout: timeout, r: bufio.NewReaderSize(conn, 4096)}
 	conn.SetDeadline(time.Now().Add(timeout))
 	if line, err := c.r.ReadString('\n'); err != nil || !strings.HasPrefix(line, "* OK") {
@@ -41,6 +47,16 @@ func DialRaw(addr, user, password string, timeout time.Duration) (*RawIMAP, erro
 		return nil, err
 	}
 	return c, nil
+}
+
+// DialRawTLS is DialRaw over implicit TLS with cfg.
+func DialRawTLS(addr, user, password string, cfg *tls.Config, timeout time.Duration) (*RawIMAP, error) {
+	d := &net.Dialer{Timeout: timeout}
+	conn, err := tls.DialWithDialer(d, "tcp", addr, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return login(conn, user, password, timeout)
 }
 
 // Close closes the connection.

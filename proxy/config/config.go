@@ -66,6 +66,11 @@ type LimitsConfig struct {
 	// or XCLIENT) and the backend login; a backend that has not greeted by
 	// then counts as failed and the next one is tried. Default 10s; > 0.
 	BackendTimeout Duration `toml:"backend_timeout"`
+
+	// ParkAfter is how long a relay direction waits for its next burst in
+	// a goroutine before it is parked: its goroutine exits and one poller
+	// watches its socket (Linux). Default 5s; 0 = never park.
+	ParkAfter Duration `toml:"park_after"`
 }
 
 // AuthConfig says how logins are verified and turned into routing keys.

@@ -55,6 +55,7 @@ func (c *Config) checkGlobal(ck *cfgChecker) {
 	}
 	ck.notNegative("limits.auth_failure_delay", lim.AuthFailureDelay)
 	ck.notNegative("limits.shutdown_grace", lim.ShutdownGrace)
+	ck.notNegative("limits.park_after", lim.ParkAfter)
 	ck.positive("limits.backend_timeout", lim.BackendTimeout)
 
 	a := c.Auth

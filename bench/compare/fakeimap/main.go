@@ -6,7 +6,7 @@
 // It understands what the three proxies send it: LOGIN with quoted atoms or
 // synchronising literals (nginx sends "LOGIN {n}" and waits for "+"),
 // AUTHENTICATE PLAIN with or without an initial response (mailproxy), ID,
-// CAPABILITY, NOOP, SELECT, FETCH and LOGOUT. It is the same idea as the
+// CAPABILITY, NOOP, SELECT, FETCH, IDLE (until DONE) and LOGOUT. It is the same idea as the
 // fake in integration/bench_test.go, as a process of its own so that its
 // CPU time can be told apart from the proxy's.
 package main
@@ -124,6 +124,14 @@ func serve(c net.Conn, fetch []byte) {
 				if _, err := r.ReadString('\n'); err != nil {
 					return
 				}
+			}
+		case "IDLE":
+			// Until the client's DONE; the reply below ends the IDLE.
+			if _, err := io.WriteString(c, "+ idling\r\n"); err != nil {
+				return
+			}
+			if line, err := r.ReadString('\n'); err != nil || !strings.EqualFold(strings.TrimSpace(line), "DONE") {
+				return
 			}
 		case "LOGOUT":
 			io.WriteString(c, "* BYE\r\n"+tag+" OK LOGOUT completed\r\n")
