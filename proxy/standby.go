@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 )
 
@@ -12,19 +13,39 @@ import (
 // (DESIGN.md), so the listeners open and close with the role while the
 // server, its health checks and its admin API keep running.
 
-// listenerSet is what one OpenListeners opened.
+// listenerSet is what one OpenListeners opened, and what reloads added to
+// it since.
 type listenerSet struct {
-	lns     []net.Listener
+	lns     []net.Listener // guarded by Server.mu
 	serving sync.WaitGroup // one per listener, until its Serve returns
+	closed  chan struct{}  // closed when the set is closed
+}
+
+// add serves ln as the listener called name, as part of the set. The
+// caller holds s.mu.
+func (set *listenerSet) add(s *Server, name string, ln net.Listener) {
+	set.lns = append(set.lns, ln)
+	// Tracked here as well as by Serve, so that Listeners reports it
+	// serving as soon as we return, and Shutdown closes it even if Serve
+	// has not started yet.
+	s.lns[ln] = lnEntry{name: name, addr: s.state().listener(name).Address}
+	set.serving.Go(func() {
+		if err := s.Serve(name, ln); !errors.Is(err, ErrServerClosed) {
+			s.log.Error("listener stopped", "listener", name, "err", err)
+		}
+	})
 }
 
 // OpenListeners opens every configured listener and serves each on its own
-// goroutine, as ListenAndServe does but without blocking. It does nothing
-// when they are open already. When one cannot be opened, it closes the
-// others and returns the error: a standby that becomes active retries (the
-// old active one may still hold the port for a moment). After Shutdown or
-// Close it returns ErrServerClosed.
+// goroutine, as ListenAndServe does but without blocking; reloads open and
+// close listeners of the set from then on. It does nothing when they are
+// open already. When one cannot be opened, it closes the others and
+// returns the error: a standby that becomes active retries (the old active
+// one may still hold the port for a moment). After Shutdown or Close it
+// returns ErrServerClosed.
 func (s *Server) OpenListeners() error {
+	s.reloadMu.Lock() // the config must not change between listen and serve
+	defer s.reloadMu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed.Load() {
@@ -33,22 +54,14 @@ func (s *Server) OpenListeners() error {
 	if s.opened != nil {
 		return nil
 	}
+	cfg := s.state().cfg
 	lns, err := s.listenAll()
 	if err != nil {
 		return err
 	}
-	set := &listenerSet{lns: lns}
+	set := &listenerSet{closed: make(chan struct{})}
 	for i, ln := range lns {
-		name := s.cfg.Listeners[i].Name
-		// Tracked here as well as by Serve, so that Listeners reports it
-		// serving as soon as we return, and Shutdown closes it even if
-		// Serve has not started yet.
-		s.lns[&set.lns[i]] = name
-		set.serving.Go(func() {
-			if err := s.Serve(name, ln); !errors.Is(err, ErrServerClosed) {
-				s.log.Error("listener stopped", "listener", name, "err", err)
-			}
-		})
+		set.add(s, cfg.Listeners[i].Name, ln)
 	}
 	s.opened = set
 	return nil
@@ -61,16 +74,19 @@ func (s *Server) CloseListeners() {
 	s.mu.Lock()
 	set := s.opened
 	s.opened = nil
+	var lns []net.Listener
 	if set != nil {
-		for i := range set.lns {
-			delete(s.lns, &set.lns[i])
+		lns = slices.Clone(set.lns)
+		for _, ln := range lns {
+			delete(s.lns, ln)
 		}
+		close(set.closed)
 	}
 	s.mu.Unlock()
 	if set == nil {
 		return
 	}
-	for _, ln := range set.lns {
+	for _, ln := range lns {
 		ln.Close()
 	}
 	set.serving.Wait()
@@ -91,8 +107,9 @@ func (s *Server) CloseSessions() int {
 // listenAll opens every configured listener, in config order; on an error
 // it closes those it opened.
 func (s *Server) listenAll() ([]net.Listener, error) {
-	lns := make([]net.Listener, 0, len(s.cfg.Listeners))
-	for _, l := range s.cfg.Listeners {
+	cfg := s.state().cfg
+	lns := make([]net.Listener, 0, len(cfg.Listeners))
+	for _, l := range cfg.Listeners {
 		ln, err := s.listenOn(l.Address)
 		if err != nil {
 			for _, o := range lns {

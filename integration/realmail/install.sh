@@ -24,6 +24,9 @@ for p in dovecot-imapd dovecot-pop3d dovecot-lmtpd dovecot-managesieved postfix 
 done
 # python3 may come from elsewhere (pyenv, /usr/local); only install if absent.
 have python3 || need_pkgs+=(python3)
+# chromium: the status page test drives it headless; systemd: systemd-analyze
+# verifies dist/mailproxy.service.
+for p in chromium systemd; do pkg_installed "$p" || need_pkgs+=("$p"); done
 
 if [ "${#need_pkgs[@]}" -eq 0 ]; then
   echo "realmail/install.sh: all packages present"
