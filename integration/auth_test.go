@@ -511,7 +511,7 @@ func TestAuthMasterPOP3AndSMTP(t *testing.T) {
 	checkNoSecrets(t, e)
 }
 
-// TestAuthReload: ReloadAuth (SIGHUP) swaps a new users file in; a bad one
+// TestAuthReload: a reload (SIGHUP) swaps a new users file in; a bad one
 // is refused and the users loaded before stay in force.
 func TestAuthReload(t *testing.T) {
 	b := startAuthBackends(t, map[string]string{"alice": "backendpw"}, false)
@@ -531,7 +531,7 @@ func TestAuthReload(t *testing.T) {
 	if err := os.WriteFile(users, []byte("alice:{PLAIN}newpw\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.Srv.ReloadAuth(); err != nil {
+	if err := e.Srv.Reload(e.Cfg); err != nil {
 		t.Fatal(err)
 	}
 	login("clientpw", "NO")
@@ -540,7 +540,7 @@ func TestAuthReload(t *testing.T) {
 	if err := os.WriteFile(users, []byte("alice:{PLAIN}newerpw\nbob:{MD4}x\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.Srv.ReloadAuth(); err == nil || !strings.Contains(err.Error(), "users.passwd:2:") {
+	if err := e.Srv.Reload(e.Cfg); err == nil || !strings.Contains(err.Error(), "users.passwd:2:") {
 		t.Errorf("a bad users file reloaded: %v", err)
 	}
 	login("newerpw", "NO")

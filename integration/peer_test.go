@@ -126,9 +126,6 @@ preempt = %v
 	if err != nil {
 		t.Fatal(err)
 	}
-	if u := cfg.Unbuilt(); len(u) > 0 {
-		t.Fatalf("[peer] is unbuilt: %q", u)
-	}
 	pn := &pairNode{name: s.name, conn: conn, roles: make(chan peer.Role, 16), logs: &testkit.SyncBuffer{}}
 	log := slog.New(slog.NewTextHandler(pn.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	pn.srv, err = proxy.New(cfg, proxy.Options{Logger: log, Handlers: handlers(),

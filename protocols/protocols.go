@@ -23,6 +23,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	mtls "mailproxy/tls"
 )
 
 // Password is a secret that redacts itself wherever it is printed or logged.
@@ -205,6 +207,20 @@ func (b *Backend) Close() error {
 	return err
 }
 
+// UpgradeTLS is the end of a STARTTLS towards the backend, once it has
+// said go ahead: the handshake under ctx, then a fresh reader and no
+// capabilities, so that nothing the backend sent before the upgrade is
+// read or trusted afterwards (STYLE.md 8).
+func (b *Backend) UpgradeTLS(ctx context.Context) error {
+	tc, err := mtls.Handshake(ctx, b.Conn, b.TLS, false)
+	if err != nil {
+		return err
+	}
+	b.SetConn(tc)
+	b.Caps = nil // they change with TLS and must be asked again
+	return nil
+}
+
 // SetConn replaces the connection after STARTTLS and starts a fresh reader,
 // so nothing buffered before the upgrade is ever read.
 func (b *Backend) SetConn(c net.Conn) {
@@ -231,6 +247,9 @@ type Handler interface {
 	// Probe checks a backend for the health checker: read the greeting,
 	// end politely.
 	Probe(ctx context.Context, conn net.Conn) error
+	// Notice is the protocol's line (CRLF included) for what the proxy
+	// itself must tell a client before it closes the connection.
+	Notice(n Notice) string
 }
 
 // ErrClientFault marks a failure the client caused: a name, address or
@@ -299,4 +318,20 @@ func Buffered(r *bufio.Reader) []byte {
 	}
 	b, _ := r.Peek(n)
 	return append([]byte(nil), b...)
+}
+
+// Probe is the health check every protocol shares: read the greeting off
+// conn with greet (which says whether it is a good one), then say bye and
+// read the answer with farewell, so that the backend logs a client that
+// left politely, not a lost one. The caller sets the deadline and closes
+// conn.
+func Probe(conn net.Conn, greet func(r *bufio.Reader) error, bye string, farewell func(r *bufio.Reader)) error {
+	r := bufio.NewReaderSize(conn, 1024)
+	if err := greet(r); err != nil {
+		return err
+	}
+	if _, err := io.WriteString(conn, bye); err == nil {
+		farewell(r) // whatever it says: it greeted, which is the check
+	}
+	return nil
 }

@@ -1,7 +1,10 @@
 package protocols
 
 import (
+	"bufio"
+	"encoding/base64"
 	"errors"
+	"fmt"
 	"strings"
 
 	"github.com/emersion/go-sasl"
@@ -69,4 +72,49 @@ func (s *loginServer) Next(response []byte) (challenge []byte, done bool, err er
 		return nil, true, nil
 	}
 	return nil, true, errors.New("unexpected response")
+}
+
+// The ways a SASL exchange with a client ends without credentials; each is
+// the client's, answered with the protocol's failure or syntax reply.
+var (
+	ErrSASLFailed    = errors.New("SASL exchange failed") // the responses made no credentials
+	ErrSASLCancelled = errors.New("authentication cancelled")
+	ErrSASLEncoding  = errors.New("invalid base64 response")
+)
+
+// SASLExchange runs srv from the client's initial response ir (nil: none)
+// until it has the credentials. challenge sends one challenge and returns
+// the client's answer, or an error that ends the exchange as it is.
+func SASLExchange(srv sasl.Server, ir []byte, challenge func([]byte) ([]byte, error)) error {
+	resp := ir
+	for {
+		ch, done, err := srv.Next(resp)
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrSASLFailed, err)
+		}
+		if done {
+			return nil
+		}
+		if resp, err = challenge(ch); err != nil {
+			return err
+		}
+	}
+}
+
+// ReadSASLResponse reads a client's answer to a challenge in IMAP and POP3
+// (RFC 9051 §6.2.2, RFC 5034 §4): a base64 line, or "*" to cancel
+// (ErrSASLCancelled). A line over max is ErrLineTooLong.
+func ReadSASLResponse(r *bufio.Reader, max int) ([]byte, error) {
+	line, err := ReadLine(r, max)
+	switch {
+	case err != nil:
+		return nil, err
+	case string(line) == "*":
+		return nil, ErrSASLCancelled
+	}
+	resp, err := base64.StdEncoding.DecodeString(string(line))
+	if err != nil {
+		return nil, ErrSASLEncoding
+	}
+	return resp, nil
 }

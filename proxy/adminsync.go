@@ -62,7 +62,7 @@ func (a *AdminSync) SetShare(share func([]byte) bool) {
 // file is the server's state store when it is the memory one; nil with
 // Redis, which needs no sync.
 func (a *AdminSync) file() *routing.FileState {
-	fs, _ := a.s.state.(*routing.FileState)
+	fs, _ := a.s.adminState.(*routing.FileState)
 	return fs
 }
 

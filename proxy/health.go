@@ -19,21 +19,18 @@ import (
 // failed dial from a real session reports there too): the timing the
 // operator gets is "down within fall × interval + timeout of a crash, up
 // within rise × interval of a return".
-func (s *Server) startHealth(ctx context.Context) {
-	for _, pc := range s.cfg.Pools {
-		pool := s.pools[pc.Name]
+func (st *state) startHealth(s *Server, ctx context.Context) {
+	ctx, st.health.stop = context.WithCancel(ctx)
+	for _, pc := range st.cfg.Pools {
+		pool := st.pools[pc.Name]
 		for _, b := range pool.Backends() {
-			info := b.Data.(*backendInfo)
+			info := b.Data().(*backendInfo)
 			for i, addr := range info.addr {
 				proto := routing.Protocol(i)
 				if addr == "" || s.handlers[proto.String()] == nil || info.cfg.Disabled {
 					continue
 				}
-				s.bgDone.Add(1)
-				go func() {
-					defer s.bgDone.Done()
-					s.checkLoop(ctx, pool, b, proto, pc.Health)
-				}()
+				st.health.done.Go(func() { s.checkLoop(ctx, pool, b, proto, pc.Health) })
 			}
 		}
 	}
@@ -73,7 +70,7 @@ func (s *Server) check(ctx context.Context, pool *routing.Pool, b *routing.Backe
 // backend's tls is implicit), lets the protocol read the greeting and end
 // politely, and closes.
 func (s *Server) probe(ctx context.Context, b *routing.Backend, proto routing.Protocol, timeout time.Duration) error {
-	info := b.Data.(*backendInfo)
+	info := b.Data().(*backendInfo)
 	tctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	raw, err := s.dial(tctx, "tcp", info.addr[proto])
@@ -99,7 +96,7 @@ func (s *Server) probe(ctx context.Context, b *routing.Backend, proto routing.Pr
 		conn = tc
 	}
 	h := s.handlers[proto.String()]
-	if mp, ok := h.(protocols.MechProber); ok && s.passthrough() && s.mechs.due(b, proto, time.Now()) {
+	if mp, ok := h.(protocols.MechProber); ok && s.state().passthrough() && s.mechs.due(b, proto, time.Now()) {
 		pb := protocols.NewBackend(conn, b.Name, info.addr[proto], nil)
 		pb.TLS, pb.StartTLS = info.tls[proto], info.cfg.TLS == "starttls"
 		mechs, err := mp.ProbeMechs(tctx, pb)

@@ -4,50 +4,76 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"reflect"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"mailproxy/protocols"
 	"mailproxy/proxy/auth"
+	"mailproxy/proxy/config"
 	"mailproxy/routing"
 )
 
-// setupLoginChecks builds the auth penalty ([auth.penalty]) and the
-// auth_http lookup (auth.mode = "http"), with their metrics.
-func (s *Server) setupLoginChecks() error {
-	a := s.cfg.Auth
+// loginMetrics count what the login checks do; registered once, in New,
+// whatever the reloads do to the checks themselves.
+type loginMetrics struct {
+	failures prometheus.Counter
+	refusals *prometheus.CounterVec
+	lookups  *prometheus.CounterVec
+}
+
+func (s *Server) setupLoginMetrics() {
 	if s.loginWait == nil {
 		s.loginWait = sleepCtx
 	}
-	failures := prometheus.NewCounter(prometheus.CounterOpts{
+	m := &s.loginMetrics
+	m.failures = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "mailproxy_auth_failures_total",
 		Help: "Failed logins counted by the auth penalty.",
 	})
-	refusals := prometheus.NewCounterVec(prometheus.CounterOpts{
+	m.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "mailproxy_auth_refusals_total",
 		Help: "Logins refused by the auth penalty, by scope (ip-user, ip).",
 	}, []string{"scope"})
-	lookups := prometheus.NewCounterVec(prometheus.CounterOpts{
+	m.lookups = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "mailproxy_auth_http_lookups_total",
 		Help: "auth_http lookups by result: ok, failed (the service said no), error (unreachable, bad reply), cached.",
 	}, []string{"result"})
-	s.metrics.reg.MustRegister(failures, refusals, lookups)
-	s.authLookups = lookups
+	s.metrics.reg.MustRegister(m.failures, m.refusals, m.lookups)
+}
+
+// buildLoginChecks makes the auth penalty ([auth.penalty]) and the
+// auth_http lookup (auth.mode = "http") of cfg into st. A reload that
+// leaves their settings as they were keeps old's, so the failures counted
+// so far and the lookups cached survive it.
+func (s *Server) buildLoginChecks(cfg *config.Config, st, old *state) error {
+	a := cfg.Auth
+	same := old != nil && old.cfg.Auth.UsernameCase == a.UsernameCase && old.cfg.Auth.DefaultDomain == a.DefaultDomain
 	if p := a.Penalty; p.Enabled {
-		s.penalty = auth.NewPenalty(auth.PenaltyOptions{
-			Window: p.Window.Duration, BaseDelay: s.cfg.Limits.AuthFailureDelay.Duration, MaxDelay: p.MaxDelay.Duration,
-			IPUserLimit: p.IPUserLimit, IPLimit: p.IPLimit, UserLimit: p.UserLimit,
-			Normalize: a.RoutingKey, Log: s.log, Wait: s.loginWait,
-			OnFailure: failures.Inc, OnRefusal: func(scope string) { refusals.WithLabelValues(scope).Inc() },
-		})
+		if same && old.penalty != nil && reflect.DeepEqual(old.cfg.Auth.Penalty, p) && old.cfg.Limits.AuthFailureDelay == cfg.Limits.AuthFailureDelay {
+			st.penalty = old.penalty
+		} else {
+			m := &s.loginMetrics
+			st.penalty = auth.NewPenalty(auth.PenaltyOptions{
+				Window: p.Window.Duration, BaseDelay: cfg.Limits.AuthFailureDelay.Duration, MaxDelay: p.MaxDelay.Duration,
+				IPUserLimit: p.IPUserLimit, IPLimit: p.IPLimit, UserLimit: p.UserLimit,
+				Normalize: a.RoutingKey, Log: s.log, Wait: s.loginWait,
+				OnFailure: m.failures.Inc, OnRefusal: func(scope string) { m.refusals.WithLabelValues(scope).Inc() },
+			})
+		}
 	}
 	if a.Mode == "http" {
+		o := old
+		if o != nil && o.authHTTP != nil && o.cfg.Auth.HTTPURL == a.HTTPURL && o.cfg.Auth.HTTPTimeout == a.HTTPTimeout && o.cfg.Auth.HTTPCacheTTL == a.HTTPCacheTTL {
+			st.authHTTP = o.authHTTP
+			return nil
+		}
 		h, err := auth.NewHTTP(auth.HTTPOptions{URL: a.HTTPURL, Timeout: a.HTTPTimeout.Duration, CacheTTL: a.HTTPCacheTTL.Duration})
 		if err != nil {
 			return err
 		}
-		s.authHTTP = h
+		st.authHTTP = h
 	}
 	return nil
 }
@@ -68,18 +94,18 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 // address, in http mode the auth_http check, and in passthrough mode the
 // mechanisms it may pass through.
 func (ss *session) loginChecks(ps *protocols.Session) {
-	s := ss.srv
-	if s.passthrough() {
+	s, st := ss.srv, ss.st
+	if st.passthrough() {
 		ps.PassMechs = func() []string { return s.mechs.common(ss.pool, ss.proto) }
 	}
-	if s.penalty != nil || s.authHTTP != nil {
+	if st.penalty != nil || st.authHTTP != nil {
 		g := &sessionGuard{ss: ss}
-		if s.penalty != nil {
-			g.inner = s.penalty.Guard(ss.clientIP())
+		if st.penalty != nil {
+			g.inner = st.penalty.Guard(ss.clientIP())
 		}
 		ps.Guard = g
 	}
-	if s.authHTTP != nil {
+	if st.authHTTP != nil {
 		ps.Authenticate = ss.authenticateHTTP
 	}
 }
@@ -114,7 +140,7 @@ func (g *sessionGuard) Allow(ctx context.Context, user string) error {
 }
 
 func (g *sessionGuard) Failed(ctx context.Context, user string) {
-	d := g.ss.srv.cfg.Limits.AuthFailureDelay.Duration
+	d := g.ss.st.cfg.Limits.AuthFailureDelay.Duration
 	if g.inner != nil {
 		d = g.inner.Record(ctx, user)
 	}
@@ -144,26 +170,26 @@ func (ss *session) authenticateHTTP(ctx context.Context, c protocols.Credentials
 	l := ss.lookup
 	l.attempts++
 	l.forced = nil
-	res, err := s.authHTTP.Lookup(ctx, auth.HTTPRequest{
+	res, err := ss.st.authHTTP.Lookup(ctx, auth.HTTPRequest{
 		Method: "plain", User: c.Username, Pass: c.Password, Protocol: ss.lc.Protocol,
 		Attempt: l.attempts, ClientIP: ss.clientIP(), SSL: ss.clientTLS() != "",
 	})
 	switch {
 	case err != nil:
-		s.authLookups.WithLabelValues("error").Inc()
+		s.loginMetrics.lookups.WithLabelValues("error").Inc()
 		ss.log.Error("auth_http lookup failed", "user", c.Username, "err", err)
 		return protocols.Credentials{}, err
 	case !res.OK:
-		s.authLookups.WithLabelValues("failed").Inc()
+		s.loginMetrics.lookups.WithLabelValues("failed").Inc()
 		l.wait = res.Wait
 		if res.ErrorCode != "" {
 			return protocols.Credentials{}, fmt.Errorf("auth_http: %s (Auth-Error-Code %s)", res.Status, res.ErrorCode)
 		}
 		return protocols.Credentials{}, fmt.Errorf("auth_http: %s", res.Status)
 	case res.Cached:
-		s.authLookups.WithLabelValues("cached").Inc()
+		s.loginMetrics.lookups.WithLabelValues("cached").Inc()
 	default:
-		s.authLookups.WithLabelValues("ok").Inc()
+		s.loginMetrics.lookups.WithLabelValues("ok").Inc()
 	}
 	back := c
 	if res.User != "" {
@@ -190,7 +216,7 @@ func (ss *session) authenticateHTTP(ctx context.Context, c protocols.Credentials
 // addresses. Names are not resolved.
 func (ss *session) backendAt(addr string) *routing.Backend {
 	for _, b := range ss.pool.Backends() {
-		if a := b.Data.(*backendInfo).addr[ss.proto]; a != "" && sameAddr(a, addr) {
+		if a := b.Data().(*backendInfo).addr[ss.proto]; a != "" && sameAddr(a, addr) {
 			return b
 		}
 	}

@@ -78,6 +78,6 @@ func (t *mechTable) common(pool *routing.Pool, proto routing.Protocol) []string 
 
 // passthrough says whether the backends check the logins ([auth] mode =
 // "passthrough"), the only mode in which a token can be passed on.
-func (s *Server) passthrough() bool {
-	return s.cfg.Auth.Mode == "" || s.cfg.Auth.Mode == "passthrough"
+func (st *state) passthrough() bool {
+	return st.cfg.Auth.Mode == "" || st.cfg.Auth.Mode == "passthrough"
 }

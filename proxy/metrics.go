@@ -107,15 +107,14 @@ func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 	s := c.s
-	open := map[*config.ListenerConfig]int{}
+	open := map[string]int{}
 	s.mu.Lock()
 	for ss := range s.live {
-		open[ss.lc]++
+		open[ss.lc.Name]++
 	}
 	s.mu.Unlock()
-	for i := range s.cfg.Listeners {
-		lc := &s.cfg.Listeners[i]
-		ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(open[lc]), lc.Name, lc.Protocol)
+	for _, lc := range s.Config().Listeners {
+		ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(open[lc.Name]), lc.Name, lc.Protocol)
 	}
 	ch <- prometheus.MustNewConstMetric(descParked, prometheus.GaugeValue, float64(s.ParkedDirections()))
 	states := []routing.State{routing.Up, routing.Down, routing.Draining, routing.Disabled}

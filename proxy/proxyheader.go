@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"time"
 
+	"mailproxy/protocols"
 	"mailproxy/proxy/proxyproto"
 )
 
@@ -50,8 +51,8 @@ func fromBalancer(lc *config.ListenerConfig, c net.Conn) bool {
 // balancer's own address says nothing about a client, so accept did not
 // count it). It returns the connection with the client's addresses and the
 // IP counted, or nil when the connection was closed.
-func (s *Server) admitProxied(lc *config.ListenerConfig, c net.Conn) (net.Conn, string) {
-	pc, err := readProxyHeader(c, min(proxyHeaderTimeout, s.cfg.Limits.LoginTimeout.Duration))
+func (s *Server) admitProxied(st *state, lc *config.ListenerConfig, c net.Conn) (net.Conn, string) {
+	pc, err := readProxyHeader(c, min(proxyHeaderTimeout, st.cfg.Limits.LoginTimeout.Duration))
 	if err != nil {
 		// A balancer's plain TCP check connects and closes without a
 		// byte; that is no news.
@@ -69,7 +70,7 @@ func (s *Server) admitProxied(lc *config.ListenerConfig, c net.Conn) (net.Conn, 
 	}
 	ip := remoteIP(pc)
 	s.mu.Lock()
-	over := s.perIP[ip] >= s.cfg.Limits.MaxConnectionsPerIP
+	over := s.perIP[ip] >= st.cfg.Limits.MaxConnectionsPerIP
 	if !over {
 		s.perIP[ip]++
 	}
@@ -78,7 +79,7 @@ func (s *Server) admitProxied(lc *config.ListenerConfig, c net.Conn) (net.Conn, 
 		s.refusedLimit.warn(s.log, "connection refused: limit reached", "listener", lc.Name, "client", pc.RemoteAddr().String(), "via", c.RemoteAddr().String())
 		s.metrics.refused(lc)
 		if lc.TLS != "implicit" {
-			say(pc, notices[lc.Protocol].busy)
+			say(pc, s.handlers[lc.Protocol].Notice(protocols.NoticeBusy))
 		}
 		pc.Close()
 		return nil, ""

@@ -26,7 +26,7 @@ func (ss *session) route(ctx context.Context, user string) (*protocols.Lease, er
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	lease, err := ss.pool.Acquire(ctx, ss.proto, ss.srv.cfg.Auth.RoutingKey(user))
+	lease, err := ss.pool.Acquire(ctx, ss.proto, ss.st.cfg.Auth.RoutingKey(user))
 	if err != nil {
 		ss.log.Warn("no backend available", "user", user)
 		return nil, fmt.Errorf("pick backend: %w", err)

@@ -19,10 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"mailproxy/protocols"
-	"mailproxy/proxy/auth"
 	"mailproxy/routing"
 	rstore "mailproxy/routing/redis"
 	mtls "mailproxy/tls"
@@ -34,16 +31,20 @@ var ErrServerClosed = errors.New("mailproxy: server closed")
 // Options are the parts of a Server that are not in the config file.
 type Options struct {
 	Logger *slog.Logger // default slog.Default()
+	// Level, when set, is the level Logger's handler uses: New and Reload
+	// set it to [log] level. Nil: [log] level is the caller's business.
+	Level *slog.LevelVar
 	// Handlers maps a protocol name ("imap", "pop3", "smtp", "lmtp",
 	// "managesieve") to its implementation. A listener whose protocol has
 	// no handler is an error.
 	Handlers map[string]protocols.Handler
 	// Dial connects to backends; default a net.Dialer.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
-	// Certs overrides [tls] cert/key (tests hand in a generated certificate).
+	// Certs overrides [tls] cert/key (tests hand in a generated
+	// certificate); a reload then keeps it.
 	Certs *mtls.CertStore
-	// Listen opens the client listeners in ListenAndServe and
-	// OpenListeners; default net.Listen.
+	// Listen opens the client listeners in ListenAndServe, OpenListeners
+	// and Reload; default net.Listen.
 	Listen func(network, addr string) (net.Listener, error)
 	// LoginWait waits before failed-login replies and refusals (the
 	// auth penalty, auth_http's Auth-Wait); default a timer. Tests inject
@@ -51,55 +52,58 @@ type Options struct {
 	LoginWait func(ctx context.Context, d time.Duration)
 }
 
-// Server runs the listeners of one config.
+// Server runs the listeners of one config, and of the next one on Reload.
 type Server struct {
-	cfg      *config.Config
+	st       atomic.Pointer[state] // the config in force and what it made (reload.go)
 	log      *slog.Logger
+	level    *slog.LevelVar
 	handlers map[string]protocols.Handler
 	dial     func(ctx context.Context, network, addr string) (net.Conn, error)
 	listen   func(network, addr string) (net.Listener, error)
-	certs    *mtls.CertStore
-	tlsCfg   *tls.Config
-	pools    map[string]*routing.Pool
+	certs    *mtls.CertStore // Options.Certs; nil: [tls] files, read per state
 	metrics  *metrics
+	reloadMu sync.Mutex // one Reload at a time
 
 	conns atomic.Int64
 	mu    sync.Mutex
 	perIP map[string]int
-	lns   map[*net.Listener]string // -> listener name
+	lns   map[net.Listener]lnEntry // the serving listeners
 	live  map[*session]struct{}
 	wg    sync.WaitGroup
 
 	closed    atomic.Bool
+	bgCtx     context.Context // set by StartBackground; health loops of each state run under it
 	bgStop    context.CancelFunc
-	bgDone    sync.WaitGroup
-	opened    *listenerSet  // by OpenListeners (standby.go); guarded by mu
-	held      []*heldSocket // bound, not listening, while standby (standby.go); guarded by mu
-	hold      bool          // HoldListeners was called: hold again after CloseListeners
-	ownListen bool          // Options.Listen was given: it alone opens listeners
+	opened    *listenerSet           // by OpenListeners (standby.go); guarded by mu
+	held      map[string]*heldSocket // by address: bound, not listening, while standby (standby.go); guarded by mu
+	hold      bool                   // HoldListeners was called: hold again after CloseListeners
+	ownListen bool                   // Options.Listen was given: it alone opens listeners
 
-	auth  *auth.Authenticator // auth.mode = "verify"; nil in passthrough (auth.go)
-	mechs mechTable           // passthrough SASL mechanisms the backends announced (mechs.go)
+	mechs mechTable // passthrough SASL mechanisms the backends announced (mechs.go)
 
-	// The login checks of logincheck.go.
-	penalty     *auth.Penalty // [auth.penalty]; nil when disabled
-	authHTTP    *auth.HTTP    // auth.mode = "http"
-	authLookups *prometheus.CounterVec
-	loginWait   func(context.Context, time.Duration)
+	// The login checks of logincheck.go; the penalty and auth_http lookup
+	// themselves are in the state.
+	loginMetrics loginMetrics
+	loginWait    func(context.Context, time.Duration)
 
 	hostname string // the machine's name, for listeners without hostname
 
 	// The logs of connections refused at accept, one per reason.
 	refusedLimit, refusedUntrusted rateLog
 
-	state  routing.StateStore // runtime drains, weights, pins (store.go)
-	rstore *rstore.Store      // [store] type = "redis"; nil for memory
+	adminState routing.StateStore // runtime drains, weights, pins (store.go)
+	rstore     *rstore.Store      // [store] type = "redis"; nil for memory; [store] is read at New only
+	bgDone     sync.WaitGroup     // the store's background work
 
 	// The poller of parked relays (park.go), started by the first relay
 	// that may park; guarded by mu.
 	poller       *poller
 	pollerFailed bool
 }
+
+// lnEntry is what the server knows of a serving listener: the name it
+// serves and the configured address it was opened for.
+type lnEntry struct{ name, addr string }
 
 // backendInfo is what the proxy keeps per backend as routing.Backend.Data.
 type backendInfo struct {
@@ -111,9 +115,8 @@ type backendInfo struct {
 // New builds a server from a validated config. It does not listen yet.
 func New(cfg *config.Config, opts Options) (*Server, error) {
 	s := &Server{
-		cfg: cfg, log: opts.Logger, handlers: opts.Handlers, dial: opts.Dial, listen: opts.Listen, certs: opts.Certs, loginWait: opts.LoginWait,
-		pools: make(map[string]*routing.Pool), perIP: make(map[string]int),
-		lns: make(map[*net.Listener]string), live: make(map[*session]struct{}),
+		log: opts.Logger, level: opts.Level, handlers: opts.Handlers, dial: opts.Dial, listen: opts.Listen, certs: opts.Certs, loginWait: opts.LoginWait,
+		perIP: make(map[string]int), lns: make(map[net.Listener]lnEntry), live: make(map[*session]struct{}),
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -128,62 +131,25 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		s.listen = net.Listen
 	}
 	s.metrics = newMetrics(s)
-	if err := s.setupTLS(); err != nil {
+	s.setupLoginMetrics()
+	if err := s.setupStore(cfg); err != nil {
 		return nil, err
 	}
-	if err := s.setupAuth(); err != nil {
+	st, err := s.build(cfg, nil)
+	if err != nil {
 		return nil, err
 	}
-	if err := s.setupStore(); err != nil {
-		return nil, err
-	}
-	for _, l := range cfg.Listeners {
-		if s.handlers[l.Protocol] == nil {
-			return nil, fmt.Errorf("listener %s: no handler for protocol %q", l.Name, l.Protocol)
-		}
-	}
-	for _, pc := range cfg.Pools {
-		p, err := s.newPool(pc)
-		if err != nil {
-			return nil, err
-		}
-		s.pools[pc.Name] = p
-	}
+	st.apply()
+	s.st.Store(st)
+	s.setLevel(cfg)
 	return s, nil
 }
 
-func (s *Server) setupTLS() error {
-	needs := false
-	for _, l := range s.cfg.Listeners {
-		needs = needs || l.TLS != "none" && l.TLS != ""
-	}
-	if !needs {
-		return nil
-	}
-	if s.certs == nil {
-		c, err := mtls.NewCertStore(s.cfg.TLS.Cert, s.cfg.TLS.Key)
-		if err != nil {
-			return err
-		}
-		s.certs = c
-	}
-	minV, err := mtls.ParseMinVersion(s.cfg.TLS.MinVersion)
-	if err != nil {
-		return err
-	}
-	s.tlsCfg = mtls.ServerConfig(s.certs, minV)
-	return nil
-}
+// state returns the config in force and what it made.
+func (s *Server) state() *state { return s.st.Load() }
 
-// ReloadCertificates re-reads the server certificate (on SIGHUP).
-func (s *Server) ReloadCertificates() error {
-	if s.certs == nil {
-		return nil
-	}
-	return s.certs.Reload()
-}
-
-func (s *Server) newPool(pc config.PoolConfig) (*routing.Pool, error) {
+// poolSpecs turns a [[pool]] into routing's options and backend specs.
+func (s *Server) poolSpecs(cfg *config.Config, pc config.PoolConfig) (routing.Options, []routing.BackendSpec, error) {
 	var opts routing.Options
 	opts.Name = pc.Name
 	opts.Linger = pc.Linger.Duration
@@ -191,13 +157,13 @@ func (s *Server) newPool(pc config.PoolConfig) (*routing.Pool, error) {
 	opts.Table = s.table(pc)
 	opts.Pins = make(map[string]string, len(pc.Pins))
 	for u, b := range pc.Pins {
-		opts.Pins[s.cfg.Auth.RoutingKey(u)] = b
+		opts.Pins[cfg.Auth.RoutingKey(u)] = b
 	}
 	// LMTP and ManageSieve touch the mail store as IMAP does: IMAP's policy.
 	for i, name := range []string{pc.IMAP, pc.POP3, pc.SMTP, pc.IMAP, pc.IMAP} {
 		pol, err := routing.ParsePolicy(name)
 		if err != nil {
-			return nil, fmt.Errorf("pool %s: %w", pc.Name, err)
+			return opts, nil, fmt.Errorf("pool %s: %w", pc.Name, err)
 		}
 		opts.Policies[i] = pol
 	}
@@ -221,41 +187,43 @@ func (s *Server) newPool(pc config.PoolConfig) (*routing.Pool, error) {
 			}
 			c, err := mtls.ClientConfig(a, mtls.ClientOptions{ServerName: bc.TLSServerName, SkipVerify: bc.TLSSkipVerify, CAFile: bc.TLSCA})
 			if err != nil {
-				return nil, fmt.Errorf("pool %s backend %s: %w", pc.Name, bc.Name, err)
+				return opts, nil, fmt.Errorf("pool %s backend %s: %w", pc.Name, bc.Name, err)
 			}
 			info.tls[i] = c
 		}
 		specs = append(specs, spec)
 	}
-	return routing.NewPool(opts, specs)
+	return opts, specs, nil
 }
 
 // Pool returns the routing pool called name, or nil.
-func (s *Server) Pool(name string) *routing.Pool { return s.pools[name] }
+func (s *Server) Pool(name string) *routing.Pool { return s.state().pools[name] }
 
 // Pools returns the routing pools in config order. The admin API drains,
 // kicks and reports through them.
 func (s *Server) Pools() []*routing.Pool {
-	out := make([]*routing.Pool, 0, len(s.cfg.Pools))
-	for _, pc := range s.cfg.Pools {
-		out = append(out, s.pools[pc.Name])
+	st := s.state()
+	out := make([]*routing.Pool, 0, len(st.cfg.Pools))
+	for _, pc := range st.cfg.Pools {
+		out = append(out, st.pools[pc.Name])
 	}
 	return out
 }
 
-// Config returns the config the server runs; it must not be modified.
-func (s *Server) Config() *config.Config { return s.cfg }
+// Config returns the config in force; it must not be modified.
+func (s *Server) Config() *config.Config { return s.state().cfg }
 
 // Listeners reports every configured listener, in config order.
 func (s *Server) Listeners() []admin.ListenerStatus {
 	bound := map[string]string{}
 	s.mu.Lock()
-	for ln, name := range s.lns {
-		bound[name] = (*ln).Addr().String()
+	for ln, e := range s.lns {
+		bound[e.name] = ln.Addr().String()
 	}
 	s.mu.Unlock()
-	out := make([]admin.ListenerStatus, 0, len(s.cfg.Listeners))
-	for _, l := range s.cfg.Listeners {
+	cfg := s.Config()
+	out := make([]admin.ListenerStatus, 0, len(cfg.Listeners))
+	for _, l := range cfg.Listeners {
 		ls := admin.ListenerStatus{Name: l.Name, Protocol: l.Protocol, Address: l.Address, TLS: l.TLS, Pool: l.Pool}
 		if a, ok := bound[l.Name]; ok {
 			ls.Address, ls.Serving = a, true
@@ -266,45 +234,40 @@ func (s *Server) Listeners() []admin.ListenerStatus {
 }
 
 // ListenAndServe opens every configured listener and serves them until
-// Shutdown or Close. It returns ErrServerClosed after a shutdown, or the
-// first listen error (having closed what it opened).
+// Shutdown or Close, opening and closing listeners as reloads say. It
+// returns ErrServerClosed after a shutdown, or the first listen error
+// (having closed what it opened).
 func (s *Server) ListenAndServe() error {
-	lns, err := s.listenAll()
-	if err != nil {
+	if err := s.OpenListeners(); err != nil {
 		return err
 	}
-	errc := make(chan error, len(lns))
-	for i, ln := range lns {
-		go func() { errc <- s.Serve(s.cfg.Listeners[i].Name, ln) }()
+	s.mu.Lock()
+	set := s.opened
+	s.mu.Unlock()
+	if set != nil {
+		<-set.closed
+		set.serving.Wait()
 	}
-	var first error
-	for range lns {
-		if err := <-errc; first == nil || errors.Is(first, ErrServerClosed) {
-			first = err
-		}
-	}
-	return first
+	return ErrServerClosed
 }
 
 // Serve accepts connections on ln for the listener called name until
-// Shutdown or Close; it always returns a non-nil error, ErrServerClosed
-// after a shutdown. Tests hand in their own listeners here.
+// Shutdown or Close, or until a reload removes the listener or moves it to
+// another address; it always returns a non-nil error, ErrServerClosed
+// after a shutdown or such a reload. Each connection is served as the
+// listener's config in force at its accept says. Tests hand in their own
+// listeners here.
 func (s *Server) Serve(name string, ln net.Listener) error {
-	var lc *config.ListenerConfig
-	for i := range s.cfg.Listeners {
-		if s.cfg.Listeners[i].Name == name {
-			lc = &s.cfg.Listeners[i]
-		}
-	}
+	lc := s.state().listener(name)
 	if lc == nil {
 		ln.Close()
 		return fmt.Errorf("no listener called %q", name)
 	}
-	if !s.track(&ln, name) {
+	if !s.track(ln, lnEntry{name, lc.Address}) {
 		ln.Close()
 		return ErrServerClosed
 	}
-	defer s.untrack(&ln)
+	defer s.untrack(ln)
 	s.log.Info("listening", "listener", name, "protocol", lc.Protocol, "address", ln.Addr().String(), "tls", lc.TLS)
 	backoff := 5 * time.Millisecond
 	for {
@@ -319,22 +282,29 @@ func (s *Server) Serve(name string, ln net.Listener) error {
 			continue
 		}
 		backoff = 5 * time.Millisecond
-		s.accept(lc, c)
+		st := s.state()
+		if lc = st.listener(name); lc == nil { // removed by a reload that is closing ln
+			c.Close()
+			continue
+		}
+		s.accept(st, lc, c)
 	}
 }
 
 // track registers a serving listener; false after Shutdown or Close.
-func (s *Server) track(ln *net.Listener, name string) bool {
+func (s *Server) track(ln net.Listener, e lnEntry) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed.Load() {
 		return false
 	}
-	s.lns[ln] = name
+	if _, ok := s.lns[ln]; !ok { // OpenListeners tracked it first, with the address it opened
+		s.lns[ln] = e
+	}
 	return true
 }
 
-func (s *Server) untrack(ln *net.Listener) {
+func (s *Server) untrack(ln net.Listener) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.lns, ln)
@@ -343,7 +313,7 @@ func (s *Server) untrack(ln *net.Listener) {
 // accept applies the connection limits and starts the session goroutine.
 // On a proxy_protocol listener only trusted balancers get in, and the
 // per-IP limit waits for the header to name the client (admitProxied).
-func (s *Server) accept(lc *config.ListenerConfig, c net.Conn) {
+func (s *Server) accept(st *state, lc *config.ListenerConfig, c net.Conn) {
 	ip := remoteIP(c)
 	if lc.ProxyProtocol {
 		if !fromBalancer(lc, c) {
@@ -355,8 +325,8 @@ func (s *Server) accept(lc *config.ListenerConfig, c net.Conn) {
 		ip = ""
 	}
 	s.mu.Lock()
-	over := s.conns.Load() >= int64(s.cfg.Limits.MaxConnections) ||
-		ip != "" && s.perIP[ip] >= s.cfg.Limits.MaxConnectionsPerIP
+	over := s.conns.Load() >= int64(st.cfg.Limits.MaxConnections) ||
+		ip != "" && s.perIP[ip] >= st.cfg.Limits.MaxConnectionsPerIP
 	if !over {
 		s.conns.Add(1)
 		if ip != "" {
@@ -369,7 +339,7 @@ func (s *Server) accept(lc *config.ListenerConfig, c net.Conn) {
 		s.refusedLimit.warn(s.log, "connection refused: limit reached", "listener", lc.Name, "client", c.RemoteAddr().String())
 		s.metrics.refused(lc)
 		if lc.TLS != "implicit" {
-			say(c, notices[lc.Protocol].busy)
+			say(c, s.handlers[lc.Protocol].Notice(protocols.NoticeBusy))
 		}
 		c.Close()
 		return
@@ -389,12 +359,12 @@ func (s *Server) accept(lc *config.ListenerConfig, c net.Conn) {
 	}
 	go func() {
 		if lc.ProxyProtocol {
-			if c, ip = s.admitProxied(lc, c); c == nil {
+			if c, ip = s.admitProxied(st, lc, c); c == nil {
 				release()
 				return
 			}
 		}
-		s.serveSession(lc, c, release)
+		s.serveSession(st, lc, c, release)
 	}()
 }
 
@@ -452,30 +422,39 @@ func (s *Server) closeListeners() {
 	defer s.mu.Unlock()
 	s.closed.Store(true)
 	for ln := range s.lns {
-		(*ln).Close()
+		ln.Close()
+	}
+	if s.opened != nil {
+		close(s.opened.closed)
+		s.opened = nil
 	}
 	s.releaseHeld()
 }
 
 // StartBackground starts the server's background work (health checks)
-// until Shutdown or Close.
+// until Shutdown or Close; a reload restarts it for the new config.
 func (s *Server) StartBackground() {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
 	ctx, cancel := context.WithCancel(context.Background())
-	s.bgStop = cancel
-	s.startHealth(ctx)
+	s.mu.Lock()
+	s.bgCtx, s.bgStop = ctx, cancel
+	s.mu.Unlock()
+	s.state().startHealth(s, ctx)
 	s.startStore(ctx)
 }
 
 // parkPoller returns the server's poller of parked relays, starting it
 // on first use, or nil when sessions are not parked.
 func (s *Server) parkPoller() *poller {
-	if s.cfg.Limits.ParkAfter.Duration <= 0 {
+	cfg := s.Config()
+	if cfg.Limits.ParkAfter.Duration <= 0 {
 		return nil
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.poller == nil && !s.pollerFailed && !s.closed.Load() {
-		p, err := newPoller(s.cfg.Limits.IdleTimeout.Duration)
+		p, err := newPoller(cfg.Limits.IdleTimeout.Duration) // the config at first use: a reload does not change it
 		if err != nil {
 			s.pollerFailed = true
 			s.log.Warn("idle sessions will not be parked", "err", err)
@@ -499,14 +478,18 @@ func (s *Server) ParkedDirections() int {
 }
 
 func (s *Server) stopBackground() {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
 	s.mu.Lock()
 	p := s.poller
+	stop := s.bgStop
 	s.mu.Unlock()
 	if p != nil {
 		p.close()
 	}
-	if s.bgStop != nil {
-		s.bgStop()
+	if stop != nil {
+		stop()
+		s.state().stopHealth()
 		s.bgDone.Wait()
 	}
 	s.closeStore()

@@ -25,6 +25,7 @@ import (
 // session is one client connection, owned by its goroutine.
 type session struct {
 	srv    *Server
+	st     *state // the config in force at accept, for the whole session
 	lc     *config.ListenerConfig
 	pool   *routing.Pool
 	proto  routing.Protocol
@@ -40,6 +41,8 @@ type session struct {
 	client   net.Conn           // the accepted conn, then TLS, then what the protocol hands back
 	ps       *protocols.Session // what the protocol sees; dropped after login
 	user     string             // the login name, for the end line
+	keyOf    string             // the login whose routing key is key
+	key      string
 	backend  *protocols.Backend // the backend of the current login attempt
 	loggedIn bool
 	relaying bool // the relay owns the session's end (relayEnded)
@@ -50,43 +53,6 @@ type session struct {
 	res     relayResult
 	outcome string // for the end line
 	release func() // gives back what accept counted for the connection
-}
-
-// notice holds the few replies the proxy itself sends. It never parses a
-// protocol, but it must be able to say goodbye in one.
-type notice struct{ panic, timeout, busy, shutdown string }
-
-var notices = map[string]notice{
-	"imap": {
-		panic:    "* BYE Internal error, try again later\r\n",
-		timeout:  "* BYE Login timeout, closing connection\r\n",
-		busy:     "* BYE Too many connections, try again later\r\n",
-		shutdown: "* BYE Server shutting down, reconnect later\r\n",
-	},
-	"pop3": {
-		panic:    "-ERR [SYS/TEMP] Internal error, try again later\r\n",
-		timeout:  "-ERR Login timeout, closing connection\r\n",
-		busy:     "-ERR [SYS/TEMP] Too many connections, try again later\r\n",
-		shutdown: "-ERR [SYS/TEMP] Server shutting down, reconnect later\r\n",
-	},
-	"smtp": {
-		panic:    "421 4.3.0 Internal error, try again later\r\n",
-		timeout:  "421 4.4.2 Timeout, closing connection\r\n",
-		busy:     "421 4.7.0 Too many connections, try again later\r\n",
-		shutdown: "421 4.3.2 Server shutting down, try again later\r\n",
-	},
-	"lmtp": {
-		panic:    "421 4.3.0 Internal error, try again later\r\n",
-		timeout:  "421 4.4.2 Timeout, closing connection\r\n",
-		busy:     "421 4.7.0 Too many connections, try again later\r\n",
-		shutdown: "421 4.3.2 Server shutting down, try again later\r\n",
-	},
-	"managesieve": {
-		panic:    "BYE \"Internal error, try again later.\"\r\n",
-		timeout:  "BYE \"Login timeout, closing connection.\"\r\n",
-		busy:     "BYE (TRYLATER) \"Too many connections, try again later.\"\r\n",
-		shutdown: "BYE (TRYLATER) \"Server shutting down, reconnect later.\"\r\n",
-	},
 }
 
 // say sends one of the proxy's own replies, bounded by a short deadline.
@@ -109,8 +75,8 @@ func newID() string {
 // goroutine of it is left. Its own frame is kept small: it sits under the
 // relay while the client to backend direction is busy, so the login work
 // lives in helpers whose frames are gone by then.
-func (s *Server) serveSession(lc *config.ListenerConfig, c net.Conn, release func()) {
-	ss := s.newSession(lc, c, release)
+func (s *Server) serveSession(st *state, lc *config.ListenerConfig, c net.Conn, release func()) {
+	ss := s.newSession(st, lc, c, release)
 	defer ss.endLogin()
 	r := ss.login()
 	if r == nil {
@@ -124,7 +90,7 @@ func (s *Server) serveSession(lc *config.ListenerConfig, c net.Conn, release fun
 	// The logger's preformatted fields are a few hundred bytes that an
 	// idle session need not keep: the end line makes them again.
 	ss.log = nil
-	relay(ss.ctx, r, relayOpts{idle: s.cfg.Limits.IdleTimeout.Duration, park: s.cfg.Limits.ParkAfter.Duration,
+	relay(ss.ctx, r, relayOpts{idle: st.cfg.Limits.IdleTimeout.Duration, park: st.cfg.Limits.ParkAfter.Duration,
 		poller: s.parkPoller(), onEnd: ss.relayEnded})
 }
 
@@ -137,7 +103,7 @@ func stopped() bool { return false }
 func (ss *session) endLogin() {
 	if r := recover(); r != nil {
 		ss.logger().Error("session panic", "panic", r, "stack", string(debug.Stack()))
-		say(ss.client, notices[ss.lc.Protocol].panic)
+		say(ss.client, ss.srv.handlers[ss.lc.Protocol].Notice(protocols.NoticePanic))
 		ss.outcome = "panic"
 		if ss.relaying {
 			ss.cancel() // the relay ends the session
@@ -162,10 +128,10 @@ func (ss *session) relayEnded(res relayResult) {
 }
 
 // newSession registers a session for c and logs its start.
-func (s *Server) newSession(lc *config.ListenerConfig, c net.Conn, release func()) *session {
+func (s *Server) newSession(st *state, lc *config.ListenerConfig, c net.Conn, release func()) *session {
 	proto, _ := routing.ParseProtocol(lc.Protocol)
 	ctx, cancel := newSessionCtx()
-	ss := &session{srv: s, lc: lc, pool: s.pools[lc.Pool], proto: proto, ctx: ctx, cancel: cancel,
+	ss := &session{srv: s, st: st, lc: lc, pool: st.pools[lc.Pool], proto: proto, ctx: ctx, cancel: cancel,
 		id: newID(), start: time.Now(), client: c, ps: &protocols.Session{}, outcome: "closed", release: release}
 	ss.addr = c.RemoteAddr().String()
 	ss.log = ss.logger()
@@ -220,10 +186,10 @@ func (ss *session) finish() {
 // login runs TLS and the protocol's dialogue before login under the login
 // deadline. It returns the relay after a successful login, or nil.
 func (ss *session) login() *protocols.Relay {
-	s, lc := ss.srv, ss.lc
-	ss.client.SetDeadline(ss.start.Add(s.cfg.Limits.LoginTimeout.Duration))
+	s, st, lc := ss.srv, ss.st, ss.lc
+	ss.client.SetDeadline(ss.start.Add(st.cfg.Limits.LoginTimeout.Duration))
 	if lc.TLS == "implicit" {
-		tc, err := mtls.Handshake(ss.ctx, ss.client, s.tlsCfg, true)
+		tc, err := mtls.Handshake(ss.ctx, ss.client, st.tlsCfg, true)
 		if err != nil {
 			ss.outcome = "tls handshake failed"
 			ss.log.Debug("tls handshake failed", "err", err)
@@ -242,7 +208,7 @@ func (ss *session) login() *protocols.Relay {
 		// Not after a STARTTLS answered with OK: the client is speaking
 		// TLS by then, and plain text would only garble its handshake.
 		if ss.outcome == "login timeout" && !errors.Is(err, mtls.ErrHandshake) {
-			say(ss.client, notices[lc.Protocol].timeout)
+			say(ss.client, s.handlers[lc.Protocol].Notice(protocols.NoticeTimeout))
 		}
 		ss.log.Debug("session error", "err", err)
 		return nil
@@ -267,7 +233,7 @@ func (ss *session) login() *protocols.Relay {
 // goroutine, bounded by say's deadline; the session is closed after it.
 func (ss *session) goodbye() {
 	if c := ss.byeTo.Load(); c != nil {
-		say(*c, notices[ss.lc.Protocol].shutdown)
+		say(*c, ss.srv.handlers[ss.lc.Protocol].Notice(protocols.NoticeShutdown))
 	}
 }
 
@@ -300,10 +266,10 @@ func classify(err error) string {
 
 // protoSession builds what the protocol handler sees.
 func (ss *session) protoSession(c net.Conn) *protocols.Session {
-	s, lc := ss.srv, ss.lc
+	s, st, lc := ss.srv, ss.st, ss.lc
 	var tlsCfg *tls.Config
 	if lc.TLS != "none" && lc.TLS != "" {
-		tlsCfg = s.tlsCfg
+		tlsCfg = st.tlsCfg
 	}
 	host := lc.Hostname
 	if host == "" {
@@ -313,16 +279,16 @@ func (ss *session) protoSession(c net.Conn) *protocols.Session {
 		ID: ss.id, Conn: c, Log: ss.log, TLS: tlsCfg, TLSActive: lc.TLS == "implicit",
 		RequireTLS: lc.RequireTLS, Hostname: host,
 		SMTPAuth: lc.SMTPAuth, APOP: lc.APOP, MaxSize: lc.MaxSize,
-		MaxLine: 8 << 10, AuthFailureDelay: s.cfg.Limits.AuthFailureDelay.Duration,
-		LoginDeadline:  ss.start.Add(s.cfg.Limits.LoginTimeout.Duration),
-		BackendTimeout: s.cfg.Limits.BackendTimeout.Duration,
+		MaxLine: 8 << 10, AuthFailureDelay: st.cfg.Limits.AuthFailureDelay.Duration,
+		LoginDeadline:  ss.start.Add(st.cfg.Limits.LoginTimeout.Duration),
+		BackendTimeout: st.cfg.Limits.BackendTimeout.Duration,
 		Dial:           ss.dialBackend,
 	}
 	if ss.proto == routing.LMTP {
 		ps.Route = ss.route
 	}
-	if s.auth != nil {
-		ps.Authenticate = s.auth.Authenticate
+	if st.auth != nil {
+		ps.Authenticate = ss.authenticate
 	}
 	ss.loginChecks(ps)
 	return ps
@@ -331,9 +297,9 @@ func (ss *session) protoSession(c net.Conn) *protocols.Session {
 // dialBackend picks, connects and greets a backend for login, trying the
 // next backend where routing allows when one cannot be reached.
 func (ss *session) dialBackend(ctx context.Context, login string, hello func(context.Context, *protocols.Backend) error) (*protocols.Backend, error) {
-	key := ""
-	if login != "" {
-		key = ss.srv.cfg.Auth.RoutingKey(login)
+	key := ss.key
+	if login != ss.keyOf {
+		key = ss.st.cfg.Auth.RoutingKey(login)
 	}
 	tried := ss.excludeForced() // auth_http's Auth-Server
 	for range ss.pool.Backends() {
@@ -377,7 +343,7 @@ func (ss *session) connectLease(ctx context.Context, lease *routing.Lease, hello
 		release = func() {}
 	}
 	rb := lease.Backend
-	info := rb.Data.(*backendInfo)
+	info := rb.Data().(*backendInfo)
 	addr := info.addr[ss.proto]
 	// A failure counts against the backend only while the session is
 	// alive: a dial or greeting cut short because the client left or the
@@ -394,10 +360,10 @@ func (ss *session) connectLease(ctx context.Context, lease *routing.Lease, hello
 	// next backend is tried. The dial alone keeps the shorter health
 	// timeout. (Not the client's login deadline: an SMTP session connects
 	// a new backend whenever it lost one, long after its start.)
-	deadline := time.Now().Add(ss.srv.cfg.Limits.BackendTimeout.Duration)
+	deadline := time.Now().Add(ss.st.cfg.Limits.BackendTimeout.Duration)
 	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	dialCtx, dialCancel := context.WithTimeout(dctx, ss.srv.poolConfig(ss.lc.Pool).Health.Timeout.Duration)
+	dialCtx, dialCancel := context.WithTimeout(dctx, ss.st.poolConfig(ss.lc.Pool).Health.Timeout.Duration)
 	conn, err := ss.srv.dial(dialCtx, "tcp", addr)
 	dialCancel()
 	if err != nil {
@@ -447,11 +413,18 @@ func (ss *session) connectLease(ctx context.Context, lease *routing.Lease, hello
 	return b, nil
 }
 
-func (s *Server) poolConfig(name string) *config.PoolConfig {
-	for i := range s.cfg.Pools {
-		if s.cfg.Pools[i].Name == name {
-			return &s.cfg.Pools[i]
+func (st *state) poolConfig(name string) *config.PoolConfig {
+	for i := range st.cfg.Pools {
+		if st.cfg.Pools[i].Name == name {
+			return &st.cfg.Pools[i]
 		}
 	}
 	return nil
+}
+
+// authenticate checks a login with [auth] mode = "verify". The routing key
+// it computes is kept for dialBackend, which needs the same one.
+func (ss *session) authenticate(ctx context.Context, c protocols.Credentials) (protocols.Credentials, error) {
+	ss.keyOf, ss.key = c.Username, ss.st.cfg.Auth.RoutingKey(c.Username)
+	return ss.st.auth.AuthenticateKey(ctx, ss.key, c)
 }

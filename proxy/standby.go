@@ -4,7 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
+
+	"mailproxy/proxy/config"
 )
 
 // This file is the server's side of the active/standby pair (proxy/peer):
@@ -15,19 +18,39 @@ import (
 // listening, so a connection that reaches it is refused at once and
 // becoming active only has to call listen(2).
 
-// listenerSet is what one OpenListeners opened.
+// listenerSet is what one OpenListeners opened, and what reloads added to
+// it since.
 type listenerSet struct {
-	lns     []net.Listener
+	lns     []net.Listener // guarded by Server.mu
 	serving sync.WaitGroup // one per listener, until its Serve returns
+	closed  chan struct{}  // closed when the set is closed
+}
+
+// add serves ln as the listener called name, as part of the set. The
+// caller holds s.mu.
+func (set *listenerSet) add(s *Server, name string, ln net.Listener) {
+	set.lns = append(set.lns, ln)
+	// Tracked here as well as by Serve, so that Listeners reports it
+	// serving as soon as we return, and Shutdown closes it even if Serve
+	// has not started yet.
+	s.lns[ln] = lnEntry{name: name, addr: s.state().listener(name).Address}
+	set.serving.Go(func() {
+		if err := s.Serve(name, ln); !errors.Is(err, ErrServerClosed) {
+			s.log.Error("listener stopped", "listener", name, "err", err)
+		}
+	})
 }
 
 // OpenListeners opens every configured listener and serves each on its own
-// goroutine, as ListenAndServe does but without blocking. It does nothing
-// when they are open already. When one cannot be opened, it closes the
-// others and returns the error: a standby that becomes active retries (the
-// old active one may still hold the port for a moment). After Shutdown or
-// Close it returns ErrServerClosed.
+// goroutine, as ListenAndServe does but without blocking; reloads open and
+// close listeners of the set from then on. It does nothing when they are
+// open already. When one cannot be opened, it closes the others and
+// returns the error: a standby that becomes active retries (the old active
+// one may still hold the port for a moment). After Shutdown or Close it
+// returns ErrServerClosed.
 func (s *Server) OpenListeners() error {
+	s.reloadMu.Lock() // the config must not change between listen and serve
+	defer s.reloadMu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed.Load() {
@@ -36,22 +59,14 @@ func (s *Server) OpenListeners() error {
 	if s.opened != nil {
 		return nil
 	}
+	cfg := s.state().cfg
 	lns, err := s.listenAll()
 	if err != nil {
 		return err
 	}
-	set := &listenerSet{lns: lns}
+	set := &listenerSet{closed: make(chan struct{})}
 	for i, ln := range lns {
-		name := s.cfg.Listeners[i].Name
-		// Tracked here as well as by Serve, so that Listeners reports it
-		// serving as soon as we return, and Shutdown closes it even if
-		// Serve has not started yet.
-		s.lns[&set.lns[i]] = name
-		set.serving.Go(func() {
-			if err := s.Serve(name, ln); !errors.Is(err, ErrServerClosed) {
-				s.log.Error("listener stopped", "listener", name, "err", err)
-			}
-		})
+		set.add(s, cfg.Listeners[i].Name, ln)
 	}
 	s.opened = set
 	return nil
@@ -64,16 +79,19 @@ func (s *Server) CloseListeners() {
 	s.mu.Lock()
 	set := s.opened
 	s.opened = nil
+	var lns []net.Listener
 	if set != nil {
-		for i := range set.lns {
-			delete(s.lns, &set.lns[i])
+		lns = slices.Clone(set.lns)
+		for _, ln := range lns {
+			delete(s.lns, ln)
 		}
+		close(set.closed)
 	}
 	s.mu.Unlock()
 	if set == nil {
 		return
 	}
-	for _, ln := range set.lns {
+	for _, ln := range lns {
 		ln.Close()
 	}
 	set.serving.Wait()
@@ -106,8 +124,12 @@ func (s *Server) holdLocked() error {
 	if s.closed.Load() || s.opened != nil || s.held != nil {
 		return nil
 	}
-	held := make([]*heldSocket, 0, len(s.cfg.Listeners))
-	for _, l := range s.cfg.Listeners {
+	cfg := s.state().cfg
+	held := make(map[string]*heldSocket, len(cfg.Listeners))
+	for _, l := range cfg.Listeners {
+		if config.IsUnixPath(l.Address) || held[l.Address] != nil {
+			continue // a unix socket has no address to wait for
+		}
 		h, err := holdTCP(l.Address)
 		if err != nil {
 			for _, o := range held {
@@ -115,7 +137,7 @@ func (s *Server) holdLocked() error {
 			}
 			return fmt.Errorf("listener %s: %w", l.Name, err)
 		}
-		held = append(held, h)
+		held[l.Address] = h
 	}
 	s.held = held
 	return nil
@@ -144,20 +166,26 @@ func (s *Server) CloseSessions() int {
 // listenAll opens every configured listener, in config order; on an error
 // it closes those it opened.
 func (s *Server) listenAll() ([]net.Listener, error) {
-	lns := make([]net.Listener, 0, len(s.cfg.Listeners))
+	cfg := s.state().cfg
+	lns := make([]net.Listener, 0, len(cfg.Listeners))
 	held := s.held
 	s.held = nil
-	for i, l := range s.cfg.Listeners {
+	defer func() { // held for listeners a reload has removed since
+		for _, h := range held {
+			h.close()
+		}
+	}()
+	for _, l := range cfg.Listeners {
 		var ln net.Listener
 		var err error
-		switch {
-		case held != nil:
-			ln, err = held[i].listen()
-			held[i] = nil
-		case s.hold:
-			// Not held (the hold failed): bind now, with IP_FREEBIND
-			// all the same, as the address may be added only after.
-			var h *heldSocket
+		switch h := held[l.Address]; {
+		case h != nil:
+			delete(held, l.Address)
+			ln, err = h.listen()
+		case s.hold && !config.IsUnixPath(l.Address):
+			// Not held (the hold failed, or a reload added it): bind
+			// now, with IP_FREEBIND all the same, as the address may be
+			// added only after.
 			if h, err = holdTCP(l.Address); err == nil {
 				ln, err = h.listen()
 			}
@@ -167,11 +195,6 @@ func (s *Server) listenAll() ([]net.Listener, error) {
 		if err != nil {
 			for _, o := range lns {
 				o.Close()
-			}
-			if held != nil {
-				for _, h := range held[i+1:] {
-					h.close()
-				}
 			}
 			return nil, fmt.Errorf("listener %s: %w", l.Name, err)
 		}

@@ -19,8 +19,8 @@ import (
 // setupStore builds the routing state store of [store]: the Redis store
 // (tables and admin state shared by every instance) or, for memory, the
 // admin state in memory and in state_file.
-func (s *Server) setupStore() error {
-	sc := s.cfg.Store
+func (s *Server) setupStore(cfg *config.Config) error {
+	sc := cfg.Store
 	if sc == nil || sc.Type != "redis" {
 		path := ""
 		if sc != nil {
@@ -30,7 +30,7 @@ func (s *Server) setupStore() error {
 		if err != nil {
 			return err
 		}
-		s.state = fs
+		s.adminState = fs
 		return nil
 	}
 	opts := rstore.Options{
@@ -41,7 +41,7 @@ func (s *Server) setupStore() error {
 		OnState:  s.reloadState,
 		OnKick:   s.remoteKick,
 		OnConflict: func(pool, user string) {
-			if p := s.pools[pool]; p != nil {
+			if p := s.Pool(pool); p != nil {
 				p.KickUser(user, nil)
 			}
 		},
@@ -63,7 +63,7 @@ func (s *Server) setupStore() error {
 	if err != nil {
 		return err
 	}
-	s.rstore, s.state = st, st
+	s.rstore, s.adminState = st, st
 	return nil
 }
 
@@ -102,12 +102,12 @@ func (s *Server) closeStore() {
 func (s *Server) reloadState() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	st, err := s.state.Load(ctx)
+	st, err := s.adminState.Load(ctx)
 	if err != nil {
 		s.log.Warn("routing admin state not loaded", "err", err)
 		return
 	}
-	for _, p := range s.pools {
+	for _, p := range s.state().pools {
 		p.ApplyState(st.Pools[p.Name])
 	}
 }
@@ -117,7 +117,7 @@ func (s *Server) reloadState() {
 // them.
 func (s *Server) fence() {
 	n := 0
-	for _, p := range s.pools {
+	for _, p := range s.state().pools {
 		for _, b := range p.Backends() {
 			n += p.KickUsers(b)
 		}
@@ -126,7 +126,7 @@ func (s *Server) fence() {
 }
 
 func (s *Server) remoteKick(k rstore.Kick) {
-	p := s.pools[k.Pool]
+	p := s.Pool(k.Pool)
 	if p == nil {
 		return
 	}
@@ -140,7 +140,7 @@ func (s *Server) remoteKick(k rstore.Kick) {
 }
 
 func (s *Server) findBackend(pool, backend string) (*routing.Pool, *routing.Backend, error) {
-	p := s.pools[pool]
+	p := s.Pool(pool)
 	if p == nil {
 		return nil, nil, fmt.Errorf("%w: no pool %q", routing.ErrNotFound, pool)
 	}
@@ -154,7 +154,7 @@ func (s *Server) findBackend(pool, backend string) (*routing.Pool, *routing.Back
 // change stores one admin change and applies the stored state here; the
 // store tells the other instances.
 func (s *Server) change(ctx context.Context, c routing.Change) error {
-	if err := s.state.Apply(ctx, c); err != nil {
+	if err := s.adminState.Apply(ctx, c); err != nil {
 		return err
 	}
 	s.reloadState()
@@ -193,10 +193,10 @@ func (s *Server) SetPin(ctx context.Context, pool, user, backend string) error {
 		if _, _, err := s.findBackend(pool, backend); err != nil {
 			return err
 		}
-	} else if s.pools[pool] == nil {
+	} else if s.Pool(pool) == nil {
 		return fmt.Errorf("%w: no pool %q", routing.ErrNotFound, pool)
 	}
-	return s.change(ctx, routing.Change{Pool: pool, Kind: "pin", Name: s.cfg.Auth.RoutingKey(user), Value: backend})
+	return s.change(ctx, routing.Change{Pool: pool, Kind: "pin", Name: s.Config().Auth.RoutingKey(user), Value: backend})
 }
 
 // Kick closes every session on a backend, on every instance; it returns
@@ -223,7 +223,7 @@ func (s *Server) Move(ctx context.Context, pool, user, backend string) (int, err
 	if err != nil {
 		return 0, err
 	}
-	key := s.cfg.Auth.RoutingKey(user)
+	key := s.Config().Auth.RoutingKey(user)
 	n, err := p.Move(ctx, key, b)
 	if err != nil || s.rstore == nil {
 		return n, err

@@ -100,7 +100,7 @@ func (p *Pool) KickUser(user string, keep *Backend) int {
 	var kill []func()
 	p.mu.Lock()
 	n := 0
-	for _, b := range p.backends {
+	for _, b := range p.withRetired() {
 		if b == keep {
 			continue
 		}
@@ -154,7 +154,10 @@ func (p *Pool) Move(ctx context.Context, user string, b *Backend) (int, error) {
 	// Re-point first, then kick: a session that starts in between goes to
 	// b, and one on the old backend ends with the kick. The other order
 	// could let a new session start on the old backend and stay there.
-	if err := p.table.Move(ctx, user, b.Name, max(p.opts.Linger, MoveLinger)); err != nil {
+	p.mu.Lock()
+	linger := p.opts.Linger
+	p.mu.Unlock()
+	if err := p.table.Move(ctx, user, b.Name, max(linger, MoveLinger)); err != nil {
 		return 0, fmt.Errorf("move %s: %w", user, err)
 	}
 	return p.KickUser(user, b), nil
@@ -187,7 +190,8 @@ type BackendStatus struct {
 	Weight   int               `json:"weight"`
 	Sessions int               `json:"sessions"`
 	Users    int               `json:"users"`
-	Health   map[string]string `json:"health"` // per protocol it serves: up | down
+	Removed  bool              `json:"removed,omitempty"` // gone from the config, kept for its live sessions
+	Health   map[string]string `json:"health"`            // per protocol it serves: up | down
 	Reason   map[string]string `json:"reason,omitempty"`
 }
 
@@ -196,9 +200,9 @@ func (p *Pool) Status() []BackendStatus {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	out := make([]BackendStatus, 0, len(p.backends))
-	for _, b := range p.backends {
+	for _, b := range p.withRetired() {
 		s := BackendStatus{
-			Name: b.Name, Draining: b.draining, Weight: b.weight, Sessions: b.leases.n,
+			Name: b.Name, Draining: b.draining, Weight: b.weight, Sessions: b.leases.n, Removed: b.retired,
 			Health: map[string]string{}, Reason: map[string]string{},
 		}
 		users := map[string]bool{}
@@ -226,10 +230,27 @@ func (p *Pool) Status() []BackendStatus {
 		if b.disabled || !serves {
 			worst = Disabled
 		}
+		if b.retired {
+			worst = Disabled
+		}
 		s.State = worst.String()
 		out = append(out, s)
 	}
 	return out
+}
+
+// withRetired returns the backends in config order, then the retired ones
+// by name. The caller holds p.mu.
+func (p *Pool) withRetired() []*Backend {
+	out := slices.Clone(p.backends)
+	var gone []*Backend
+	for _, b := range p.byName {
+		if b.retired {
+			gone = append(gone, b)
+		}
+	}
+	slices.SortFunc(gone, func(a, b *Backend) int { return strings.Compare(a.Name, b.Name) })
+	return append(out, gone...)
 }
 
 // severity orders states for Status: down is worse than draining, though
@@ -250,7 +271,7 @@ func (p *Pool) UserSessions(user string) []SessionInfo {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var out []SessionInfo
-	for _, b := range p.backends {
+	for _, b := range p.withRetired() {
 		for l := range b.leases.all() {
 			if l.User == user {
 				out = append(out, SessionInfo{Backend: b.Name, Protocol: l.Proto.String()})

@@ -104,26 +104,36 @@ type BackendSpec struct {
 	Data     any                // the caller's own per-backend data (addresses, TLS)
 }
 
-// Backend is one mail server of a pool. Its fields are read-only; its state
-// changes through the Pool.
+// Backend is one mail server of a pool. Its name is fixed; everything else
+// changes through the Pool (Pool.Reconfigure, drains, health).
 type Backend struct {
 	Name string
-	Data any // BackendSpec.Data
 
-	index      int
-	seed       uint64
-	serves     [numProtocols]bool
-	disabled   bool
-	baseWeight int // from the config; runtime changes go on top
+	index int
+	seed  uint64
+	data  atomic.Pointer[any] // BackendSpec.Data; replaced by Reconfigure
 
 	// Guarded by Pool.mu.
-	weight   int
-	draining bool
-	health   [numProtocols]health
-	curRR    [numProtocols]int // smooth weighted round-robin state
-	leases   leaseList
+	serves     [numProtocols]bool
+	disabled   bool
+	retired    bool // removed from the config; kept while sessions hold it
+	baseWeight int  // from the config; runtime changes go on top
+	weight     int
+	draining   bool
+	health     [numProtocols]health
+	curRR      [numProtocols]int // smooth weighted round-robin state
+	leases     leaseList
 
 	sessions atomic.Int64
+}
+
+// Data returns the caller's own data of the backend (BackendSpec.Data), as
+// of the last NewPool or Reconfigure.
+func (b *Backend) Data() any {
+	if d := b.data.Load(); d != nil {
+		return *d
+	}
+	return nil
 }
 
 // Sessions is the number of live leases on the backend, all protocols.

@@ -59,10 +59,8 @@ func NewPool(opts Options, specs []BackendSpec) (*Pool, error) {
 		if _, dup := p.byName[s.Name]; dup {
 			return nil, fmt.Errorf("pool %s: duplicate backend %q", opts.Name, s.Name)
 		}
-		b := &Backend{
-			Name: s.Name, Data: s.Data, index: i, seed: hashString(s.Name),
-			serves: s.Serves, disabled: s.Disabled, weight: max(s.Weight, 0), baseWeight: max(s.Weight, 0),
-		}
+		b := &Backend{Name: s.Name, index: i, seed: hashString(s.Name)}
+		b.set(s)
 		p.backends = append(p.backends, b)
 		p.byName[s.Name] = b
 	}
@@ -75,11 +73,104 @@ func NewPool(opts Options, specs []BackendSpec) (*Pool, error) {
 	return p, nil
 }
 
-// Backends returns the pool's backends in config order.
-func (p *Pool) Backends() []*Backend { return p.backends }
+// set applies a spec to b. A weight the spec leaves as it was keeps the
+// weight set at runtime. The caller holds p.mu (or owns b alone).
+func (b *Backend) set(s BackendSpec) {
+	d := s.Data
+	b.data.Store(&d)
+	b.serves, b.disabled, b.retired = s.Serves, s.Disabled, false
+	if w := max(s.Weight, 0); w != b.baseWeight {
+		b.weight, b.baseWeight = w, w
+	}
+}
 
-// Backend returns the backend called name, or nil.
-func (p *Pool) Backend(name string) *Backend { return p.byName[name] }
+// Reconfigure applies a new config to the pool in place, so that its leases,
+// bindings, health, drains and runtime pins carry over (a reload). opts
+// replaces the policies, linger, config pins and rise/fall (Table and
+// OnStateChange stay as NewPool set them). Backends are matched by name: new
+// ones are added up with no sessions; kept ones take the spec's data,
+// protocols, disabled flag and (when it changed in the spec) weight; removed
+// ones take no new user but stay, retired, for the users whose sessions are
+// still there, so no user is ever split: until those sessions end (or are
+// kicked) Backend still finds them. It changes nothing and returns the error
+// when the specs have duplicate names or the pins name unknown backends.
+func (p *Pool) Reconfigure(opts Options, specs []BackendSpec) error {
+	names := make(map[string]bool, len(specs))
+	for _, s := range specs {
+		if names[s.Name] {
+			return fmt.Errorf("pool %s: duplicate backend %q", opts.Name, s.Name)
+		}
+		names[s.Name] = true
+	}
+	for u, name := range opts.Pins {
+		if !names[name] {
+			return fmt.Errorf("pool %s: pin %q names unknown backend %q", opts.Name, u, name)
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if opts.Rise <= 0 {
+		opts.Rise = 2
+	}
+	if opts.Fall <= 0 {
+		opts.Fall = 2
+	}
+	// Pins: the new config's, with the runtime changes on top.
+	pins := make(map[string]string, len(opts.Pins))
+	for u, name := range opts.Pins {
+		pins[u] = name
+	}
+	for u, name := range p.pins {
+		if p.opts.Pins[u] != name && names[name] {
+			pins[u] = name // set at runtime
+		}
+	}
+	for u := range p.opts.Pins {
+		if _, ok := p.pins[u]; !ok {
+			delete(pins, u) // removed at runtime
+		}
+	}
+	// Field by field: Table and OnStateChange are read without the lock.
+	p.opts.Policies, p.opts.Linger, p.opts.Pins = opts.Policies, opts.Linger, opts.Pins
+	p.opts.Rise, p.opts.Fall = opts.Rise, opts.Fall
+	p.pins = pins
+	backends := make([]*Backend, 0, len(specs))
+	keep := make(map[string]*Backend, len(specs))
+	for i, s := range specs {
+		b := p.byName[s.Name]
+		if b == nil {
+			b = &Backend{Name: s.Name, seed: hashString(s.Name)}
+		}
+		b.index = i
+		b.set(s)
+		backends = append(backends, b)
+		keep[s.Name] = b
+	}
+	for name, b := range p.byName {
+		if keep[name] == nil && b.leases.n > 0 {
+			b.retired = true
+			keep[name] = b
+		}
+	}
+	p.backends, p.byName = backends, keep
+	return nil
+}
+
+// Backends returns the pool's backends in config order, without the retired
+// ones (see Reconfigure). The slice is the caller's to read, never changed.
+func (p *Pool) Backends() []*Backend {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.backends
+}
+
+// Backend returns the backend called name, or nil. A backend removed by
+// Reconfigure is still found while sessions hold it.
+func (p *Pool) Backend(name string) *Backend {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.byName[name]
+}
 
 // Lookup returns the user's binding in the lease table.
 func (p *Pool) Lookup(ctx context.Context, user string) (backend string, live int, ok bool, err error) {
@@ -101,7 +192,7 @@ func (p *Pool) open(b *Backend, proto Protocol) bool {
 // accepting reports whether b takes users brought to it by a pin: weight
 // 0 keeps a backend out of hashing, not away from its pinned users.
 func (p *Pool) accepting(b *Backend, proto Protocol) bool {
-	return p.usable(b, proto) && !b.draining
+	return p.usable(b, proto) && !b.draining && !b.retired
 }
 
 // Acquire picks the backend for a new session of proto and returns its
@@ -173,10 +264,11 @@ func (p *Pool) acquireUser(ctx context.Context, proto Protocol, user string, exc
 			kill = p.detachUser(k.moveFrom, user, kill)
 		}
 	}
+	linger := p.opts.Linger
 	p.mu.Unlock()
 	runKills(kill)
 	if l == nil {
-		p.table.Release(ctx, user, tok, p.opts.Linger)
+		p.table.Release(ctx, user, tok, linger)
 		return nil, errWentDown
 	}
 	return l, nil
@@ -392,8 +484,9 @@ func (l *Lease) Release() {
 func (p *Pool) releasing(l *Lease) func() {
 	k := userAt{l.Backend, l.User}
 	p.inRelease[k]++
+	linger := p.opts.Linger
 	return func() {
-		p.table.Release(context.Background(), l.User, l.tok, p.opts.Linger)
+		p.table.Release(context.Background(), l.User, l.tok, linger)
 		p.mu.Lock()
 		if p.inRelease[k]--; p.inRelease[k] <= 0 {
 			delete(p.inRelease, k)

@@ -1,5 +1,5 @@
-// Package tls holds mailproxy's TLS plumbing: the server certificate with
-// reload on SIGHUP, server and client configs with safe defaults, the
+// Package tls holds mailproxy's TLS plumbing: the server certificate (a
+// config reload reads it again), server and client configs with safe defaults, the
 // STARTTLS upgrade, and throwaway certificates for tests and the demo.
 // Import it as mtls.
 package tls

@@ -23,16 +23,13 @@ const (
 // mailproxy. -admin and -token-file default to [admin] listen and
 // token_file of the config file, when there is one.
 func cmdCtl(args []string, stdout, stderr io.Writer) error {
-	fset := flag.NewFlagSet("ctl", flag.ContinueOnError)
-	fset.SetOutput(stderr)
+	fset := newFlagSet("ctl", stderr)
 	fset.Usage = func() {
 		fmt.Fprint(stderr, "usage: mailproxy ctl [flags] COMMAND [ARGS]\n\n"+admin.CtlUsage+"\nflags:\n")
 		fset.PrintDefaults()
 	}
-	cfgPath := fset.String("config", defaultConfig, "config file to take the defaults of -admin and -token-file from")
-	addr := fset.String("admin", "", "admin API host:port (default [admin] listen, else "+defaultAdminAddr+")")
-	tokenFile := fset.String("token-file", "", "file with the bearer token for drain, undrain and kick (default [admin] token_file)")
-	timeout := fset.Duration("timeout", 10*time.Second, "give up after this long")
+	o := ctlFlags(fset)
+	cfgPath, addr, tokenFile, timeout := o.config, o.admin, o.tokenFile, o.timeout
 	if err := fset.Parse(args); err != nil {
 		return err
 	}
@@ -52,6 +49,24 @@ func cmdCtl(args []string, stdout, stderr io.Writer) error {
 	}
 	return err
 }
+
+// ctlOptions are the flags of ctl.
+type ctlOptions struct {
+	config, admin, tokenFile *string
+	timeout                  *time.Duration
+}
+
+func ctlFlags(fs *flag.FlagSet) ctlOptions {
+	return ctlOptions{
+		config:    fs.String("config", defaultConfig, "config file to take the defaults of -admin and -token-file from"),
+		admin:     fs.String("admin", "", "admin API host:port (default [admin] listen, else "+defaultAdminAddr+")"),
+		tokenFile: fs.String("token-file", "", "file with the bearer token for drain, undrain, kick and reload (default [admin] token_file)"),
+		timeout:   fs.Duration("timeout", 10*time.Second, "give up after this long"),
+	}
+}
+
+// ctlCommands is the list of ctl's commands for help.
+func ctlCommands() string { return admin.CtlUsage }
 
 // ctlClient finds the admin API and its token: the flags first, then the
 // config file. A missing default config file is not an error (ctl may run

@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"mailproxy/proxy/config"
 	"net"
 	"strings"
@@ -65,16 +66,12 @@ type demoSite struct {
 // cmdDemo starts two in-memory backends and mailproxy in front of them on
 // loopback, and prints how to try it.
 func cmdDemo(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	imapAddr := fs.String("imap", "127.0.0.1:10143", "address of the demo IMAP listener")
-	pop3Addr := fs.String("pop3", "127.0.0.1:10110", "address of the demo POP3 listener")
-	smtpAddr := fs.String("smtp", "127.0.0.1:10025", "address of the demo SMTP listener")
-	adminAddr := fs.String("admin", "127.0.0.1:10080", "address of the admin API (empty: off)")
-	level := fs.String("log-level", "info", "log level")
+	fs := newFlagSet("demo", stderr)
+	o := demoFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	imapAddr, pop3Addr, smtpAddr, adminAddr, level := o.imap, o.pop3, o.smtp, o.admin, o.level
 	site := &demoSite{store: imapmemserver.New(), users: map[string]*imapmemserver.User{}}
 	for u, pw := range demoUsers {
 		user := imapmemserver.NewUser(u, pw)
@@ -97,8 +94,9 @@ func cmdDemo(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log := newLogger(cfg.Log, stderr)
-	srv, err := proxy.New(cfg, proxy.Options{Logger: log, Handlers: handlers()})
+	lv := new(slog.LevelVar)
+	log := newLogger(cfg.Log, lv, stderr)
+	srv, err := proxy.New(cfg, proxy.Options{Logger: log, Level: lv, Handlers: handlers()})
 	if err != nil {
 		return err
 	}
@@ -115,7 +113,20 @@ Try:
 		fmt.Fprintf(stdout, "  go run ./cmd/mailproxy ctl -admin %s status\n", *adminAddr)
 	}
 	fmt.Fprintln(stdout, "Stop with Ctrl-C.")
-	return serve(srv, cfg, log)
+	return serve(srv, cfg, log, nil)
+}
+
+// demoOptions are the flags of demo.
+type demoOptions struct{ imap, pop3, smtp, admin, level *string }
+
+func demoFlags(fs *flag.FlagSet) demoOptions {
+	return demoOptions{
+		imap:  fs.String("imap", "127.0.0.1:10143", "address of the demo IMAP listener"),
+		pop3:  fs.String("pop3", "127.0.0.1:10110", "address of the demo POP3 listener"),
+		smtp:  fs.String("smtp", "127.0.0.1:10025", "address of the demo SMTP listener"),
+		admin: fs.String("admin", "127.0.0.1:10080", "address of the admin API (empty: off)"),
+		level: fs.String("log-level", "info", "log level"),
+	}
 }
 
 // start runs one demo mail server (IMAP, POP3, SMTP) on free loopback

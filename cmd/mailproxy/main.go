@@ -1,29 +1,25 @@
 // Command mailproxy is a protocol-aware front end for IMAP, POP3 and SMTP
 // servers. It keeps every IMAP session of a user on one backend.
 //
-// Usage:
+// Usage (`mailproxy help` lists every command with its flags):
 //
-//	mailproxy [run] -config FILE   serve (the default subcommand)
+//	mailproxy [run] -config FILE   serve (the default command)
 //	mailproxy check -config FILE   validate a config, print its warnings, and exit
-//	mailproxy ctl COMMAND          call the admin API: status, drain, undrain, kick, weight, pin, move, user
+//	mailproxy ctl COMMAND          call the admin API: status, drain, undrain, kick, weight, pin, move, user, reload
 //	mailproxy demo                 run against built-in in-memory backends
-//	mailproxy version
-//	mailproxy help                 list the subcommands
+//	mailproxy version              the module version and VCS revision
+//	mailproxy help [COMMAND]       the commands, or one command's flags
 package main
 
 import (
-	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"mailproxy/proxy/config"
 	"os"
-	"os/signal"
 	"slices"
 	"strings"
-	"syscall"
 
 	"mailproxy/protocols"
 	"mailproxy/protocols/imap"
@@ -31,33 +27,40 @@ import (
 	"mailproxy/protocols/managesieve"
 	"mailproxy/protocols/pop3"
 	"mailproxy/protocols/smtp"
-	"mailproxy/proxy"
-	"mailproxy/proxy/admin"
-	"mailproxy/proxy/peer"
+	"mailproxy/proxy/auth"
+	"mailproxy/proxy/config"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version is set at build time with -ldflags "-X main.version=..."; when it
+// is not, the module version from the build info is shown.
+var version = ""
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-// usage lists the subcommands, for `mailproxy help`.
-const usage = `Usage:
-  mailproxy [run] -config FILE   serve (the default subcommand)
-  mailproxy check -config FILE   validate a config, print its warnings, and exit
-  mailproxy ctl COMMAND          call the admin API: status, drain, undrain, kick, user
-  mailproxy demo                 run against built-in in-memory backends
-  mailproxy version              print the version
-  mailproxy help                 print this list
+// command is one subcommand: its flags are declared by flags, so that help
+// lists exactly what the command parses.
+type command struct {
+	name, args, summary string
+	flags               func(fs *flag.FlagSet) // nil: no flags
+}
 
-Each subcommand takes -h for its own flags.
-`
+// commands lists every subcommand, in the order help shows them.
+func commands() []command {
+	return []command{
+		{"run", "[-config FILE]", "serve until SIGTERM or SIGINT; SIGHUP reloads the config (the default command)", func(fs *flag.FlagSet) { configFlag(fs) }},
+		{"check", "[-config FILE]", "load and validate a config file, print its warnings, and exit", func(fs *flag.FlagSet) { configFlag(fs) }},
+		{"ctl", "[flags] COMMAND [ARGS]", "call the admin API of a running mailproxy (mailproxy help ctl lists its commands)", func(fs *flag.FlagSet) { ctlFlags(fs) }},
+		{"demo", "[flags]", "run in front of built-in in-memory mail servers, to try mailproxy out", func(fs *flag.FlagSet) { demoFlags(fs) }},
+		{"version", "", "print the module version and VCS revision", nil},
+		{"help", "[COMMAND]", "list the commands, or one command's flags", nil},
+	}
+}
 
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 && slices.Contains([]string{"help", "-h", "-help", "--help"}, args[0]) {
-		fmt.Fprint(stdout, usage)
+	if len(args) > 0 && slices.Contains([]string{"-h", "-help", "--help"}, args[0]) {
+		usage(stdout)
 		return 0
 	}
 	cmd := "run"
@@ -69,15 +72,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "run":
 		err = cmdRun(args, stderr)
 	case "check":
-		err = cmdCheck(args, stdout)
+		err = cmdCheck(args, stdout, stderr)
 	case "demo":
 		err = cmdDemo(args, stdout, stderr)
 	case "ctl":
 		err = cmdCtl(args, stdout, stderr)
 	case "version":
-		fmt.Fprintln(stdout, "mailproxy", version)
+		fmt.Fprintln(stdout, versionLine())
+	case "help":
+		err = cmdHelp(args, stdout)
 	default:
-		fmt.Fprintf(stderr, "mailproxy: unknown command %q (want run, check, ctl, demo, version or help)\n", cmd)
+		fmt.Fprintf(stderr, "mailproxy: unknown command %q\n\n", cmd)
+		usage(stderr)
 		return 2
 	}
 	if errors.Is(err, flag.ErrHelp) {
@@ -90,18 +96,78 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func configFlag(name string, args []string, stderr io.Writer) (string, error) {
+// usage lists the commands.
+func usage(w io.Writer) {
+	fmt.Fprint(w, "usage:\n")
+	for _, c := range commands() {
+		name := c.name
+		if name == "run" {
+			name = "[run]" // the default
+		}
+		fmt.Fprintf(w, "  mailproxy %-30s %s\n", name+" "+c.args, c.summary)
+	}
+	fmt.Fprint(w, "\nmailproxy help COMMAND shows a command's flags.\n")
+}
+
+// cmdHelp is `mailproxy help [COMMAND]`.
+func cmdHelp(args []string, stdout io.Writer) error {
+	if len(args) == 0 {
+		usage(stdout)
+		for _, c := range commands() {
+			if c.flags != nil {
+				fmt.Fprintln(stdout)
+				commandHelp(stdout, c)
+			}
+		}
+		return nil
+	}
+	for _, c := range commands() {
+		if c.name == args[0] {
+			commandHelp(stdout, c)
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown command %q", args[0])
+}
+
+func commandHelp(w io.Writer, c command) {
+	fmt.Fprintf(w, "mailproxy %s %s\n  %s\n", c.name, c.args, c.summary)
+	if c.flags != nil {
+		fs := newFlagSet(c.name, w)
+		c.flags(fs)
+		fmt.Fprintln(w, "flags:")
+		fs.PrintDefaults()
+	}
+	if c.name == "ctl" {
+		fmt.Fprint(w, ctlCommands())
+	}
+}
+
+// newFlagSet makes a command's flag set whose -h prints its help.
+func newFlagSet(name string, w io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", "/etc/mailproxy/mailproxy.toml", "config file")
+	fs.SetOutput(w)
+	return fs
+}
+
+func configFlag(fs *flag.FlagSet) *string {
+	return fs.String("config", defaultConfig, "config file")
+}
+
+// parseConfigFlag parses the flags of run and check.
+func parseConfigFlag(name string, args []string, stderr io.Writer) (string, error) {
+	fs := newFlagSet(name, stderr)
+	path := configFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		return "", err
 	}
 	return *path, nil
 }
 
-func cmdCheck(args []string, stdout io.Writer) error {
-	path, err := configFlag("check", args, stdout)
+// cmdCheck loads and validates a config without building any part of the
+// server: only the config package and the users file parser run.
+func cmdCheck(args []string, stdout, stderr io.Writer) error {
+	path, err := parseConfigFlag("check", args, stderr)
 	if err != nil {
 		return err
 	}
@@ -109,15 +175,29 @@ func cmdCheck(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := proxy.CheckAuthFiles(cfg); err != nil {
+	if err := checkUsersFile(cfg.Auth); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "%s: ok (%d listeners, %d pools)\n", path, len(cfg.Listeners), len(cfg.Pools))
 	for _, w := range cfg.Warnings() {
 		fmt.Fprintf(stdout, "%s: warning: %s\n", path, w)
 	}
-	for _, u := range cfg.Unbuilt() {
-		fmt.Fprintf(stdout, "%s: note: %s\n", path, u)
+	return nil
+}
+
+// checkUsersFile checks the users file of auth.mode = "verify" when it
+// exists: its syntax, schemes and duplicate users. A file that is not there
+// is no error, so that a config can be checked away from the machine it
+// runs on; `run` needs it.
+func checkUsersFile(a config.AuthConfig) error {
+	if a.Mode != "verify" || a.UsersFile == "" {
+		return nil
+	}
+	if _, err := os.Stat(a.UsersFile); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if _, err := auth.LoadUsers(a.UsersFile, a.RoutingKey); err != nil {
+		return fmt.Errorf("auth.users_file: %w", err)
 	}
 	return nil
 }
@@ -128,125 +208,15 @@ func handlers() map[string]protocols.Handler {
 		"lmtp": lmtp.Handler{}, "managesieve": &managesieve.Handler{}}
 }
 
-func newLogger(cfg config.LogConfig, w io.Writer) *slog.Logger {
-	var level slog.Level
-	level.UnmarshalText([]byte(cfg.Level))
+// newLogger makes the logger of [log]; its level is level's, which a
+// reload changes.
+func newLogger(cfg config.LogConfig, level *slog.LevelVar, w io.Writer) *slog.Logger {
+	var l slog.Level
+	l.UnmarshalText([]byte(cfg.Level))
+	level.Set(l)
 	opts := &slog.HandlerOptions{Level: level}
 	if cfg.Format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
-}
-
-// The server is what the pair switches; admin reads it.
-var (
-	_ peer.Service = (*proxy.Server)(nil)
-	_ admin.Server = (*proxy.Server)(nil)
-)
-
-// newPeer builds the active/standby node when [peer] is set, switching
-// srv's listeners with its role and sharing the admin state with the
-// peer; nil without [peer].
-func newPeer(srv *proxy.Server, sync *proxy.AdminSync, cfg *config.Config, log *slog.Logger) (*peer.Node, error) {
-	if cfg.Peer == nil {
-		return nil, nil
-	}
-	node, err := peer.New(cfg.Peer, peer.Options{Logger: log, Service: srv, Shared: sync.Payload, OnShared: sync.Receive})
-	if err != nil {
-		return nil, err
-	}
-	sync.SetShare(node.Share)
-	if err := srv.RegisterMetrics(node.Collector()); err != nil {
-		return nil, err
-	}
-	return node, nil
-}
-
-func cmdRun(args []string, stderr io.Writer) error {
-	path, err := configFlag("run", args, stderr)
-	if err != nil {
-		return err
-	}
-	cfg, err := config.Load(path)
-	if err != nil {
-		return err
-	}
-	if unbuilt := cfg.Unbuilt(); len(unbuilt) > 0 {
-		return fmt.Errorf("%s uses features this version does not have yet:\n  %s", path, strings.Join(unbuilt, "\n  "))
-	}
-	for _, l := range cfg.Listeners {
-		if handlers()[l.Protocol] == nil {
-			return fmt.Errorf("listener %s: protocol %s is not built yet", l.Name, l.Protocol)
-		}
-	}
-	log := newLogger(cfg.Log, stderr)
-	for _, w := range cfg.Warnings() {
-		log.Warn("config: " + w)
-	}
-	srv, err := proxy.New(cfg, proxy.Options{Logger: log, Handlers: handlers()})
-	if err != nil {
-		return err
-	}
-	return serve(srv, cfg, log)
-}
-
-// serve runs srv until SIGTERM or SIGINT, then shuts down gracefully.
-// SIGHUP reloads the TLS certificate and, with auth.mode = "verify", the
-// users file and master password. With [peer], the pair's node opens
-// and closes the listeners with its role instead of ListenAndServe.
-func serve(srv *proxy.Server, cfg *config.Config, log *slog.Logger) error {
-	sync := srv.NewAdminSync()
-	node, err := newPeer(srv, sync, cfg, log)
-	if err != nil {
-		return err
-	}
-	srv.StartBackground()
-	stopAdmin, err := startAdmin(srv, node, sync, cfg, log)
-	if err != nil {
-		srv.Close()
-		return err
-	}
-	defer stopAdmin()
-	errc := make(chan error, 1)
-	stopPeer := func() {}
-	if node != nil {
-		ctx, cancel := context.WithCancel(context.Background())
-		stopPeer = func() { cancel(); <-errc }
-		go func() { errc <- node.Run(ctx) }()
-	} else {
-		go func() { errc <- srv.ListenAndServe() }()
-	}
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	defer signal.Stop(sigs)
-	for {
-		select {
-		case err := <-errc:
-			srv.Close()
-			return err
-		case sig := <-sigs:
-			if sig == syscall.SIGHUP {
-				if err := srv.ReloadCertificates(); err != nil {
-					log.Error("certificate reload failed", "err", err)
-				} else {
-					log.Info("certificate reloaded")
-				}
-				if err := srv.ReloadAuth(); err != nil {
-					log.Error("users reload failed, the users loaded before stay in use", "err", err)
-				}
-				continue
-			}
-			grace := cfg.Limits.ShutdownGrace.Duration
-			log.Info("shutting down", "signal", sig.String(), "grace", grace.String())
-			stopPeer() // the peer takes over now; our live sessions get the grace
-			ctx, cancel := context.WithTimeout(context.Background(), grace)
-			err := srv.Shutdown(ctx)
-			cancel()
-			if err != nil {
-				log.Warn("grace period over, closed remaining sessions")
-			}
-			log.Info("stopped")
-			return nil
-		}
-	}
 }

@@ -27,6 +27,9 @@ done
 have python3 || need_pkgs+=(python3)
 # iproute2: `ip netns` for the pair's failover test (integration/failover_linux_test.go).
 have ip || need_pkgs+=(iproute2)
+# chromium: the status page test drives it headless; systemd: systemd-analyze
+# verifies dist/mailproxy.service.
+for p in chromium systemd; do pkg_installed "$p" || need_pkgs+=("$p"); done
 
 if [ "${#need_pkgs[@]}" -eq 0 ]; then
   echo "realmail/install.sh: all packages present"

@@ -10,7 +10,6 @@ import (
 	"strings"
 
 	"mailproxy/protocols"
-	mtls "mailproxy/tls"
 )
 
 // Bounds on what a backend may send before login: one response line, and
@@ -34,7 +33,7 @@ func greet(ctx context.Context, b *protocols.Backend) error {
 	}
 	b.Greeting = string(line)
 	if !strings.HasPrefix(b.Greeting, "* OK") {
-		return fmt.Errorf("%w: greeting %q", errBackend, truncate(b.Greeting))
+		return fmt.Errorf("%w: greeting %q", errBackend, protocols.Truncate(b.Greeting))
 	}
 	b.Caps = capabilityCode(b.Greeting)
 	if !b.StartTLS {
@@ -43,13 +42,7 @@ func greet(ctx context.Context, b *protocols.Backend) error {
 	if _, _, err := backendCommand(b, "P0", "STARTTLS"); err != nil {
 		return fmt.Errorf("starttls: %w", err)
 	}
-	tc, err := mtls.Handshake(ctx, b.Conn, b.TLS, false)
-	if err != nil {
-		return err
-	}
-	b.SetConn(tc)
-	b.Caps = nil // they change with TLS and must be asked again
-	return nil
+	return b.UpgradeTLS(ctx)
 }
 
 // backendCommand sends one command line and reads to its tagged response. It
@@ -61,7 +54,7 @@ func backendCommand(b *protocols.Backend, tag, line string) (string, []string, e
 	}
 	resp, untagged, err := readTagged(b, tag)
 	if err == nil && !strings.HasPrefix(resp, "OK") {
-		err = fmt.Errorf("%w: %s", errBackend, truncate(resp))
+		err = fmt.Errorf("%w: %s", errBackend, protocols.Truncate(resp))
 	}
 	return resp, untagged, err
 }
@@ -155,7 +148,7 @@ func readID(b *protocols.Backend, s *protocols.Session) error {
 		return fmt.Errorf("id: %w", err)
 	}
 	if !strings.HasPrefix(resp, "OK") {
-		s.Log.Debug("backend refused ID", "backend", b.Name, "reply", truncate(resp))
+		s.Log.Debug("backend refused ID", "backend", b.Name, "reply", protocols.Truncate(resp))
 	}
 	return nil
 }
@@ -322,11 +315,4 @@ func hasCap(caps []string, c string) bool {
 		}
 	}
 	return false
-}
-
-func truncate(s string) string {
-	if len(s) > 120 {
-		return s[:120] + "..."
-	}
-	return s
 }

@@ -65,7 +65,7 @@ func (Handler) Serve(ctx context.Context, s *protocols.Session) (*protocols.Rela
 			return nil, err
 		}
 		relay, done, err := f.dispatch(ctx, cmd)
-		if relay != nil || done || err != nil {
+		if err = f.answer(cmd.tag, err); relay != nil || done || err != nil {
 			return relay, err
 		}
 	}
@@ -131,21 +131,21 @@ func (f *front) dispatch(ctx context.Context, cmd *command) (relay *protocols.Re
 		err = f.startTLS(ctx, cmd)
 	case "LOGIN":
 		if len(cmd.args) != 2 {
-			return nil, false, f.bad(cmd.tag, "LOGIN needs a user name and a password")
+			return nil, false, bad("LOGIN needs a user name and a password")
 		}
 		creds := protocols.Credentials{Username: cmd.args[0], Password: protocols.Password(cmd.args[1])}
 		return f.login(ctx, cmd.tag, creds)
 	case "AUTHENTICATE":
 		return f.authenticate(ctx, cmd)
 	default:
-		err = f.bad(cmd.tag, "Command not allowed before login")
+		err = bad("Command not allowed before login")
 	}
 	return nil, false, err
 }
 
 func (f *front) startTLS(ctx context.Context, cmd *command) error {
 	if f.s.TLS == nil || f.tls {
-		return f.bad(cmd.tag, "STARTTLS not available")
+		return bad("STARTTLS not available")
 	}
 	if err := f.reply("%s OK Begin TLS negotiation now.", cmd.tag); err != nil {
 		return err
@@ -163,10 +163,10 @@ func (f *front) startTLS(ctx context.Context, cmd *command) error {
 // authenticate runs a SASL exchange (RFC 9051 §6.2.2) and then the login.
 func (f *front) authenticate(ctx context.Context, cmd *command) (*protocols.Relay, bool, error) {
 	if len(cmd.args) < 1 || len(cmd.args) > 2 {
-		return nil, false, f.bad(cmd.tag, "AUTHENTICATE needs a mechanism")
+		return nil, false, bad("AUTHENTICATE needs a mechanism")
 	}
 	if !f.loginAllowed() {
-		return nil, false, f.reply("%s NO [PRIVACYREQUIRED] Use STARTTLS first.", cmd.tag)
+		return nil, false, errPrivacyRequired
 	}
 	if protocols.IsPassthrough(cmd.args[0]) && f.offers(cmd.args[0]) {
 		return f.authPassthrough(ctx, cmd)
@@ -174,40 +174,34 @@ func (f *front) authenticate(ctx context.Context, cmd *command) (*protocols.Rela
 	var creds protocols.Credentials
 	srv, err := protocols.NewSASLServer(cmd.args[0], &creds)
 	if err != nil {
-		return nil, false, f.reply("%s NO Unsupported authentication mechanism.", cmd.tag)
+		return nil, false, no("Unsupported authentication mechanism.")
 	}
 	var resp []byte
 	if len(cmd.args) == 2 {
-		if resp, err = decodeSASL(cmd.args[1]); err != nil {
-			return nil, false, f.bad(cmd.tag, "Invalid base64 initial response")
+		if resp, err = protocols.DecodeSASL(cmd.args[1]); err != nil {
+			return nil, false, bad("Invalid base64 initial response")
 		}
 	}
-	for {
-		challenge, done, err := srv.Next(resp)
-		if err != nil {
-			f.s.FailDelay(ctx)
-			return nil, false, f.reply("%s NO [AUTHENTICATIONFAILED] Invalid credentials.", cmd.tag)
-		}
-		if done {
-			return f.login(ctx, cmd.tag, creds)
-		}
+	err = protocols.SASLExchange(srv, resp, func(challenge []byte) ([]byte, error) {
 		if err := f.reply("+ %s", base64.StdEncoding.EncodeToString(challenge)); err != nil {
-			return nil, false, err
+			return nil, err
 		}
-		line, err := protocols.ReadLine(f.rd.r, f.s.MaxLine)
-		if errors.Is(err, protocols.ErrLineTooLong) {
-			return nil, false, f.bad(cmd.tag, "Response too long")
-		}
-		if err != nil {
-			return nil, false, err
-		}
-		if string(line) == "*" {
-			return nil, false, f.bad(cmd.tag, "Authentication cancelled.")
-		}
-		if resp, err = base64.StdEncoding.DecodeString(string(line)); err != nil {
-			return nil, false, f.bad(cmd.tag, "Invalid base64 response")
-		}
+		return protocols.ReadSASLResponse(f.rd.r, f.s.MaxLine)
+	})
+	switch {
+	case err == nil:
+		return f.login(ctx, cmd.tag, creds)
+	case errors.Is(err, protocols.ErrSASLFailed):
+		f.s.FailDelay(ctx)
+		return nil, false, errCredentials
+	case errors.Is(err, protocols.ErrLineTooLong):
+		return nil, false, bad("Response too long")
+	case errors.Is(err, protocols.ErrSASLCancelled):
+		return nil, false, bad("Authentication cancelled.")
+	case errors.Is(err, protocols.ErrSASLEncoding):
+		return nil, false, bad("Invalid base64 response")
 	}
+	return nil, false, err
 }
 
 // clientID keeps what a client said in ID (RFC 2971: at most 30 pairs,
@@ -226,49 +220,41 @@ func clientID(args []string) []string {
 	return out
 }
 
-// decodeSASL decodes an initial response; "=" is the empty response.
-func decodeSASL(s string) ([]byte, error) {
-	if s == "=" {
-		return []byte{}, nil
-	}
-	return base64.StdEncoding.DecodeString(s)
-}
-
 // login logs in to the backend the proxy picks for the user, with the
 // credentials Session.BackendCredentials gives. A rejection is relayed with
 // the backend's own text and the client may try again.
 func (f *front) login(ctx context.Context, tag string, creds protocols.Credentials) (*protocols.Relay, bool, error) {
 	f.s.User = creds.Username
 	if !f.loginAllowed() {
-		return nil, false, f.reply("%s NO [PRIVACYREQUIRED] Use STARTTLS first.", tag)
+		return nil, false, errPrivacyRequired
 	}
 	if err := f.s.LoginAllowed(ctx, creds.Username); err != nil {
-		return nil, false, f.reply("%s NO [UNAVAILABLE] Too many failed logins, try again later.", tag)
+		return nil, false, no("[UNAVAILABLE] Too many failed logins, try again later.")
 	}
 	back, err := f.s.BackendCredentials(ctx, creds)
 	if errors.Is(err, protocols.ErrAuthUnavailable) {
-		return nil, false, f.reply("%s NO [UNAVAILABLE] Authentication service unavailable, try again later.", tag)
+		return nil, false, no("[UNAVAILABLE] Authentication service unavailable, try again later.")
 	}
 	if err != nil {
 		f.s.FailDelay(ctx)
-		return nil, false, f.reply("%s NO [AUTHENTICATIONFAILED] Invalid credentials.", tag)
+		return nil, false, errCredentials
 	}
 	b, err := f.s.Dial(ctx, creds.Username, greet)
 	if err != nil {
 		f.s.Log.Warn("login failed: no backend", "user", creds.Username, "err", err)
-		return nil, false, f.reply("%s NO [UNAVAILABLE] Server unavailable, try again later.", tag)
+		return nil, false, errUnavailable
 	}
 	ok, text, err := backendLogin(ctx, b, back, f.s, f.conn.RemoteAddr(), f.id, f.relayChallenge)
 	if err != nil {
 		b.Close()
 		f.s.Log.Warn("login failed: backend error", "user", creds.Username, "backend", b.Name, "err", err)
-		return nil, false, f.reply("%s NO [UNAVAILABLE] Server unavailable, try again later.", tag)
+		return nil, false, errUnavailable
 	}
 	if !ok {
 		b.Close()
 		f.s.Log.Info("login rejected by backend", "user", creds.Username, "backend", b.Name)
 		f.s.FailDelay(ctx)
-		return nil, false, f.reply("%s %s", tag, text)
+		return nil, false, relayed(text)
 	}
 	if err := f.reply("%s %s", tag, text); err != nil {
 		b.Close()

@@ -37,8 +37,8 @@ func (f *front) authPassthrough(ctx context.Context, cmd *command) (*protocols.R
 	var msg []byte
 	var err error
 	if len(cmd.args) == 2 {
-		if msg, err = decodeSASL(cmd.args[1]); err != nil {
-			return nil, false, f.bad(cmd.tag, "Invalid base64 initial response")
+		if msg, err = protocols.DecodeSASL(cmd.args[1]); err != nil {
+			return nil, false, bad("Invalid base64 initial response")
 		}
 	} else {
 		line, err := f.relayChallenge("+ ")
@@ -46,20 +46,20 @@ func (f *front) authPassthrough(ctx context.Context, cmd *command) (*protocols.R
 			return nil, false, err
 		}
 		if line == "*" {
-			return nil, false, f.bad(cmd.tag, "Authentication cancelled.")
+			return nil, false, bad("Authentication cancelled.")
 		}
 		if msg, err = base64.StdEncoding.DecodeString(line); err != nil {
-			return nil, false, f.bad(cmd.tag, "Invalid base64 response")
+			return nil, false, bad("Invalid base64 response")
 		}
 	}
 	user, err := protocols.ParseOAuth(mech, msg)
 	switch {
 	case errors.Is(err, protocols.ErrOAuthNoUser):
 		f.s.Log.Info("login failed: no user in the SASL message", "mechanism", mech)
-		return nil, false, f.reply("%s NO [CANNOT] %s without a user name (a=) is not supported.", cmd.tag, mech)
+		return nil, false, no("[CANNOT] " + mech + " without a user name (a=) is not supported.")
 	case err != nil:
 		f.s.Log.Info("login failed: malformed SASL message", "mechanism", mech, "err", err)
-		return nil, false, f.bad(cmd.tag, "Malformed "+mech+" message")
+		return nil, false, bad("Malformed " + mech + " message")
 	}
 	creds := protocols.Credentials{Username: user, Mech: mech, Message: protocols.Password(msg)}
 	return f.login(ctx, cmd.tag, creds)

@@ -16,22 +16,16 @@ import (
 // closes, so that the backend logs a logout, not a lost client. The
 // caller sets the deadline.
 func (Handler) Probe(ctx context.Context, conn net.Conn) error {
-	r := bufio.NewReaderSize(conn, 1024)
+	return protocols.Probe(conn, probeGreeting, "H LOGOUT\r\n", probeFarewell)
+}
+
+func probeGreeting(r *bufio.Reader) error {
 	line, err := protocols.ReadLine(r, maxBackendLine)
 	if err != nil {
 		return fmt.Errorf("read greeting: %w", err)
 	}
 	if !strings.HasPrefix(string(line), "* OK") {
-		return fmt.Errorf("%w: greeting %q", errBackend, truncate(string(line)))
-	}
-	if _, err := io.WriteString(conn, "H LOGOUT\r\n"); err != nil {
-		return nil // it greeted: that is the check
-	}
-	for range 8 { // "* BYE", then the tagged OK
-		line, err := protocols.ReadLine(r, maxBackendLine)
-		if err != nil || strings.HasPrefix(string(line), "H ") {
-			break
-		}
+		return fmt.Errorf("%w: greeting %q", errBackend, protocols.Truncate(string(line)))
 	}
 	return nil
 }
@@ -60,4 +54,14 @@ func (Handler) ProbeMechs(ctx context.Context, b *protocols.Backend) ([]string, 
 		}
 	}
 	return mechs, nil
+}
+
+// probeFarewell reads "* BYE", then the tagged OK.
+func probeFarewell(r *bufio.Reader) {
+	for range 8 {
+		line, err := protocols.ReadLine(r, maxBackendLine)
+		if err != nil || strings.HasPrefix(string(line), "H ") {
+			return
+		}
+	}
 }

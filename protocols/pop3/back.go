@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"mailproxy/protocols"
-	mtls "mailproxy/tls"
 )
 
 // maxBackendLine bounds a backend's response line before login.
@@ -40,7 +39,7 @@ func greet(ctx context.Context, b *protocols.Backend) error {
 	}
 	b.Greeting = string(line)
 	if ok, err := status(b.Greeting); !ok || err != nil {
-		return fmt.Errorf("%w: greeting %q", errBackend, truncate(b.Greeting))
+		return fmt.Errorf("%w: greeting %q", errBackend, protocols.Truncate(b.Greeting))
 	}
 	if !b.StartTLS {
 		return nil
@@ -48,15 +47,9 @@ func greet(ctx context.Context, b *protocols.Backend) error {
 	if line, err := backendCommand(b, "STLS"); err != nil {
 		return fmt.Errorf("stls: %w", err)
 	} else if ok, _ := status(line); !ok {
-		return fmt.Errorf("stls: %w: %q", errBackend, truncate(line))
+		return fmt.Errorf("stls: %w: %q", errBackend, protocols.Truncate(line))
 	}
-	tc, err := mtls.Handshake(ctx, b.Conn, b.TLS, false)
-	if err != nil {
-		return err
-	}
-	b.SetConn(tc)
-	b.Caps = nil // they change with TLS
-	return nil
+	return b.UpgradeTLS(ctx)
 }
 
 // backendCommand sends one command line and reads the one-line response.
@@ -97,7 +90,7 @@ func prepare(b *protocols.Backend, s *protocols.Session) error {
 			return fmt.Errorf("xclient: %w", err)
 		}
 		if ok, err := status(line); !ok || err != nil {
-			s.Log.Debug("backend refused XCLIENT", "backend", b.Name, "reply", truncate(line))
+			s.Log.Debug("backend refused XCLIENT", "backend", b.Name, "reply", protocols.Truncate(line))
 		}
 	}
 	return nil

@@ -106,7 +106,7 @@ func (Handler) Serve(ctx context.Context, s *protocols.Session) (relay *protocol
 			continue
 		}
 		relay, done, err := f.dispatch(ctx, cmd)
-		if relay != nil || done || err != nil {
+		if err = f.answer(ctx, err); relay != nil || done || err != nil {
 			return relay, err
 		}
 	}
@@ -204,9 +204,9 @@ func (f *front) dispatch(ctx context.Context, cmd command) (relay *protocols.Rel
 	case "APOP":
 		return f.apop(ctx, cmd.arg)
 	case "STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "TOP", "UIDL", "LAST":
-		err = f.bad("Log in first.")
+		err = bad("Log in first.")
 	default:
-		err = f.bad("Unknown command.")
+		err = bad("Unknown command.")
 	}
 	return nil, false, err
 }
@@ -215,7 +215,7 @@ func (f *front) dispatch(ctx context.Context, cmd command) (relay *protocols.Rel
 // with the old reader, and a USER given before it is forgotten.
 func (f *front) startTLS(ctx context.Context) error {
 	if f.s.TLS == nil || f.tls {
-		return f.bad("STLS not available.")
+		return bad("STLS not available.")
 	}
 	if err := f.reply("+OK Begin TLS negotiation now."); err != nil {
 		return err
@@ -233,9 +233,9 @@ func (f *front) startTLS(ctx context.Context) error {
 func (f *front) userCommand(arg string) error {
 	switch {
 	case !f.loginAllowed():
-		return f.bad(strings.TrimPrefix(replyNeedTLS, "-ERR "))
+		return bad(strings.TrimPrefix(replyNeedTLS, "-ERR "))
 	case arg == "":
-		return f.bad("USER needs a user name.")
+		return bad("USER needs a user name.")
 	}
 	f.user = arg
 	return f.reply("+OK")
@@ -243,7 +243,7 @@ func (f *front) userCommand(arg string) error {
 
 func (f *front) pass(ctx context.Context, arg string) (*protocols.Relay, bool, error) {
 	if f.user == "" {
-		return nil, false, f.bad("USER first.")
+		return nil, false, bad("USER first.")
 	}
 	creds := protocols.Credentials{Username: f.user, Password: protocols.Password(arg)}
 	f.user = ""
@@ -254,7 +254,7 @@ func (f *front) pass(ctx context.Context, arg string) (*protocols.Relay, bool, e
 // many clients ask; otherwise it runs a PLAIN or LOGIN exchange.
 func (f *front) auth(ctx context.Context, arg string) (*protocols.Relay, bool, error) {
 	if !f.loginAllowed() {
-		return nil, false, f.bad(strings.TrimPrefix(replyNeedTLS, "-ERR "))
+		return nil, false, bad(strings.TrimPrefix(replyNeedTLS, "-ERR "))
 	}
 	mech, ir, hasIR := strings.Cut(arg, " ")
 	if mech == "" {
@@ -266,60 +266,44 @@ func (f *front) auth(ctx context.Context, arg string) (*protocols.Relay, bool, e
 	var creds protocols.Credentials
 	srv, err := protocols.NewSASLServer(mech, &creds)
 	if err != nil {
-		return nil, false, f.bad("Unsupported authentication mechanism.")
+		return nil, false, bad("Unsupported authentication mechanism.")
 	}
 	var resp []byte
 	if hasIR {
-		if resp, err = decodeSASL(ir); err != nil {
-			return nil, false, f.bad("Invalid base64 initial response.")
+		if resp, err = protocols.DecodeSASL(ir); err != nil {
+			return nil, false, bad("Invalid base64 initial response.")
 		}
 	}
-	for {
-		challenge, done, err := srv.Next(resp)
-		if err != nil {
-			f.s.Log.Info("login failed: bad SASL response", "mechanism", strings.ToUpper(mech))
-			return nil, false, f.rejected(ctx, replyAuthFailed)
-		}
-		if done {
-			return f.login(ctx, creds)
-		}
-		if resp, err = f.saslStep(challenge); err != nil {
-			var syn errSyntax
-			if errors.As(err, &syn) {
-				return nil, false, f.bad(syn.msg)
-			}
-			return nil, false, err
-		}
+	switch err = protocols.SASLExchange(srv, resp, f.challenge); {
+	case err == nil:
+		return f.login(ctx, creds)
+	case errors.Is(err, protocols.ErrSASLFailed):
+		f.s.Log.Info("login failed: bad SASL response", "mechanism", strings.ToUpper(mech))
+		return nil, false, rejected(replyAuthFailed)
 	}
+	return nil, false, saslReply(err)
 }
 
-// saslStep sends one challenge and reads the client's answer. "*" cancels.
-func (f *front) saslStep(challenge []byte) ([]byte, error) {
-	if err := f.reply("+ %s", base64.StdEncoding.EncodeToString(challenge)); err != nil {
+// challenge sends one SASL challenge and reads the client's answer.
+func (f *front) challenge(ch []byte) ([]byte, error) {
+	if err := f.reply("+ %s", base64.StdEncoding.EncodeToString(ch)); err != nil {
 		return nil, err
 	}
-	line, err := protocols.ReadLine(f.r, f.maxLine())
+	return protocols.ReadSASLResponse(f.r, f.maxLine())
+}
+
+// saslReply is the reply to a SASL exchange the client broke off or got
+// wrong; other errors end the session.
+func saslReply(err error) error {
 	switch {
 	case errors.Is(err, protocols.ErrLineTooLong):
-		return nil, errSyntax{"Response too long."}
-	case err != nil:
-		return nil, err
-	case string(line) == "*":
-		return nil, errSyntax{"Authentication cancelled."}
+		return bad("Response too long.")
+	case errors.Is(err, protocols.ErrSASLCancelled):
+		return bad("Authentication cancelled.")
+	case errors.Is(err, protocols.ErrSASLEncoding):
+		return bad("Invalid base64 response.")
 	}
-	resp, err := base64.StdEncoding.DecodeString(string(line))
-	if err != nil {
-		return nil, errSyntax{"Invalid base64 response."}
-	}
-	return resp, nil
-}
-
-// decodeSASL decodes an initial response; "=" is the empty response.
-func decodeSASL(s string) ([]byte, error) {
-	if s == "=" {
-		return []byte{}, nil
-	}
-	return base64.StdEncoding.DecodeString(s)
+	return err
 }
 
 // apop is APOP name digest (RFC 1939 §7), passed to the fixed backend
@@ -328,15 +312,15 @@ func (f *front) apop(ctx context.Context, arg string) (*protocols.Relay, bool, e
 	fields := strings.Split(arg, " ")
 	switch {
 	case f.fixed == nil, f.s.Authenticate != nil: // mailproxy cannot check a digest
-		return nil, false, f.bad("APOP not available.")
+		return nil, false, bad("APOP not available.")
 	case !f.loginAllowed():
-		return nil, false, f.bad(strings.TrimPrefix(replyNeedTLS, "-ERR "))
+		return nil, false, bad(strings.TrimPrefix(replyNeedTLS, "-ERR "))
 	case len(fields) != 2 || fields[0] == "" || fields[1] == "":
-		return nil, false, f.bad("APOP needs a user name and a digest.")
+		return nil, false, bad("APOP needs a user name and a digest.")
 	}
 	f.s.User = fields[0]
 	if err := f.s.LoginAllowed(ctx, fields[0]); err != nil {
-		return nil, false, f.reply(replyRefused)
+		return nil, false, refused()
 	}
 	ok, text, err := backendAPOP(f.fixed, arg)
 	return f.finish(ctx, f.fixed, fields[0], ok, text, err)
@@ -350,17 +334,17 @@ func (f *front) login(ctx context.Context, creds protocols.Credentials) (*protoc
 	f.s.User = creds.Username
 	if !safeArg(creds.Username) || !safeArg(string(creds.Password)) || !safeArg(creds.Authzid) {
 		f.s.Log.Info("login failed: control characters in credentials", "user", creds.Username)
-		return nil, false, f.rejected(ctx, replyAuthFailed)
+		return nil, false, rejected(replyAuthFailed)
 	}
 	if err := f.s.LoginAllowed(ctx, creds.Username); err != nil {
-		return nil, false, f.reply(replyRefused)
+		return nil, false, refused()
 	}
 	back, err := f.s.BackendCredentials(ctx, creds)
 	if errors.Is(err, protocols.ErrAuthUnavailable) {
-		return nil, false, f.reply(replyUnavailable)
+		return nil, false, unavailable(nil)
 	}
 	if err != nil {
-		return nil, false, f.rejected(ctx, replyAuthFailed)
+		return nil, false, rejected(replyAuthFailed)
 	}
 	if b := f.retryBackend(creds.Username); b != nil {
 		ok, text, err := backendLogin(b, back, f.relayChallenge)
@@ -377,7 +361,7 @@ func (f *front) login(ctx context.Context, creds protocols.Credentials) (*protoc
 		var err error
 		if b, err = f.s.Dial(ctx, creds.Username, greet); err != nil {
 			f.s.Log.Warn("login failed: no backend", "user", creds.Username, "err", err)
-			return nil, false, f.reply(replyUnavailable)
+			return nil, false, unavailable(nil)
 		}
 		if err := prepare(b, f.s); err != nil {
 			return f.finish(ctx, b, creds.Username, false, "", err)
@@ -414,11 +398,10 @@ func (f *front) finish(ctx context.Context, b *protocols.Backend, user string, o
 		}
 		b.Close()
 		f.s.Log.Warn("login failed: backend error", "user", user, "backend", b.Name, "err", err)
-		f.reply(replyUnavailable)
 		if b == f.fixed {
-			return nil, false, fmt.Errorf("backend %s: %w", b.Name, err) // nothing left to log in to
+			return nil, false, unavailable(fmt.Errorf("backend %s: %w", b.Name, err)) // nothing left to log in to
 		}
-		return nil, false, nil
+		return nil, false, unavailable(nil)
 	case !ok:
 		if b != f.fixed {
 			f.kept, f.keptUser = b, user
@@ -428,7 +411,7 @@ func (f *front) finish(ctx context.Context, b *protocols.Backend, user string, o
 			b.Fail = func(string) {}
 		}
 		f.s.Log.Info("login rejected by backend", "user", user, "backend", b.Name)
-		return nil, false, f.rejected(ctx, text)
+		return nil, false, rejected(text)
 	}
 	if err := f.reply("%s", text); err != nil {
 		b.Close()

@@ -38,24 +38,20 @@ func (f *front) authPassthrough(ctx context.Context, mech, ir string, hasIR bool
 	var msg []byte
 	var err error
 	if hasIR {
-		if msg, err = decodeSASL(ir); err != nil {
-			return nil, false, f.bad("Invalid base64 initial response.")
+		if msg, err = protocols.DecodeSASL(ir); err != nil {
+			return nil, false, bad("Invalid base64 initial response.")
 		}
-	} else if msg, err = f.saslStep(nil); err != nil {
-		var syn errSyntax
-		if errors.As(err, &syn) {
-			return nil, false, f.bad(syn.msg)
-		}
-		return nil, false, err
+	} else if msg, err = f.challenge(nil); err != nil {
+		return nil, false, saslReply(err)
 	}
 	user, err := protocols.ParseOAuth(mech, msg)
 	switch {
 	case errors.Is(err, protocols.ErrOAuthNoUser):
 		f.s.Log.Info("login failed: no user in the SASL message", "mechanism", mech)
-		return nil, false, f.bad(mech + " without a user name (a=) is not supported.")
+		return nil, false, bad(mech + " without a user name (a=) is not supported.")
 	case err != nil:
 		f.s.Log.Info("login failed: malformed SASL message", "mechanism", mech, "err", err)
-		return nil, false, f.bad("Malformed " + mech + " message.")
+		return nil, false, bad("Malformed " + mech + " message.")
 	}
 	return f.login(ctx, protocols.Credentials{Username: user, Mech: mech, Message: protocols.Password(msg)})
 }

@@ -105,12 +105,5 @@ func status(line string) (bool, error) {
 	case line == "-ERR" || strings.HasPrefix(line, "-ERR "):
 		return false, nil
 	}
-	return false, fmt.Errorf("%w: %q", errBackend, truncate(line))
-}
-
-func truncate(s string) string {
-	if len(s) > 120 {
-		return s[:120] + "..."
-	}
-	return s
+	return false, fmt.Errorf("%w: %q", errBackend, protocols.Truncate(line))
 }

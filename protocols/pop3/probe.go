@@ -15,16 +15,16 @@ import (
 // closes, so that the backend logs a logout, not a lost client. The
 // caller sets the deadline.
 func (Handler) Probe(ctx context.Context, conn net.Conn) error {
-	r := bufio.NewReaderSize(conn, 1024)
+	return protocols.Probe(conn, probeGreeting, "QUIT\r\n", probeFarewell)
+}
+
+func probeGreeting(r *bufio.Reader) error {
 	line, err := protocols.ReadLine(r, maxBackendLine)
 	if err != nil {
 		return fmt.Errorf("read greeting: %w", err)
 	}
 	if ok, err := status(string(line)); !ok || err != nil {
-		return fmt.Errorf("%w: greeting %q", errBackend, truncate(string(line)))
-	}
-	if _, err := io.WriteString(conn, "QUIT\r\n"); err == nil {
-		protocols.ReadLine(r, maxBackendLine) // whatever it says: it greeted
+		return fmt.Errorf("%w: greeting %q", errBackend, protocols.Truncate(string(line)))
 	}
 	return nil
 }
@@ -55,3 +55,5 @@ func (Handler) ProbeMechs(ctx context.Context, b *protocols.Backend) ([]string, 
 	}
 	return mechs, nil
 }
+
+func probeFarewell(r *bufio.Reader) { protocols.ReadLine(r, maxBackendLine) }

@@ -14,7 +14,6 @@ import (
 	gosmtp "github.com/emersion/go-smtp"
 
 	"mailproxy/protocols"
-	mtls "mailproxy/tls"
 )
 
 // backend is a session's connection to a backend: the proxy's Backend (the
@@ -141,8 +140,8 @@ func expect(b *protocols.Backend, line string, code int) (reply, error) {
 	return rep, err
 }
 
-// startTLS upgrades the backend connection (RFC 3207). The fresh reader of
-// SetConn drops anything the backend sent before the handshake.
+// startTLS upgrades the backend connection (RFC 3207). UpgradeTLS drops
+// anything the backend sent before the handshake.
 func startTLS(ctx context.Context, b *protocols.Backend, helo string) error {
 	if _, err := ehlo(b, helo); err != nil {
 		return err
@@ -150,12 +149,7 @@ func startTLS(ctx context.Context, b *protocols.Backend, helo string) error {
 	if _, err := expect(b, "STARTTLS", 220); err != nil {
 		return err
 	}
-	tc, err := mtls.Handshake(ctx, b.Conn, b.TLS, false)
-	if err != nil {
-		return err
-	}
-	b.SetConn(tc)
-	return nil
+	return b.UpgradeTLS(ctx)
 }
 
 // forward tells a backend that announces XCLIENT who the client is, and

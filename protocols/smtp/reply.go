@@ -40,11 +40,11 @@ func readReply(r *bufio.Reader) (reply, error) {
 		code, ok := replyCode(line)
 		switch {
 		case !ok:
-			return rep, fmt.Errorf("%w: %q", errBackend, truncate(line))
+			return rep, fmt.Errorf("%w: %q", errBackend, protocols.Truncate(line))
 		case rep.lines != nil && code != rep.code:
-			return rep, fmt.Errorf("%w: code changes within a reply: %q", errBackend, truncate(line))
+			return rep, fmt.Errorf("%w: code changes within a reply: %q", errBackend, protocols.Truncate(line))
 		case len(line) > 3 && line[3] != ' ' && line[3] != '-':
-			return rep, fmt.Errorf("%w: %q", errBackend, truncate(line))
+			return rep, fmt.Errorf("%w: %q", errBackend, protocols.Truncate(line))
 		}
 		rep.code = code
 		text := ""
@@ -86,7 +86,7 @@ func (r reply) wire() string {
 
 // String is the reply on one line, for logs and errors.
 func (r reply) String() string {
-	return truncate(fmt.Sprintf("%03d %s", r.code, strings.Join(r.lines, " / ")))
+	return protocols.Truncate(fmt.Sprintf("%03d %s", r.code, strings.Join(r.lines, " / ")))
 }
 
 // err is the reply as go-smtp's error type, which go-smtp's server relays
@@ -110,11 +110,4 @@ func (r reply) extensions() map[string]string {
 		}
 	}
 	return ext
-}
-
-func truncate(s string) string {
-	if len(s) > 120 {
-		return s[:120] + "..."
-	}
-	return s
 }

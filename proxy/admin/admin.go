@@ -11,6 +11,8 @@
 //	POST /pools/{pool}/backends/{backend}/weight   {"weight": N}: the backend's share of new users
 //	POST /users/{user}/pin                         {"pool": P, "backend": B}: pin (empty backend: unpin)
 //	POST /users/{user}/move                        {"pool": P, "backend": B}: re-point, kick the sessions elsewhere
+//	POST /reload                                   load, check and apply the config file (as SIGHUP)
+//	GET  /                                         the status page (HTML) over /status, with drain buttons
 //
 // Drains, weights and pins are kept in the routing store ([store]): with
 // Redis every instance sharing it applies them, and with memory they
@@ -63,6 +65,10 @@ type Options struct {
 	// takes the node name and role from it and shows the peer. Nil: no
 	// pair, always active.
 	Peer func() peer.Status
+	// Reload serves POST /reload: it loads, checks and applies the config
+	// file, returning what the reload kept for a restart, or why it was
+	// refused (the old config then stays). Nil: 404.
+	Reload func(ctx context.Context) (notes []string, err error)
 	// Address is [admin] listen as configured. Without a token, a call
 	// that changes state must name the API as its Host: an IP address,
 	// "localhost" or this address's host name; anything else is refused
@@ -133,6 +139,11 @@ func (a *API) routes() {
 	a.mux.HandleFunc("GET /status", a.status)
 	a.mux.HandleFunc("GET /users/{user}", a.user)
 	a.mux.HandleFunc("POST "+action, a.action)
+	a.mux.HandleFunc("GET /{$}", a.page)
+	if a.opts.Reload != nil {
+		a.mux.HandleFunc("POST /reload", a.reload)
+		a.mux.Handle("/reload", methodNotAllowed("POST"))
+	}
 	a.mux.HandleFunc("POST /users/{user}/{action}", a.userAction)
 	if a.opts.Metrics != nil {
 		a.mux.Handle("GET /metrics", a.opts.Metrics)

@@ -28,6 +28,7 @@ const CtlUsage = `commands:
   pin USER POOL [BACKEND] pin USER to BACKEND; without BACKEND, unpin
   move USER POOL BACKEND  re-point USER to BACKEND and close its sessions elsewhere
   user NAME               where NAME is routed, and its live sessions
+  reload                  load, check and apply the config file (as SIGHUP)
 `
 
 // Ctl runs one `mailproxy ctl` command (args: the command and its
@@ -40,7 +41,7 @@ func Ctl(ctx context.Context, c *Client, args []string, out io.Writer) error {
 		return fmt.Errorf("%w: no command", ErrUsage)
 	}
 	cmd, args := args[0], args[1:]
-	want := map[string]int{"status": 0, "user": 1, "drain": 2, "undrain": 2, "kick": 2, "weight": 3, "pin": 3, "move": 3}
+	want := map[string]int{"status": 0, "user": 1, "drain": 2, "undrain": 2, "kick": 2, "weight": 3, "pin": 3, "move": 3, "reload": 0}
 	n, ok := want[cmd]
 	switch {
 	case !ok:
@@ -83,6 +84,12 @@ func Ctl(ctx context.Context, c *Client, args []string, out io.Writer) error {
 			return err
 		}
 		return printUser(w, us)
+	case "reload":
+		res, err := c.Reload(ctx)
+		if err != nil {
+			return err
+		}
+		return printReload(w, res)
 	}
 	call := map[string]func(context.Context, string, string) (*Result, error){
 		"drain": c.Drain, "undrain": c.Undrain, "kick": c.Kick,
@@ -135,6 +142,9 @@ func printStatus(w io.Writer, st *Status) error {
 	for _, p := range st.Pools {
 		for _, b := range p.Backends {
 			state := b.State
+			if b.Removed {
+				state = "removed" // from the config; live sessions hold it
+			}
 			if b.Draining && state != "draining" {
 				state += ",draining" // down wins the state; do not hide the drain
 			}

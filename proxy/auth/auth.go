@@ -85,8 +85,9 @@ func New(opts Options) (*Authenticator, error) {
 	return a, nil
 }
 
-// Reload reads the files again and swaps them in at once (on SIGHUP). On
-// error nothing changes: the users loaded before stay in force.
+// Reload reads the files again and swaps them in at once. On error nothing
+// changes: the users loaded before stay in force. (A config reload of the
+// proxy builds a new Authenticator instead, so a changed [auth] applies too.)
 func (a *Authenticator) Reload() error {
 	users, err := LoadUsers(a.opts.UsersFile, a.opts.Normalize)
 	if err != nil {
@@ -129,7 +130,13 @@ func ReadMasterPassword(path string) (protocols.Password, error) {
 // A client that names an authorisation identity other than its own user is
 // refused: the users file says who may log in, not who may act for whom.
 func (a *Authenticator) Authenticate(ctx context.Context, c protocols.Credentials) (protocols.Credentials, error) {
-	key := a.opts.Normalize(c.Username)
+	return a.AuthenticateKey(ctx, a.opts.Normalize(c.Username), c)
+}
+
+// AuthenticateKey is Authenticate for a caller that has normalised
+// c.Username already (the proxy, which needs the routing key anyway): key
+// must be Options.Normalize(c.Username).
+func (a *Authenticator) AuthenticateKey(ctx context.Context, key string, c protocols.Credentials) (protocols.Credentials, error) {
 	if c.Authzid != "" && a.opts.Normalize(c.Authzid) != key {
 		return protocols.Credentials{}, ErrAuthzid
 	}

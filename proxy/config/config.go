@@ -46,7 +46,7 @@ type AdminConfig struct {
 }
 
 // TLSConfig is the server certificate used by every TLS listener. The files
-// are read when the server starts and on SIGHUP, never by Load.
+// are read when the server starts and on every reload, never by Load.
 type TLSConfig struct {
 	Cert       string `toml:"cert"`        // PEM chain; needed by any starttls/implicit listener
 	Key        string `toml:"key"`         // PEM private key
@@ -224,15 +224,6 @@ func (d *Duration) UnmarshalText(b []byte) error {
 
 // MarshalText writes the duration so that UnmarshalText reads it back.
 func (d Duration) MarshalText() ([]byte, error) { return []byte(d.Duration.String()), nil }
-
-// Unbuilt lists, one human message each, what the configuration asks for
-// that mailproxy parses but cannot do yet; `run` refuses to start while it
-// is not empty (`check` accepts it). This is the one place to delete an
-// entry when its feature lands.
-func (c *Config) Unbuilt() []string {
-	ck := &cfgChecker{lines: c.lines}
-	return problemMessages(ck.problems)
-}
 
 // Warnings lists settings that are valid but probably not meant.
 func (c *Config) Warnings() []string {

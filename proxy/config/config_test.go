@@ -59,9 +59,6 @@ func TestExampleLoads(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Errorf("Validate of loaded example: %v", err)
 	}
-	if u := c.Unbuilt(); len(u) > 0 {
-		t.Errorf("example uses unbuilt features: %q", u)
-	}
 	if w := c.Warnings(); len(w) > 0 {
 		t.Errorf("example has warnings: %q", w)
 	}
@@ -558,39 +555,6 @@ func TestRoundTrip(t *testing.T) {
 	c.source, c.lines, c2.source, c2.lines = "", nil, "", nil
 	if !reflect.DeepEqual(c, c2) {
 		t.Errorf("round trip changed the config:\n%+v\n%+v", c, c2)
-	}
-}
-
-func TestUnbuilt(t *testing.T) {
-	doc := cfgWith(`
-  [[pool.backend]]
-  name = "mail2"
-  imap = "127.0.0.1:12143"
-  send_proxy_protocol = "v2"
-[[listener]]
-name = "pp"
-protocol = "imap"
-address = "127.0.0.1:10144"
-pool = "main"
-proxy_protocol = true
-[auth]
-mode = "verify"
-users_file = "users"
-backend_login = "master"
-master_user = "proxy"
-master_password_file = "secret"
-[peer]
-node = "lb1"
-listen = "0.0.0.0:7946"
-address = "lb2:7946"
-secret_file = "peer.secret"
-`)
-	c, err := Parse([]byte(doc), "test.toml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if u := c.Unbuilt(); len(u) != 0 {
-		t.Errorf("got unbuilt entries, want none (PROXY protocol, [peer], auth verify and master are built):\n%s", strings.Join(u, "\n"))
 	}
 }
 

@@ -21,9 +21,6 @@ func TestProxyProtocolConfig(t *testing.T) {
 	if got := c.Listeners[0].ProxyProtocolTrusted; !slices.Equal(got, []string{"127.0.0.0/8", "::1"}) {
 		t.Errorf("default proxy_protocol_trusted %q, want loopback", got)
 	}
-	if u := c.Unbuilt(); len(u) > 0 {
-		t.Errorf("proxy_protocol = true is unbuilt: %q", u)
-	}
 	c, err = Parse([]byte(ppListener(`proxy_protocol_trusted = ["192.0.2.10", "198.51.100.0/24", "2001:db8::/32"]`)), "test.toml")
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,18 @@
+package managesieve
+
+import "mailproxy/protocols"
+
+// Notice implements protocols.Handler.
+func (*Handler) Notice(n protocols.Notice) string {
+	switch n {
+	case protocols.NoticePanic:
+		return "BYE \"Internal error, try again later.\"\r\n"
+	case protocols.NoticeTimeout:
+		return "BYE \"Login timeout, closing connection.\"\r\n"
+	case protocols.NoticeBusy:
+		return "BYE (TRYLATER) \"Too many connections, try again later.\"\r\n"
+	case protocols.NoticeShutdown:
+		return "BYE (TRYLATER) \"Server shutting down, reconnect later.\"\r\n"
+	}
+	return ""
+}
