@@ -140,3 +140,7 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 }
+
+// RegisterMetrics adds c to the server's registry, for metrics the
+// server does not own (the pair's, peer.Node.Collector).
+func (s *Server) RegisterMetrics(c prometheus.Collector) error { return s.metrics.reg.Register(c) }

@@ -71,10 +71,13 @@ type Server struct {
 	live  map[*session]struct{}
 	wg    sync.WaitGroup
 
-	closed atomic.Bool
-	bgCtx  context.Context // set by StartBackground; health loops of each state run under it
-	bgStop context.CancelFunc
-	opened *listenerSet // by OpenListeners (standby.go); guarded by mu
+	closed    atomic.Bool
+	bgCtx     context.Context // set by StartBackground; health loops of each state run under it
+	bgStop    context.CancelFunc
+	opened    *listenerSet           // by OpenListeners (standby.go); guarded by mu
+	held      map[string]*heldSocket // by address: bound, not listening, while standby (standby.go); guarded by mu
+	hold      bool                   // HoldListeners was called: hold again after CloseListeners
+	ownListen bool                   // Options.Listen was given: it alone opens listeners
 
 	mechs mechTable // passthrough SASL mechanisms the backends announced (mechs.go)
 
@@ -123,6 +126,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		var d net.Dialer
 		s.dial = d.DialContext
 	}
+	s.ownListen = s.listen != nil
 	if s.listen == nil {
 		s.listen = net.Listen
 	}
@@ -424,6 +428,7 @@ func (s *Server) closeListeners() {
 		close(s.opened.closed)
 		s.opened = nil
 	}
+	s.releaseHeld()
 }
 
 // StartBackground starts the server's background work (health checks)

@@ -6,12 +6,17 @@ import (
 	"net"
 	"slices"
 	"sync"
+
+	"mailproxy/proxy/config"
 )
 
 // This file is the server's side of the active/standby pair (proxy/peer):
 // an active instance serves its listeners, a standby one holds none open
 // (DESIGN.md), so the listeners open and close with the role while the
-// server, its health checks and its admin API keep running.
+// server, its health checks and its admin API keep running. With
+// HoldListeners a standby keeps each listener's address bound but not
+// listening, so a connection that reaches it is refused at once and
+// becoming active only has to call listen(2).
 
 // listenerSet is what one OpenListeners opened, and what reloads added to
 // it since.
@@ -90,6 +95,60 @@ func (s *Server) CloseListeners() {
 		ln.Close()
 	}
 	set.serving.Wait()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.hold {
+		if err := s.holdLocked(); err != nil {
+			s.log.Warn("listener addresses not held while standby; they open on activation", "err", err)
+		}
+	}
+}
+
+// HoldListeners binds every listener's address without listening (Linux
+// only; with IP_FREEBIND, so an address not yet on the host can be
+// bound), and binds them again after each CloseListeners. OpenListeners
+// then listens on the held sockets. An error means none is held; the
+// listeners still open on OpenListeners. With Options.Listen set it does
+// nothing: that function alone opens the listeners.
+func (s *Server) HoldListeners() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ownListen {
+		return nil
+	}
+	s.hold = true
+	return s.holdLocked()
+}
+
+func (s *Server) holdLocked() error {
+	if s.closed.Load() || s.opened != nil || s.held != nil {
+		return nil
+	}
+	cfg := s.state().cfg
+	held := make(map[string]*heldSocket, len(cfg.Listeners))
+	for _, l := range cfg.Listeners {
+		if config.IsUnixPath(l.Address) || held[l.Address] != nil {
+			continue // a unix socket has no address to wait for
+		}
+		h, err := holdTCP(l.Address)
+		if err != nil {
+			for _, o := range held {
+				o.close()
+			}
+			return fmt.Errorf("listener %s: %w", l.Name, err)
+		}
+		held[l.Address] = h
+	}
+	s.held = held
+	return nil
+}
+
+// releaseHeld closes the held sockets; s.mu is held.
+func (s *Server) releaseHeld() {
+	for _, h := range s.held {
+		h.close()
+	}
+	s.held = nil
 }
 
 // CloseSessions ends every live session at once, as Close does but
@@ -109,8 +168,30 @@ func (s *Server) CloseSessions() int {
 func (s *Server) listenAll() ([]net.Listener, error) {
 	cfg := s.state().cfg
 	lns := make([]net.Listener, 0, len(cfg.Listeners))
+	held := s.held
+	s.held = nil
+	defer func() { // held for listeners a reload has removed since
+		for _, h := range held {
+			h.close()
+		}
+	}()
 	for _, l := range cfg.Listeners {
-		ln, err := s.listenOn(l.Address)
+		var ln net.Listener
+		var err error
+		switch h := held[l.Address]; {
+		case h != nil:
+			delete(held, l.Address)
+			ln, err = h.listen()
+		case s.hold && !config.IsUnixPath(l.Address):
+			// Not held (the hold failed, or a reload added it): bind
+			// now, with IP_FREEBIND all the same, as the address may be
+			// added only after.
+			if h, err = holdTCP(l.Address); err == nil {
+				ln, err = h.listen()
+			}
+		default:
+			ln, err = s.listenOn(l.Address)
+		}
 		if err != nil {
 			for _, o := range lns {
 				o.Close()

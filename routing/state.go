@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 )
 
 // ErrNotFound is wrapped by admin changes that name an unknown pool or
@@ -20,6 +21,10 @@ var ErrNotFound = errors.New("not found")
 // shared store, apply on every instance.
 type AdminState struct {
 	Pools map[string]*PoolState `json:"pools"`
+	// Updated is when a change was last applied, on the clock of the node
+	// that applied it: of two states (the two nodes of a pair), the later
+	// one wins.
+	Updated time.Time `json:"updated,omitzero"`
 }
 
 // PoolState is one pool's runtime changes, by backend or user name.
@@ -39,6 +44,7 @@ type Change struct {
 
 // Apply records c in s.
 func (s *AdminState) Apply(c Change) error {
+	s.Updated = time.Now()
 	if s.Pools == nil {
 		s.Pools = map[string]*PoolState{}
 	}
@@ -129,6 +135,20 @@ func (f *FileState) Apply(_ context.Context, c Change) error {
 	if err := f.st.Apply(c); err != nil {
 		return err
 	}
+	return f.save()
+}
+
+// Replace puts st in place of the whole state (the pair's newer state,
+// from its peer) and saves it.
+func (f *FileState) Replace(st AdminState) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.st = st
+	return f.save()
+}
+
+// save writes the state file; f.mu is held.
+func (f *FileState) save() error {
 	if f.path == "" {
 		return nil
 	}

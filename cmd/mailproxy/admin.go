@@ -19,11 +19,11 @@ import (
 // and returns the function that stops it. The API is wired here rather
 // than in proxy.Server so that admin imports proxy and not the other way
 // round. It runs in both roles of a pair; node is nil without [peer].
-func startAdmin(srv *proxy.Server, node *peer.Node, cfg *config.Config, log *slog.Logger, rl *reloader) (stop func(), err error) {
+func startAdmin(srv *proxy.Server, node *peer.Node, sync *proxy.AdminSync, cfg *config.Config, log *slog.Logger, rl *reloader) (stop func(), err error) {
 	if cfg.Admin.Listen == "" {
 		return func() {}, nil
 	}
-	opts := admin.Options{Logger: log, Metrics: srv.MetricsHandler(), Address: cfg.Admin.Listen}
+	opts := admin.Options{Logger: log, Metrics: srv.MetricsHandler(), Address: cfg.Admin.Listen, OnAction: sync.Changed}
 	if rl.load != nil {
 		opts.Reload = func(context.Context) ([]string, error) { return rl.reload() }
 	}

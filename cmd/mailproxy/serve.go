@@ -121,12 +121,13 @@ func restartNotes(old, cfg *config.Config) []string {
 func serve(srv *proxy.Server, cfg *config.Config, log *slog.Logger, load func() (*config.Config, error)) error {
 	notify := sdnotify.FromEnv()
 	rl := &reloader{srv: srv, log: log, notify: notify, load: load, cfg: cfg}
-	node, err := newPeer(srv, cfg, log)
+	sync := srv.NewAdminSync()
+	node, err := newPeer(srv, sync, cfg, log)
 	if err != nil {
 		return err
 	}
 	srv.StartBackground()
-	stopAdmin, err := startAdmin(srv, node, cfg, log, rl)
+	stopAdmin, err := startAdmin(srv, node, sync, cfg, log, rl)
 	if err != nil {
 		srv.Close()
 		return err
@@ -192,10 +193,19 @@ func (r *reloader) config() *config.Config {
 }
 
 // newPeer builds the active/standby node when [peer] is set, switching
-// srv's listeners with its role; nil without [peer].
-func newPeer(srv *proxy.Server, cfg *config.Config, log *slog.Logger) (*peer.Node, error) {
+// srv's listeners with its role and sharing the admin state with the
+// peer; nil without [peer].
+func newPeer(srv *proxy.Server, sync *proxy.AdminSync, cfg *config.Config, log *slog.Logger) (*peer.Node, error) {
 	if cfg.Peer == nil {
 		return nil, nil
 	}
-	return peer.New(cfg.Peer, peer.Options{Logger: log, Service: srv})
+	node, err := peer.New(cfg.Peer, peer.Options{Logger: log, Service: srv, Shared: sync.Payload, OnShared: sync.Receive})
+	if err != nil {
+		return nil, err
+	}
+	sync.SetShare(node.Share)
+	if err := srv.RegisterMetrics(node.Collector()); err != nil {
+		return nil, err
+	}
+	return node, nil
 }

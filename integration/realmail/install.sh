@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the real-backend harness needs: Dovecot (IMAP, POP3, LMTP,
 # ManageSieve with Pigeonhole), Postfix,
-# swaks (with TLS), curl, python3, openssl. Idempotent: does nothing when all are there.
+# swaks (with TLS), curl, python3, openssl, and iproute2 for the network
+# namespace tests. Idempotent: does nothing when all are there.
 #
 # The packages must not leave a *system* Dovecot or Postfix running: the
 # harness runs its own instances on loopback high ports, and a system one
@@ -24,6 +25,8 @@ for p in dovecot-imapd dovecot-pop3d dovecot-lmtpd dovecot-managesieved postfix 
 done
 # python3 may come from elsewhere (pyenv, /usr/local); only install if absent.
 have python3 || need_pkgs+=(python3)
+# iproute2: `ip netns` for the pair's failover test (integration/failover_linux_test.go).
+have ip || need_pkgs+=(iproute2)
 # chromium: the status page test drives it headless; systemd: systemd-analyze
 # verifies dist/mailproxy.service.
 for p in chromium systemd; do pkg_installed "$p" || need_pkgs+=("$p"); done

@@ -74,6 +74,10 @@ type Options struct {
 	// "localhost" or this address's host name; anything else is refused
 	// (DNS rebinding).
 	Address string
+	// OnAction, when set, is called after each drain, undrain and kick
+	// with the pool, the backend and the action (proxy.AdminSync.Changed
+	// saves the state and sends it to the peer).
+	OnAction func(pool, backend, action string)
 }
 
 // Server is what the API reads and changes: the running server.
@@ -241,6 +245,8 @@ func (a *API) status(w http.ResponseWriter, r *http.Request) {
 	if a.opts.Peer != nil {
 		ps := a.opts.Peer()
 		st.Node, st.Role, st.RoleReason, st.Peer = ps.Node, ps.Role, ps.Reason, &ps.Peer
+		st.Pair = &PairStatus{Applied: ps.Applied, VIP: ps.VIP, Interface: ps.Interface, LinkUp: ps.LinkUp,
+			Announcements: ps.Announcements, Takeovers: ps.Takeovers, Conflicts: ps.Conflicts}
 	}
 	for _, p := range a.srv.Pools() {
 		st.Pools = append(st.Pools, PoolStatus{Name: p.Name, Backends: p.Status()})
@@ -380,6 +386,9 @@ func (a *API) action(w http.ResponseWriter, r *http.Request) {
 	default:
 		writeError(w, http.StatusNotFound, fmt.Sprintf("unknown action %q (want drain, undrain, kick or weight)", res.Action))
 		return
+	}
+	if a.opts.OnAction != nil {
+		a.opts.OnAction(pool.Name, b.Name, res.Action)
 	}
 	res.Sessions = b.Sessions()
 	for _, st := range pool.Status() {

@@ -119,6 +119,10 @@ func printStatus(w io.Writer, st *Status) error {
 	if st.Peer != nil {
 		fmt.Fprintf(w, "%s\n", peerLine(st.RoleReason, st.Peer))
 	}
+	if p := st.Pair; p != nil && len(p.VIP) > 0 {
+		fmt.Fprintf(w, "vip %s on %s (link up: %v), %d announcements, %d takeovers, %d conflicts\n",
+			strings.Join(p.VIP, " "), p.Interface, p.LinkUp, p.Announcements, p.Takeovers, p.Conflicts)
+	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "LISTENER\tPROTOCOL\tADDRESS\tTLS\tPOOL")

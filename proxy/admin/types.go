@@ -11,8 +11,21 @@ type Status struct {
 	Role       string           `json:"role"`                  // active | standby; always active without [peer]
 	RoleReason string           `json:"role_reason,omitempty"` // why, as the pair's election said
 	Peer       *peer.PeerStatus `json:"peer,omitempty"`        // the other instance; nil without [peer]
+	Pair       *PairStatus      `json:"pair,omitempty"`        // this instance's side of the pair; nil without [peer]
 	Listeners  []ListenerStatus `json:"listeners"`
 	Pools      []PoolStatus     `json:"pools"`
+}
+
+// PairStatus is what this node of a pair has done: the role in force, its
+// addresses and the counters that tell a failover's story.
+type PairStatus struct {
+	Applied       string   `json:"applied"` // active | standby: the listeners and addresses in force
+	VIP           []string `json:"vip,omitempty"`
+	Interface     string   `json:"interface,omitempty"`
+	LinkUp        bool     `json:"link_up"`
+	Announcements uint64   `json:"announcements"`
+	Takeovers     uint64   `json:"takeovers"`
+	Conflicts     uint64   `json:"conflicts"`
 }
 
 // PoolStatus is one pool in Status.

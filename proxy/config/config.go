@@ -182,8 +182,15 @@ type PeerConfig struct {
 	Interval   Duration `toml:"interval"`    // between heartbeats; default 200ms
 	DeadAfter  Duration `toml:"dead_after"`  // silence that makes the peer lost; default 1s; > interval
 	Preempt    bool     `toml:"preempt"`     // true: on return, take over from a lower-ranked active peer
-	OnActive   []string `toml:"on_active"`   // `sh -c` commands run on becoming active, before the listeners open
-	OnStandby  []string `toml:"on_standby"`  // `sh -c` commands run on becoming standby (and at start), after they close
+	OnActive   []string `toml:"on_active"`   // `sh -c` commands run after becoming active, asynchronously
+	OnStandby  []string `toml:"on_standby"`  // `sh -c` commands run after becoming standby (and at start), asynchronously
+
+	VIP         []string `toml:"vip"`          // prefixes mailproxy adds to interface while active, e.g. "192.0.2.100/24"
+	Interface   string   `toml:"interface"`    // carries vip; required with vip; its loss makes the node standby
+	Witness     string   `toml:"witness"`      // an IPv4 address on interface (the gateway) that must answer ARP before a takeover; "" = none
+	HookTimeout Duration `toml:"hook_timeout"` // bound on each on_active/on_standby command; default 10s
+	Listen2     string   `toml:"listen2"`      // UDP host:port of a second heartbeat path; with address2
+	Address2    string   `toml:"address2"`     // the other instance's listen2; "" = one path
 }
 
 // Duration is a time.Duration written in TOML as a Go duration string

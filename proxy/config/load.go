@@ -470,8 +470,9 @@ func (c *Config) applyDefaults(md *toml.MetaData, raw map[string]any) {
 		p.applyDefaults(m)
 	}
 	if p := c.Peer; p != nil {
-		defDur(&p.Interval, 200*time.Millisecond, md.IsDefined("peer", "interval"))
-		defDur(&p.DeadAfter, time.Second, md.IsDefined("peer", "dead_after"))
+		defDur(&p.Interval, 100*time.Millisecond, md.IsDefined("peer", "interval"))
+		defDur(&p.DeadAfter, 400*time.Millisecond, md.IsDefined("peer", "dead_after"))
+		defDur(&p.HookTimeout, 10*time.Second, md.IsDefined("peer", "hook_timeout"))
 	}
 	c.storeDefaults(md)
 }

@@ -295,6 +295,31 @@ func (c *Config) checkPeer(ck *cfgChecker) {
 	if p.DeadAfter.Duration <= p.Interval.Duration {
 		ck.add("peer.dead_after", "%v must be longer than peer.interval (%v)", p.DeadAfter.Duration, p.Interval.Duration)
 	}
+	ck.positive("peer.hook_timeout", p.HookTimeout)
+	switch {
+	case p.Address2 != "" && p.Listen2 == "":
+		ck.add("peer.listen2", "missing: address2 needs a socket of its own")
+	case p.Listen2 != "" && p.Address2 == "":
+		ck.add("peer.address2", "missing: listen2 needs the other instance's second address")
+	case p.Listen2 != "":
+		ck.addr("peer.listen2", p.Listen2, false)
+		ck.addr("peer.address2", p.Address2, true)
+	}
+	for i, v := range p.VIP {
+		if _, err := netip.ParsePrefix(v); err != nil {
+			ck.add(fmt.Sprintf("peer.vip[%d]", i), "%q is not an address with a prefix length, such as \"192.0.2.100/24\"", v)
+		}
+	}
+	if len(p.VIP) > 0 && p.Interface == "" {
+		ck.add("peer.interface", "missing: vip needs the interface that carries it")
+	}
+	if p.Witness != "" {
+		if a, err := netip.ParseAddr(p.Witness); err != nil || !a.Is4() {
+			ck.add("peer.witness", "%q is not an IPv4 address", p.Witness)
+		} else if p.Interface == "" {
+			ck.add("peer.interface", "missing: witness is asked on an interface")
+		}
+	}
 }
 
 func (ck *cfgChecker) oneOf(key, v string, allowed ...string) {

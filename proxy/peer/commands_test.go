@@ -40,7 +40,7 @@ func TestRunCommand(t *testing.T) {
 }
 
 // TestCommandsFollowRole runs a node alone in real time with commands on
-// both roles: on_standby at start, on_active before the listeners open,
+// both roles: on_standby at start, on_active after the listeners open,
 // on_standby again when it stops; a failing command is logged and changes
 // nothing.
 func TestCommandsFollowRole(t *testing.T) {
@@ -50,8 +50,8 @@ func TestCommandsFollowRole(t *testing.T) {
 	svc := &fakeService{}
 	svc.onOpen = func() {
 		b, _ := os.ReadFile(file)
-		if !strings.HasSuffix(string(b), "lb1 active\n") {
-			t.Errorf("listeners opened before on_active ran: %q", b)
+		if strings.Contains(string(b), "active") {
+			t.Errorf("on_active ran before the listeners opened: %q", b)
 		}
 	}
 	cfg := &config.PeerConfig{Node: "lb1", Address: "127.0.0.1:9", Priority: 1,
@@ -76,6 +76,11 @@ func TestCommandsFollowRole(t *testing.T) {
 			t.Fatalf("no %v within 10s:\n%s", want, logs)
 		}
 	}
+	if !testkit.Eventually(10*time.Second, 5*time.Millisecond, func() bool {
+		return strings.Contains(logs.String(), `err="exit status 1"`)
+	}) {
+		t.Fatalf("on_active did not finish:\n%s", logs)
+	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -92,5 +97,49 @@ func TestCommandsFollowRole(t *testing.T) {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("log lacks %s:\n%s", want, logs)
 		}
+	}
+}
+
+// TestSlowHookHoldsNothing: an on_active command that would run for 30 s
+// neither delays the switch to active (the listeners open while it runs)
+// nor the step-down at shutdown, which kills it.
+func TestSlowHookHoldsNothing(t *testing.T) {
+	logs := &testkit.SyncBuffer{}
+	started := filepath.Join(t.TempDir(), "started")
+	cfg := &config.PeerConfig{Node: "lb1", Address: "127.0.0.1:9", Priority: 1,
+		Interval: config.Duration{Duration: 20 * time.Millisecond}, DeadAfter: config.Duration{Duration: 100 * time.Millisecond},
+		OnActive: []string{"touch " + started + "; sleep 30"}}
+	roles := make(chan Role, 8)
+	n, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(logs, nil)), Conn: newMemNet().listen(),
+		Secret: testSecret, Service: &fakeService{}, OnRole: func(r Role) { roles <- r }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	for _, want := range []Role{Standby, Active} {
+		select {
+		case r := <-roles:
+			if r != want {
+				t.Fatalf("role %v, want %v", r, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no %v within 5s:\n%s", want, logs)
+		}
+	}
+	if !testkit.Eventually(5*time.Second, 5*time.Millisecond, func() bool { _, err := os.Stat(started); return err == nil }) {
+		t.Fatalf("on_active not started:\n%s", logs)
+	}
+	start := time.Now()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("stopping took %v behind a running command", d)
+	}
+	if !strings.Contains(logs.String(), `err="killed: the role changed"`) {
+		t.Errorf("the command was not killed:\n%s", logs)
 	}
 }

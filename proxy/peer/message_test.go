@@ -3,6 +3,7 @@ package peer
 import (
 	"bytes"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -34,8 +35,13 @@ func TestMessageRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if *got != *m {
+	if !reflect.DeepEqual(got, m) {
 		t.Errorf("decoded %+v, want %+v", got, m)
+	}
+	withData := testMessage()
+	withData.Payload = []byte(`{"drained":["mail1"]}`)
+	if got, err := Decode(mustEncode(t, withData, testSecret), testSecret); err != nil || !reflect.DeepEqual(got, withData) {
+		t.Errorf("with payload: decoded %+v (%v), want %+v", got, err, withData)
 	}
 	long := &Message{Node: strings.Repeat("n", maxNodeLen), Role: Standby, Sent: time.Unix(0, 1)}
 	if got, err := Decode(mustEncode(t, long, testSecret), testSecret); err != nil || got.Node != long.Node {
@@ -138,6 +144,7 @@ func TestGuard(t *testing.T) {
 func FuzzDecode(f *testing.F) {
 	f.Add(mustEncode(f, testMessage(), testSecret))
 	f.Add(mustEncode(f, &Message{Node: "x", Role: Standby, Sent: time.Unix(0, 0)}, testSecret))
+	f.Add(mustEncode(f, &Message{Node: "x", Role: Active, Sent: time.Unix(0, 0), Payload: []byte("{}")}, testSecret))
 	f.Add([]byte(magic))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {

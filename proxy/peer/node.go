@@ -1,31 +1,46 @@
 // Package peer runs mailproxy's active/standby pair ([peer] in the
 // config): two instances send each other authenticated UDP heartbeats,
-// elect one of them active, and switch the client listeners and the
-// on_active/on_standby commands with the role.
+// elect one of them active, and switch the client listeners with the
+// role; the on_active/on_standby commands run after each switch.
+//
+// With [peer] vip and interface, the node itself adds the virtual
+// addresses on becoming active, announces them (gratuitous ARP,
+// unsolicited neighbour advertisements) and removes them on becoming
+// standby, at start and when the interface loses its link.
 //
 // The pieces, one file each: the datagram and its HMAC (message.go), the
 // replay guard (replay.go), the election as a pure function (election.go),
-// the heartbeat loop that owns the state (loop.go), and the goroutine that
-// applies a role to the server and runs the commands (switch.go,
-// commands.go).
+// the heartbeat loop that owns the state (loop.go; on Linux it polls its
+// sockets itself, poll_linux.go), its sockets and readers, one per
+// heartbeat path (path.go), the goroutine that
+// applies a role to the server and the addresses (switch.go), the
+// addresses themselves (vip.go, vip_linux.go), the commands
+// (commands.go) and the metrics (metrics.go).
 package peer
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
 	"math"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"mailproxy/proxy/config"
 )
 
 // Service is what a role switches; the server implements it (the guard is
-// in cmd/mailproxy, which wires the two).
+// in cmd/mailproxy, which wires the two). A Service that also has a
+// HoldListeners() error method, as the server does, has it called at
+// start, so that it binds the listeners' addresses while standby and
+// activation only has to listen.
 type Service interface {
 	// OpenListeners opens every client listener and serves it; an error
 	// means none is open and the call is retried.
@@ -49,6 +64,9 @@ type Options struct {
 	// Conn carries the heartbeats; default a UDP socket on [peer] listen.
 	// Run closes it when it returns, either way.
 	Conn net.PacketConn
+	// Conn2 carries the second path's heartbeats when [peer] address2 is
+	// set; default a UDP socket on listen2. Run closes it too.
+	Conn2 net.PacketConn
 	// Secret is the shared HMAC key; default the content of [peer]
 	// secret_file without surrounding white space (see ReadSecret).
 	Secret []byte
@@ -56,13 +74,22 @@ type Options struct {
 	// only reported).
 	Service Service
 	// OnRole, when set, is called after each role has been applied (the
-	// listeners opened or closed, the commands run), in order, from one
-	// goroutine, starting with the standby every node starts in. It must
-	// not block for long: the next role waits for it.
+	// listeners and addresses switched; the commands may still run), in
+	// order, from one goroutine, starting with the standby every node
+	// starts in. It must not block for long: the next role waits for it.
 	OnRole func(Role)
 	// CommandTimeout bounds each on_active and on_standby command; default
-	// DefaultCommandTimeout.
+	// [peer] hook_timeout, else DefaultCommandTimeout.
 	CommandTimeout time.Duration
+	// Shared, when set, returns what this node shares with its peer (the
+	// admin state); it is sent whenever the peer appears or comes back.
+	// It runs on the heartbeat goroutine and must be quick; at most
+	// MaxPayload bytes, nil for nothing.
+	Shared func() []byte
+	// OnShared, when set, gets each payload the peer shares (Node.Share,
+	// Shared), once per distinct payload. It runs on the heartbeat
+	// goroutine and must be quick.
+	OnShared func([]byte)
 	// MaxSkew is how far a heartbeat's send time may be from our clock;
 	// default DefaultMaxSkew. The two nodes' clocks must agree this well
 	// (NTP does), or they stop believing each other.
@@ -72,11 +99,16 @@ type Options struct {
 // Node is one instance of the pair. Build it with New and run it with Run;
 // Status is safe to call at any time from any goroutine.
 type Node struct {
-	cfg    config.PeerConfig
-	opts   Options
-	log    *slog.Logger
-	secret []byte
-	self   member
+	cfg     config.PeerConfig
+	opts    Options
+	log     *slog.Logger
+	secret  []byte
+	self    member
+	addr    addresser              // nil without [peer] vip
+	witness netip.Addr             // [peer] witness; invalid: none
+	sharec  chan<- []byte          // to the running loop; nil before Run
+	linkc   chan bool              // the interface's state, newest first, to the loop
+	poke    atomic.Pointer[func()] // wakes a polling loop (runPolled) for news on its channels
 
 	mu sync.Mutex
 	st Status
@@ -91,6 +123,14 @@ type Status struct {
 	Priority int        `json:"priority"`
 	Preempt  bool       `json:"preempt"`
 	Peer     PeerStatus `json:"peer"`
+
+	Applied       string   `json:"applied"`             // the role in force: listeners, addresses
+	VIP           []string `json:"vip,omitempty"`       // [peer] vip
+	Interface     string   `json:"interface,omitempty"` // [peer] interface
+	LinkUp        bool     `json:"link_up"`             // the interface is up with carrier (true without one)
+	Announcements uint64   `json:"announcements"`       // gratuitous ARPs and neighbour advertisements sent
+	Takeovers     uint64   `json:"takeovers"`           // times this node became active
+	Conflicts     uint64   `json:"conflicts"`           // times both nodes were found active
 }
 
 // PeerStatus is what a Node knows of the other one.
@@ -118,14 +158,30 @@ func New(cfg *config.PeerConfig, opts Options) (*Node, error) {
 	if cfg.Interval.Duration <= 0 || cfg.DeadAfter.Duration <= cfg.Interval.Duration {
 		return nil, fmt.Errorf("peer: need 0 < interval (%v) < dead_after (%v)", cfg.Interval, cfg.DeadAfter)
 	}
-	n := &Node{cfg: *cfg, opts: opts, log: opts.Logger, secret: opts.Secret,
+	n := &Node{cfg: *cfg, opts: opts, log: opts.Logger, secret: opts.Secret, linkc: make(chan bool, 1),
 		self: member{node: cfg.Node, priority: int32(cfg.Priority)}}
 	if n.log == nil {
 		n.log = slog.Default()
 	}
 	n.log = n.log.With("node", cfg.Node)
 	if n.opts.CommandTimeout <= 0 {
-		n.opts.CommandTimeout = DefaultCommandTimeout
+		n.opts.CommandTimeout = cmp.Or(cfg.HookTimeout.Duration, DefaultCommandTimeout)
+	}
+	if len(cfg.VIP) > 0 || cfg.Witness != "" {
+		vips, err := parseVIPs(cfg.VIP)
+		if err != nil {
+			return nil, err
+		}
+		if n.addr, err = newAddresser(cfg.Interface, vips); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Witness != "" {
+		w, err := netip.ParseAddr(cfg.Witness)
+		if err != nil {
+			return nil, fmt.Errorf("peer: witness: %w", err)
+		}
+		n.witness = w
 	}
 	if n.opts.MaxSkew <= 0 {
 		n.opts.MaxSkew = DefaultMaxSkew
@@ -138,7 +194,8 @@ func New(cfg *config.PeerConfig, opts Options) (*Node, error) {
 		n.secret = s
 	}
 	n.st = Status{Node: cfg.Node, Role: Standby.String(), Reason: "starting", Since: time.Now(),
-		Priority: cfg.Priority, Preempt: cfg.Preempt, Peer: PeerStatus{Address: cfg.Address}}
+		Priority: cfg.Priority, Preempt: cfg.Preempt, Peer: PeerStatus{Address: cfg.Address},
+		Applied: Standby.String(), VIP: cfg.VIP, Interface: cfg.Interface, LinkUp: true}
 	return n, nil
 }
 
@@ -178,34 +235,124 @@ func (n *Node) setStatus(f func(*Status)) {
 // was active and runs on_standby, and returns nil. It leaves live sessions
 // to the caller's Server.Shutdown. An error means Run could not start.
 func (n *Node) Run(ctx context.Context) error {
-	conn := n.opts.Conn
-	if conn == nil {
-		c, err := net.ListenPacket("udp", n.cfg.Listen)
-		if err != nil {
-			return fmt.Errorf("peer: listen %s: %w", n.cfg.Listen, err)
-		}
-		conn = c
+	paths, err := n.openPaths()
+	if err != nil {
+		return err
 	}
-	n.log.Info("peer starting", "priority", n.cfg.Priority, "preempt", n.cfg.Preempt,
-		"listen", conn.LocalAddr().String(), "peer", n.cfg.Address,
-		"interval", n.cfg.Interval.String(), "dead_after", n.cfg.DeadAfter.String())
-	l := newLoop(n, conn)
+	attrs := []any{"priority", n.cfg.Priority, "preempt", n.cfg.Preempt,
+		"listen", paths[0].conn.LocalAddr().String(), "peer", n.cfg.Address,
+		"interval", n.cfg.Interval.String(), "dead_after", n.cfg.DeadAfter.String()}
+	if len(paths) > 1 {
+		attrs = append(attrs, "listen2", paths[1].conn.LocalAddr().String(), "peer2", n.cfg.Address2)
+	}
+	n.log.Info("peer starting", attrs...)
+	l := newLoop(n, paths)
 	l.discard()
+	l.polled = pollable(paths)
+	n.mu.Lock()
+	n.sharec = l.sharec
+	n.mu.Unlock()
 	pkts, done := make(chan datagram), make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Go(func() { l.read(pkts, done) })
-	if err := l.resolve(ctx); err != nil {
-		wg.Go(func() { l.resolveLater(ctx, err) })
+	for _, p := range paths {
+		if !l.polled {
+			wg.Go(func() { l.read(p, pkts, done) })
+		}
+		if err := p.resolve(ctx); err != nil {
+			wg.Go(func() { l.resolveLater(ctx, p, err) })
+		}
+	}
+	if n.cfg.Interface != "" {
+		wg.Go(func() { n.watchLink(ctx) })
 	}
 	switched := make(chan struct{})
-	go func() { defer close(switched); n.actuate(ctx, l.want) }()
+	go func() { defer close(switched); n.actuate(ctx, l.want, l.reannounce) }()
 	l.run(ctx, pkts)
 	<-switched
 	close(done)
-	conn.Close()
+	for _, p := range paths {
+		p.conn.Close()
+	}
 	wg.Wait()
 	n.log.Info("peer stopped")
 	return nil
+}
+
+// openPaths opens the heartbeat sockets: [peer] listen (or Options.Conn),
+// and listen2 (or Options.Conn2) when address2 is set.
+func (n *Node) openPaths() ([]*path, error) {
+	open := func(conn net.PacketConn, listen, addr string) (*path, error) {
+		if conn == nil {
+			c, err := net.ListenPacket("udp", listen)
+			if err != nil {
+				return nil, fmt.Errorf("peer: listen %s: %w", listen, err)
+			}
+			conn = c
+		}
+		return &path{conn: conn, addr: addr}, nil
+	}
+	p, err := open(n.opts.Conn, n.cfg.Listen, n.cfg.Address)
+	if err != nil {
+		return nil, err
+	}
+	paths := []*path{p}
+	if n.cfg.Address2 != "" {
+		p2, err := open(n.opts.Conn2, n.cfg.Listen2, n.cfg.Address2)
+		if err != nil {
+			p.conn.Close()
+			return nil, err
+		}
+		paths = append(paths, p2)
+	}
+	return paths, nil
+}
+
+// Share sends b (at most MaxPayload bytes) to the peer, signed, on the
+// next heartbeats; the peer's Options.OnShared gets it. It never blocks;
+// before Run, or with too many shares waiting, it drops b and reports
+// false. Each b should be the whole state to share, not a change, so that
+// a lost one is healed by the next.
+func (n *Node) Share(b []byte) bool {
+	n.mu.Lock()
+	c := n.sharec
+	n.mu.Unlock()
+	if c == nil || len(b) > MaxPayload {
+		return false
+	}
+	select {
+	case c <- bytes.Clone(b):
+		n.wake()
+		return true
+	default:
+		return false
+	}
+}
+
+// watchLink feeds the interface's state to the loop; the newest state
+// replaces one not yet taken.
+func (n *Node) watchLink(ctx context.Context) {
+	err := watchLink(ctx, n.cfg.Interface, n.setLink)
+	if err != nil {
+		n.log.Error("interface not watched: a lost link is noticed only by the peer", "interface", n.cfg.Interface, "err", err)
+	}
+}
+
+// setLink hands the interface's state to the loop; it replaces a state
+// the loop has not taken yet.
+func (n *Node) setLink(up bool) {
+	select {
+	case <-n.linkc:
+	default:
+	}
+	n.linkc <- up
+	n.wake()
+}
+
+// wake tells a polling loop that something waits on its channels.
+func (n *Node) wake() {
+	if f := n.poke.Load(); f != nil {
+		(*f)()
+	}
 }
 
 // env is what on_active and on_standby commands find in their environment.

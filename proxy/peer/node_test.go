@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -41,6 +42,10 @@ type nodeSpec struct {
 	preempt  bool
 	secret   []byte // default testSecret
 	svc      *fakeService
+	addr     *fakeAddr // the virtual addresses; nil: none
+	witness  string    // [peer] witness, answered by addr
+	conn2    *memConn  // a second heartbeat path ...
+	peer2    net.Addr  // ... to the peer's second socket
 }
 
 // startNode runs a node on conn that sends to peer. Call stop (or defer
@@ -57,10 +62,22 @@ func startNode(t *testing.T, conn *memConn, peer net.Addr, s nodeSpec) *tnode {
 		Priority: s.priority, Preempt: s.preempt,
 		Interval: config.Duration{Duration: interval}, DeadAfter: config.Duration{Duration: deadAfter}}
 	tn := &tnode{conn: conn, svc: s.svc, roles: make(chan Role, 32), logs: &testkit.SyncBuffer{}}
-	n, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(tn.logs, nil)), Conn: conn, Secret: s.secret,
-		Service: s.svc, OnRole: func(r Role) { tn.roles <- r }})
+	opts := Options{Logger: slog.New(slog.NewTextHandler(tn.logs, nil)), Conn: conn, Secret: s.secret,
+		Service: s.svc, OnRole: func(r Role) { tn.roles <- r }}
+	if s.conn2 != nil {
+		cfg.Listen2, cfg.Address2, opts.Conn2 = s.conn2.addr.String(), s.peer2.String(), s.conn2
+	}
+	n, err := New(cfg, opts)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if s.addr != nil {
+		// No interface: the link is the test's to report (setLink), not
+		// netlink's.
+		n.addr, n.cfg.VIP = s.addr, []string{"192.0.2.100/24"}
+	}
+	if s.witness != "" {
+		n.witness = netip.MustParseAddr(s.witness)
 	}
 	tn.Node = n
 	ctx, cancel := context.WithCancel(context.Background())

@@ -12,7 +12,14 @@ var (
 	ErrOwnNode = errors.New("heartbeat carries our own node name (is peer.address this instance, or do both nodes have one name?)")
 	ErrReplay  = errors.New("heartbeat replayed or out of order")
 	ErrStale   = errors.New("heartbeat too old or from the future (clocks apart?)")
+	// errDuplicate is a heartbeat already taken, or one just before it:
+	// the copy that took the other path. It is dropped without a word.
+	errDuplicate = errors.New("heartbeat already received by the other path")
 )
+
+// dupWindow is how far behind the newest heartbeat a copy on the other
+// path may arrive and still count as a copy rather than a replay.
+const dupWindow = 16
 
 // guard refuses authentic heartbeats that must not count: our own name
 // (reflected back to us), replays and reorderings within a sender's epoch,
@@ -25,6 +32,7 @@ type guard struct {
 	// forget is how long a sender must be silent before a lower epoch is
 	// believed: a peer that restarted after its clock stepped back.
 	forget time.Duration
+	paths  int // heartbeat paths: with two, every heartbeat comes twice
 	last   map[string]seen
 }
 
@@ -51,6 +59,8 @@ func (g *guard) check(m *Message, now time.Time) error {
 		case m.Epoch > last.epoch: // the sender restarted
 		case m.Epoch == last.epoch && m.Seq > last.seq:
 		case m.Epoch < last.epoch && now.Sub(last.at) > g.forget:
+		case g.paths > 1 && m.Epoch == last.epoch && m.Seq <= last.seq && last.seq-m.Seq < dupWindow:
+			return errDuplicate
 		default:
 			return fmt.Errorf("%w: epoch %d seq %d, after epoch %d seq %d", ErrReplay, m.Epoch, m.Seq, last.epoch, last.seq)
 		}
