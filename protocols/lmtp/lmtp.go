@@ -19,13 +19,12 @@ package lmtp
 import (
 	"context"
 	"fmt"
-	"log/slog"
-	"strings"
 	"time"
 
 	gosmtp "github.com/emersion/go-smtp"
 
 	"mailproxy/protocols"
+	"mailproxy/protocols/smtp"
 )
 
 // Timeouts of RFC 5321 §4.5.3.2, which LMTP keeps. The proxy's login
@@ -51,9 +50,8 @@ var _ protocols.Handler = Handler{}
 // mode on the one client connection until the client quits or disconnects
 // or ctx ends, and always returns a nil Relay. s.Route must be set.
 //
-// go-smtp's Server only serves listeners, so the connection is handed to it
-// through a listener that yields it once. Serve returns only after go-smtp's
-// connection goroutine has ended and every backend is closed.
+// Serve returns only after go-smtp's connection goroutine has ended and
+// every backend is closed.
 func (Handler) Serve(ctx context.Context, s *protocols.Session) (*protocols.Relay, error) {
 	if s.Route == nil {
 		return nil, fmt.Errorf("lmtp: session has no Route")
@@ -61,17 +59,7 @@ func (Handler) Serve(ctx context.Context, s *protocols.Session) (*protocols.Rela
 	fc := newFrontConn(s.Conn, commandTimeout, writeTimeout)
 	f := newFront(ctx, s)
 	srv := newServer(f, s)
-	ln := newOneConnListener(fc)
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	<-ln.handedOff // the connection's goroutine is counted: Shutdown waits for it
-	select {
-	case <-fc.closed:
-	case <-ctx.Done():
-		fc.Close()
-	}
-	srv.Shutdown(context.Background()) // closes ln; waits for the connection goroutine
-	<-served
+	smtp.ServeConn(ctx, srv, fc, fc.closed)
 	f.close()
 	s.BytesIn, s.BytesOut = fc.in.Load(), fc.out.Load()
 	return nil, nil
@@ -82,26 +70,11 @@ func newServer(f *front, s *protocols.Session) *gosmtp.Server {
 	srv.LMTP = true
 	srv.Domain = s.Hostname
 	srv.MaxRecipients = maxRecipients
-	srv.ErrorLog = errorLog{s.Log}
+	srv.ErrorLog = smtp.ErrorLog{Log: s.Log, Name: "lmtp"}
 	if s.TLSActive {
 		srv.AllowInsecureAuth = true // go-smtp cannot see the TLS under the wrapper
 	} else {
 		srv.TLSConfig = s.TLS
 	}
 	return srv
-}
-
-// errorLog sends go-smtp's own complaints (connection errors, recovered
-// panics) to the session log. They never carry client data.
-type errorLog struct{ log *slog.Logger }
-
-func (l errorLog) Printf(format string, v ...any) { l.print(fmt.Sprintf(format, v...)) }
-func (l errorLog) Println(v ...any)               { l.print(strings.TrimSuffix(fmt.Sprintln(v...), "\n")) }
-
-func (l errorLog) print(msg string) {
-	if strings.HasPrefix(msg, "panic") {
-		l.log.Error("lmtp server panic", "detail", msg)
-		return
-	}
-	l.log.Debug("lmtp server", "detail", msg)
 }

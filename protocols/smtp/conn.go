@@ -94,47 +94,6 @@ func (c *frontConn) Close() error {
 	return c.Conn.Close()
 }
 
-// oneConnListener hands one connection to go-smtp's Server.Serve and then
-// blocks until closed. Serve calls Accept again only after it has counted
-// the connection's goroutine, so handedOff closing means Shutdown will wait
-// for that goroutine.
-type oneConnListener struct {
-	conn      net.Conn // nil once taken; only Serve's goroutine touches it
-	handedOff chan struct{}
-	done      chan struct{}
-	closeOnce sync.Once
-}
-
-func newOneConnListener(c net.Conn) *oneConnListener {
-	return &oneConnListener{conn: c, handedOff: make(chan struct{}), done: make(chan struct{})}
-}
-
-func (l *oneConnListener) Accept() (net.Conn, error) {
-	if c := l.conn; c != nil {
-		l.conn = nil
-		return c, nil
-	}
-	select {
-	case <-l.handedOff:
-	default:
-		close(l.handedOff)
-	}
-	<-l.done
-	return nil, net.ErrClosed
-}
-
-func (l *oneConnListener) Close() error {
-	l.closeOnce.Do(func() { close(l.done) })
-	return nil
-}
-
-func (l *oneConnListener) Addr() net.Addr { return oneConnAddr{} }
-
-type oneConnAddr struct{}
-
-func (oneConnAddr) Network() string { return "tcp" }
-func (oneConnAddr) String() string  { return "session" }
-
 // maxReply bounds what go-smtp's client may read from a backend in answer
 // to one command (its reader has no limit of its own): far more than any
 // SMTP reply, and little memory.

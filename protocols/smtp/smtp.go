@@ -15,9 +15,6 @@ package smtp
 
 import (
 	"context"
-	"fmt"
-	"log/slog"
-	"strings"
 	"time"
 
 	gosmtp "github.com/emersion/go-smtp"
@@ -48,25 +45,13 @@ var _ protocols.Handler = Handler{}
 // client connection until the client quits or disconnects or ctx ends, and
 // always returns a nil Relay.
 //
-// go-smtp's Server only serves listeners, so the connection is handed to it
-// through a listener that yields it once. Serve returns only after go-smtp's
-// connection goroutine has ended and the backend is closed: nothing outlives
-// the session.
+// Serve returns only after go-smtp's connection goroutine has ended and the
+// backend is closed: nothing outlives the session.
 func (Handler) Serve(ctx context.Context, s *protocols.Session) (*protocols.Relay, error) {
 	fc := newFrontConn(s.Conn, commandTimeout, writeTimeout, s.LoginDeadline)
 	f := newFront(ctx, s, fc)
 	srv := f.newServer()
-	ln := newOneConnListener(fc)
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	<-ln.handedOff // the connection's goroutine is counted: Shutdown waits for it
-	select {
-	case <-fc.closed:
-	case <-ctx.Done():
-		fc.Close()
-	}
-	srv.Shutdown(context.Background()) // closes ln; waits for the connection goroutine
-	<-served
+	ServeConn(ctx, srv, fc, fc.closed)
 	f.close()
 	s.BytesIn, s.BytesOut = fc.in.Load(), fc.out.Load()
 	return nil, f.err
@@ -82,7 +67,7 @@ func (f *front) newServer() *gosmtp.Server {
 	srv.MaxMessageBytes = s.MaxSize
 	srv.EnableSMTPUTF8 = true
 	srv.EnableDSN = true
-	srv.ErrorLog = errorLog{s.Log}
+	srv.ErrorLog = ErrorLog{Log: s.Log, Name: "smtp"}
 	f.srv = srv
 	if s.TLSActive {
 		// go-smtp recognises TLS by a *tls.Conn, which the wrapper hides:
@@ -93,19 +78,4 @@ func (f *front) newServer() *gosmtp.Server {
 		srv.AllowInsecureAuth = !s.RequireTLS
 	}
 	return srv
-}
-
-// errorLog sends go-smtp's own complaints (connection errors, recovered
-// panics) to the session log. They never carry client data.
-type errorLog struct{ log *slog.Logger }
-
-func (l errorLog) Printf(format string, v ...any) { l.print(fmt.Sprintf(format, v...)) }
-func (l errorLog) Println(v ...any)               { l.print(strings.TrimSuffix(fmt.Sprintln(v...), "\n")) }
-
-func (l errorLog) print(msg string) {
-	if strings.HasPrefix(msg, "panic") {
-		l.log.Error("smtp server panic", "detail", msg)
-		return
-	}
-	l.log.Debug("smtp server", "detail", msg)
 }
