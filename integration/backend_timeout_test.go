@@ -176,23 +176,47 @@ func TestBackendTimeoutHungBackend(t *testing.T) {
 }
 
 // TestBackendTimeoutLogin: backend_timeout bounds the backend login as
-// well: a backend that greets and then never answers LOGIN gives the
-// client a tagged NO after backend_timeout, not after login_timeout.
+// well: a backend that greets and then never answers LOGIN is charged and
+// the next backend tried, so the client is logged in after about
+// backend_timeout, not after login_timeout; with no other backend left it
+// gets a tagged NO after backend_timeout.
 func TestBackendTimeoutLogin(t *testing.T) {
 	back := &testkit.ConnServer{Handle: func(c net.Conn) {
 		io.WriteString(c, "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR] stuck\r\n")
 		io.Copy(io.Discard, c) // reads the login, never answers
 	}}
 	addr := testkit.Serve(t, back)
-	cfg := strings.Replace(opsConfig("", "stuck", addr), "[limits]\n", "[limits]\nbackend_timeout = \"300ms\"\nlogin_timeout = \"20s\"\n", 1)
+	_, good := imapBackend(t, "good", users(10, "u"), nil)
+	cfg := strings.Replace(opsConfig("", "stuck", addr, "good", good), "[limits]\n", "[limits]\nbackend_timeout = \"300ms\"\nlogin_timeout = \"20s\"\n", 1)
 	e := startProxy(t, cfg)
+	tried := false
+	for i := 0; i < 10 && !tried; i++ {
+		s := dialScript(t, e.Addr["imap"])
+		s.expect("* OK")
+		start := time.Now()
+		s.send(fmt.Sprintf("a LOGIN u%d pw\r\n", i))
+		s.expect("a OK")
+		took := time.Since(start)
+		tried = strings.Contains(grepLines(e.Logs.String(), "backend failed"), "backend=stuck")
+		t.Logf("u%d logged in after %v (stuck backend tried so far: %v)", i, took, tried)
+		if took > 2*time.Second {
+			t.Errorf("login answered after %v, want about backend_timeout (300ms)", took)
+		}
+	}
+	if !tried {
+		t.Fatal("no login tried the stuck backend: the test proves nothing")
+	}
+
+	// The stuck backend alone: a tagged NO after backend_timeout.
+	cfg = strings.Replace(opsConfig("", "stuck", addr), "[limits]\n", "[limits]\nbackend_timeout = \"300ms\"\nlogin_timeout = \"20s\"\n", 1)
+	e = startProxy(t, cfg)
 	s := dialScript(t, e.Addr["imap"])
 	s.expect("* OK")
 	start := time.Now()
 	s.send("a LOGIN u0 pw\r\n")
 	s.expect("a NO")
 	took := time.Since(start)
-	t.Logf("login answered after %v", took)
+	t.Logf("only the stuck backend: login answered after %v", took)
 	if took > 2*time.Second {
 		t.Errorf("login answered after %v, want about backend_timeout (300ms)", took)
 	}

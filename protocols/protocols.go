@@ -90,9 +90,10 @@ type Session struct {
 
 	// Dial picks a backend for the routing key derived from login (empty:
 	// not tied to a user), connects (implicit TLS done), and calls hello,
-	// which reads the greeting and does STARTTLS. A backend that cannot be
-	// reached or fails hello counts as a failed health check and the next
-	// one is tried where the routing rules allow, unless hello's error is
+	// which reads the greeting, does STARTTLS and may log in (IMAP, POP3).
+	// A backend that cannot be reached or fails hello counts as a failed
+	// health check and the next one is tried where the routing rules
+	// allow, unless hello's error is
 	// the client's (errors.Is(err, ErrClientFault)): then Dial returns it
 	// at once and charges no one.
 	Dial func(ctx context.Context, login string, hello func(context.Context, *Backend) error) (*Backend, error)

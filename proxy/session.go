@@ -391,9 +391,11 @@ func (ss *session) connectLease(ctx context.Context, lease *routing.Lease, hello
 	b := protocols.NewBackend(conn, rb.Name, addr, release)
 	b.TLS, b.StartTLS, b.ForwardClient = info.tls[ss.proto], info.cfg.TLS == "starttls", info.cfg.ForwardClient
 	b.Fail = fail
-	// A kill while greeting ends this attempt only: dialBackend then tries
-	// the next backend. Once the backend has greeted, a kill ends the whole
-	// session, login included: the user may already be placed elsewhere.
+	// A kill during hello (greeting and, for IMAP and POP3 logins without
+	// a client round trip, the backend login) ends this attempt only:
+	// dialBackend then tries the next backend routing gives. After hello,
+	// a kill ends the whole session: the user may already be placed
+	// elsewhere.
 	lease.OnKill(func() { killed.Store(true); raw.Close() })
 	// The deadline stays set after hello: it bounds the protocol's backend
 	// login too, and login clears it for the relay.

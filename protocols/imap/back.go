@@ -24,6 +24,10 @@ const (
 // errBackend is a backend that does not speak IMAP as expected.
 var errBackend = errors.New("unexpected backend response")
 
+// errNoLogin is a backend that offers no way to log in with the
+// credentials at hand: its configuration, not its health.
+var errNoLogin = errors.New("backend offers no usable login")
+
 // greet is the hello for Session.Dial: read the greeting and do STARTTLS
 // when the backend's tls says so.
 func greet(ctx context.Context, b *protocols.Backend) error {
@@ -114,9 +118,9 @@ func backendLogin(ctx context.Context, b *protocols.Backend, creds protocols.Cre
 	case creds.Authzid != "":
 		// LOGIN cannot carry it: logging in as the authcid instead would
 		// open the master user's own mailbox, or the wrong one.
-		return false, "", fmt.Errorf("%w: backend has no AUTH=PLAIN, which a login with an authorisation identity (backend_login = \"master\") needs", errBackend)
+		return false, "", fmt.Errorf("%w: backend has no AUTH=PLAIN, which a login with an authorisation identity (backend_login = \"master\") needs", errNoLogin)
 	case hasCap(b.Caps, "LOGINDISABLED"):
-		return false, "", fmt.Errorf("%w: backend has LOGINDISABLED and no AUTH=PLAIN (set its tls)", errBackend)
+		return false, "", fmt.Errorf("%w: backend has LOGINDISABLED and no AUTH=PLAIN (set its tls)", errNoLogin)
 	default:
 		if idLine != "" {
 			if _, err := io.WriteString(b.Conn, idLine+"\r\n"); err != nil {

@@ -239,13 +239,37 @@ func (f *front) login(ctx context.Context, tag string, creds protocols.Credentia
 		f.s.FailDelay(ctx)
 		return nil, false, errCredentials
 	}
-	b, err := f.s.Dial(ctx, creds.Username, greet)
+	// A login that needs no client round trip runs inside the dial's
+	// hello: a backend that greets and then hangs, hangs up or talks
+	// nonsense at login is charged and the next one tried, like one that
+	// never greets. A NO is the client's: it ends the hello without error
+	// and is relayed below. A passthrough mechanism relays the backend's
+	// challenges to the client, so it logs in after the dial.
+	var ok bool
+	var text string
+	var loginErr error
+	hello := greet
+	if back.Mech == "" {
+		hello = func(ctx context.Context, b *protocols.Backend) error {
+			if err := greet(ctx, b); err != nil {
+				return err
+			}
+			ok, text, loginErr = backendLogin(ctx, b, back, f.s, f.conn.RemoteAddr(), f.id, nil)
+			if loginErr != nil && !errors.Is(loginErr, errNoLogin) {
+				return fmt.Errorf("login: %w", loginErr)
+			}
+			return nil
+		}
+	}
+	b, err := f.s.Dial(ctx, creds.Username, hello)
 	if err != nil {
 		f.s.Log.Warn("login failed: no backend", "user", creds.Username, "err", err)
 		return nil, false, errUnavailable
 	}
-	ok, text, err := backendLogin(ctx, b, back, f.s, f.conn.RemoteAddr(), f.id, f.relayChallenge)
-	if err != nil {
+	if back.Mech != "" {
+		ok, text, loginErr = backendLogin(ctx, b, back, f.s, f.conn.RemoteAddr(), f.id, f.relayChallenge)
+	}
+	if err := loginErr; err != nil {
 		b.Close()
 		f.s.Log.Warn("login failed: backend error", "user", creds.Username, "backend", b.Name, "err", err)
 		return nil, false, errUnavailable

@@ -356,19 +356,48 @@ func (f *front) login(ctx context.Context, creds protocols.Credentials) (*protoc
 		f.s.Log.Info("backend closed after a failed login", "user", creds.Username, "backend", b.Name, "err", err)
 		b.Close()
 	}
-	b := f.fixed
-	if b == nil {
-		var err error
-		if b, err = f.s.Dial(ctx, creds.Username, greet); err != nil {
-			f.s.Log.Warn("login failed: no backend", "user", creds.Username, "err", err)
-			return nil, false, unavailable(nil)
+	if b := f.fixed; b != nil || back.Mech != "" {
+		if b == nil {
+			var err error
+			if b, err = f.s.Dial(ctx, creds.Username, greet); err != nil {
+				f.s.Log.Warn("login failed: no backend", "user", creds.Username, "err", err)
+				return nil, false, unavailable(nil)
+			}
+			if err := prepare(b, f.s); err != nil {
+				return f.finish(ctx, b, creds.Username, false, "", err)
+			}
+		}
+		ok, text, err := backendLogin(b, back, f.relayChallenge)
+		return f.finish(ctx, b, creds.Username, ok, text, err)
+	}
+	// A login that needs no client round trip runs inside the dial's
+	// hello: a backend that greets and then hangs, hangs up or talks
+	// nonsense at CAPA or login is charged and the next one tried, like
+	// one that never greets. An -ERR is the client's: it ends the hello
+	// without error, and finish relays it and keeps the backend for the
+	// client's next try. (A passthrough mechanism relays the backend's
+	// challenges to the client, so it logs in after the dial, above.)
+	var ok bool
+	var text string
+	var loginErr error
+	b, err := f.s.Dial(ctx, creds.Username, func(ctx context.Context, b *protocols.Backend) error {
+		if err := greet(ctx, b); err != nil {
+			return err
 		}
 		if err := prepare(b, f.s); err != nil {
-			return f.finish(ctx, b, creds.Username, false, "", err)
+			return err
 		}
+		ok, text, loginErr = backendLogin(b, back, nil)
+		if loginErr != nil && !errors.Is(loginErr, errNoPlain) {
+			return fmt.Errorf("login: %w", loginErr)
+		}
+		return nil
+	})
+	if err != nil {
+		f.s.Log.Warn("login failed: no backend", "user", creds.Username, "err", err)
+		return nil, false, unavailable(nil)
 	}
-	ok, text, err := backendLogin(b, back, f.relayChallenge)
-	return f.finish(ctx, b, creds.Username, ok, text, err)
+	return f.finish(ctx, b, creds.Username, ok, text, loginErr)
 }
 
 // retryBackend hands over the backend kept after user's failed login, or

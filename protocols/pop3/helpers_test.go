@@ -151,6 +151,9 @@ func (e *env) dial(ctx context.Context, login string, hello func(context.Context
 		e.mkBack(b)
 	}
 	if err := hello(ctx, b); err != nil {
+		if !errors.Is(err, protocols.ErrClientFault) { // as Session.Dial charges it
+			b.Fail("hello: " + err.Error())
+		}
 		b.Close()
 		return nil, err
 	}
