@@ -75,10 +75,21 @@ func TestRuntimeChangesPersist(t *testing.T) {
 	if user == "" {
 		t.Fatal("no user hashes to mail2")
 	}
+	// backendOf's own session has logged out; the proxy counts it until it
+	// has seen the close, so wait for that, or the move would close it too.
+	sessions := func() int {
+		us, err := ac2.User(ctx, user)
+		if err != nil || len(us.Pools) == 0 {
+			return -1
+		}
+		return len(us.Pools[0].Sessions)
+	}
+	waitFor(t, 5*time.Second, user+"'s probe session released", func() bool { return sessions() == 0 })
 	c := mustLogin(t, e2, user)
 	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
 		t.Fatal(err)
 	}
+	waitFor(t, 5*time.Second, user+"'s session counted", func() bool { return sessions() == 1 })
 	if out := ctl(t, ac2, "move", user, "p", "mail1"); !strings.Contains(out, "moved to mail1 in pool p; 1 sessions closed") {
 		t.Errorf("ctl move printed %q", out)
 	}
