@@ -561,24 +561,17 @@ func idleGrowth(dial func() (net.Conn, error), n, sockets int, parked func() int
 	// which then shows in fds-nogc/session (and in fds/session if GC does
 	// not release it either) and in parked-fraction. Nothing here runs a
 	// GC before the first count.
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
-		if countFDs() <= before.fds+sockets*n+16 && (parked == nil || parked() >= 2*n) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond) // no event to wait on: another package's timers
-	}
+	testkit.Eventually(5*time.Second, 50*time.Millisecond, func() bool {
+		return countFDs() <= before.fds+sockets*n+16 && (parked == nil || parked() >= 2*n)
+	})
 	after := measure()
 	k := 0
 	if parked != nil {
 		k = parked()
 	}
 	closeAll()
-	deadline := time.Now().Add(30 * time.Second)
-	for runtime.NumGoroutine() > before.goroutines {
-		if time.Now().After(deadline) {
-			return footprint{}, 0, fmt.Errorf("%d goroutines left after closing, %d before", runtime.NumGoroutine(), before.goroutines)
-		}
-		time.Sleep(10 * time.Millisecond) // no event to wait on: goroutines of other packages ending
+	if !testkit.Eventually(30*time.Second, 10*time.Millisecond, func() bool { return runtime.NumGoroutine() <= before.goroutines }) {
+		return footprint{}, 0, fmt.Errorf("%d goroutines left after closing, %d before", runtime.NumGoroutine(), before.goroutines)
 	}
 	return after.sub(before), k, nil
 }

@@ -2,6 +2,7 @@ package realmail
 
 import (
 	"fmt"
+	"mailproxy/internal/testkit"
 	"os"
 	"syscall"
 	"time"
@@ -23,21 +24,16 @@ func lockMachine(path string, d time.Duration) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	deadline := time.Now().Add(d)
-	said := false
-	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			return f, nil
-		}
-		if err != syscall.EWOULDBLOCK || time.Now().After(deadline) {
-			f.Close()
-			return nil, fmt.Errorf("lock %s (another realmail run holds it): %w", path, err)
-		}
-		if !said {
-			fmt.Fprintf(os.Stderr, "realmail: waiting up to %v for another run of these tests to finish (%s)\n", d, path)
-			said = true
-		}
-		time.Sleep(100 * time.Millisecond) // flock has no timeout; poll it
+	try := func() error { return syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) }
+	err = try()
+	if err == syscall.EWOULDBLOCK {
+		fmt.Fprintf(os.Stderr, "realmail: waiting up to %v for another run of these tests to finish (%s)\n", d, path)
+		// flock has no timeout: poll it.
+		testkit.Eventually(d, 100*time.Millisecond, func() bool { err = try(); return err != syscall.EWOULDBLOCK })
 	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s (another realmail run holds it): %w", path, err)
+	}
+	return f, nil
 }

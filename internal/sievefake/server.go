@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"mailproxy/internal/testkit"
 )
 
 // Server is a fake ManageSieve backend. Set the fields before Serve.
@@ -31,57 +33,17 @@ type Server struct {
 	active  map[string]string
 	logins  []string
 	lines   []string // every command line received, for tests that check what arrived
-	ln      net.Listener
-	conns   map[net.Conn]struct{}
-	closed  bool
+	srv     testkit.ConnServer
 }
 
 // Serve accepts on ln until Close.
 func (s *Server) Serve(ln net.Listener) error {
-	s.mu.Lock()
-	s.ln = ln
-	if s.conns == nil {
-		s.conns = map[net.Conn]struct{}{}
-	}
-	s.mu.Unlock()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return err
-		}
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
-			c.Close()
-			return net.ErrClosed
-		}
-		s.conns[c] = struct{}{}
-		s.mu.Unlock()
-		go func() {
-			defer func() {
-				s.mu.Lock()
-				delete(s.conns, c)
-				s.mu.Unlock()
-				c.Close()
-			}()
-			s.serve(c)
-		}()
-	}
+	s.srv.Handle = s.serve
+	return s.srv.Serve(ln)
 }
 
 // Close stops the server and closes its connections.
-func (s *Server) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.closed = true
-	for c := range s.conns {
-		c.Close()
-	}
-	if s.ln != nil {
-		return s.ln.Close()
-	}
-	return nil
-}
+func (s *Server) Close() error { return s.srv.Close() }
 
 // Logins lists the users who logged in, in order.
 func (s *Server) Logins() []string {

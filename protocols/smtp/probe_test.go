@@ -1,46 +1,14 @@
 package smtp
 
 import (
-	"bufio"
-	"context"
-	"fmt"
-	"io"
-	"net"
 	"testing"
-	"time"
+
+	"mailproxy/internal/testkit"
 )
 
 // TestProbeLogsOutPolitely is issue 10 point 14: the probe ends with
 // QUIT and reads the answer before it returns (and the health checker
-// closes), so the logout is complete on the backend's side before the
-// connection goes, instead of racing the close.
+// closes).
 func TestProbeLogsOutPolitely(t *testing.T) {
-	c, s := net.Pipe()
-	defer c.Close()
-	done := make(chan error, 1)
-	go func() {
-		defer s.Close()
-		s.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := io.WriteString(s, "220 mx ESMTP\r\n"); err != nil {
-			done <- err
-			return
-		}
-		line, err := bufio.NewReader(s).ReadString('\n')
-		if err != nil || line != "QUIT\r\n" {
-			done <- fmt.Errorf("got %q, %v; want %q", line, err, "QUIT")
-			return
-		}
-		// On a pipe this write returns only once the probe has read it.
-		_, err = io.WriteString(s, "221 2.0.0 Bye\r\n")
-		done <- err
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := (Handler{}).Probe(ctx, c); err != nil {
-		t.Fatal(err)
-	}
-	c.Close()
-	if err := <-done; err != nil {
-		t.Errorf("the backend could not say goodbye: %v", err)
-	}
+	testkit.ProbeLogsOut(t, Handler{}.Probe, "220 mx ESMTP\r\n", "QUIT\r\n", "221 2.0.0 Bye\r\n")
 }
