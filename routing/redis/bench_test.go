@@ -13,8 +13,9 @@ import (
 
 // BenchmarkDecision is issue 13 item 6: one login's routing decision
 // (Pool.Acquire, then the session's Release) with the table in Redis on
-// loopback, for users that come back (a cached binding: one round trip
-// to acquire) and users seen for the first time here (two). It reports the
+// loopback, for users that come back (a cached binding) and users seen
+// for the first time (no binding anywhere): one round trip to acquire
+// either way. It reports the
 // acquire's p50 and p99; the target is p99 under 1 ms. Needs redis-server:
 //
 //	flock /tmp/mailproxy-bench.lock go test ./routing/redis/ -run '^$' -bench Decision
