@@ -4,7 +4,7 @@
 # latency of a login's routing decision with Redis; writes the "store"
 # section of BENCHMARKS.md (bench/peers.sh keeps it).
 #
-#   bench/store.sh              7 rounds (about 2 minutes)
+#   bench/store.sh              7 rounds (about 3 minutes)
 #   ROUNDS=3 N=4000 bench/store.sh
 #   OUT=/tmp/s bench/store.sh   keep configs, logs and the RESULT lines there
 #   NOWRITE=1 bench/store.sh    print the table, leave BENCHMARKS.md alone
@@ -36,8 +36,8 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 
 rounds=${ROUNDS:-7}
-n=${N:-8000}
-users=${USERS:-2000}
+n=${N:-20000}
+users=${USERS:-5000}
 warm=${WARM:-500}
 conc=8
 port=${PORT:-31720}
