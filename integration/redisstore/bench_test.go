@@ -195,7 +195,7 @@ func TestLoginRateStoreVsMemory(t *testing.T) {
 	med := func(v []float64) float64 { v = slices.Clone(v); slices.Sort(v); return v[len(v)/2] }
 	m, rd := med(rates["memory"]), med(rates["redis"])
 	perLogin := func(s string) time.Duration { return cpu[s] / (rounds * perRound) }
-	t.Logf("logins/s, median of %d rounds of %d: memory %.0f, redis %.0f: ratio %.2f (target >= 0.90)", rounds, perRound, m, rd, rd/m)
+	t.Logf("logins/s, median of %d rounds of %d: memory %.0f, redis %.0f: ratio %.2f (in one process; issue 13's 0.90 is measured by bench/store.sh)", rounds, perRound, m, rd, rd/m)
 	t.Logf("CPU per login (mailproxy, clients, backend and redis-server): memory %v, redis %v, of which redis-server %v",
 		perLogin("memory"), perLogin("redis"), rcpu/(rounds*perRound))
 	t.Logf("rounds: memory %.0f, redis %.0f", rates["memory"], rates["redis"])
