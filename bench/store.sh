@@ -102,6 +102,9 @@ start() { # NAME CORE PORT COMMAND...: sets $pid
 	wait_port "$p" "$pid" || { cat "$out/$name.err" >&2; exit 1; }
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime of one process
+# The CPU seconds of the processes this shell waited for: times runs in
+# this shell (not in a $(...) subshell, which has children of its own).
+children_cpu() { awk 'NR == 2 { s = 0; for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); s += t[1] * 60 + t[2] }; print s }' "$out/times"; }
 rcli() { redis-cli -h 127.0.0.1 -p "$redis_port" "$@"; }
 
 mkdir -p "$out/redis"
@@ -109,6 +112,7 @@ start redis 1 "$redis_port" redis-server --port "$redis_port" --bind 127.0.0.1 -
 	--save "" --appendonly no --daemonize no --logfile "$out/redis/redis.log"
 redis_pid=$pid
 start fakeimap 1 "$fake_port" "$bin/fakeimap" -addr "127.0.0.1:$fake_port" -size 1024
+fake_pid=$pid
 
 write_config() { # STORE
 	cat >"$out/mailproxy-$1.toml" <<-EOF
@@ -158,7 +162,7 @@ acquire_buckets() {
 }
 
 run() { # STORE ROUND [CONC]: one run, its RESULT line appended to results.txt
-	local store=$1 r=$2 c=${3:-$conc} mp b0 b1 r0 r1 p99
+	local store=$1 r=$2 c=${3:-$conc} mp b0 b1 r0 r1 f0 f1 l0 l1 p99
 	[[ $store == redis ]] && rcli flushall >/dev/null
 	start "mailproxy-$store" 0 "$imap_port" "$bin/mailproxy" run -config "$out/mailproxy-$store.toml"
 	mp=$pid
@@ -166,10 +170,12 @@ run() { # STORE ROUND [CONC]: one run, its RESULT line appended to results.txt
 	taskset -c 1 "$bin/load" -mode imap-login -addr "127.0.0.1:$imap_port" -n "$warm" -conc "$conc" \
 		-user warm -users "$warm" -deadline 1m >/dev/null
 	b0=$(acquire_buckets)
-	r0=$(cpu_ticks "$redis_pid")
+	times >"$out/times"
+	r0=$(cpu_ticks "$redis_pid") f0=$(cpu_ticks "$fake_pid") l0=$(children_cpu)
 	line=$(taskset -c 1 "$bin/load" -mode imap-login -label "store=$store round=$r conc=$c" -pids "$mp" \
 		-addr "127.0.0.1:$imap_port" -n "$n" -conc "$c" -user u -users "$users" -deadline 3m)
-	r1=$(cpu_ticks "$redis_pid")
+	times >"$out/times"
+	r1=$(cpu_ticks "$redis_pid") f1=$(cpu_ticks "$fake_pid") l1=$(children_cpu)
 	b1=$(acquire_buckets)
 	# The smallest bucket bound holding 99% of this run's decisions.
 	p99=$(join <(sort <<<"$b0") <(sort <<<"$b1") | sort -g | awk '
@@ -178,7 +184,8 @@ run() { # STORE ROUND [CONC]: one run, its RESULT line appended to results.txt
 			if (k == 0 || c[k] == 0) { print "n/a"; exit }
 			for (i = 1; i <= k; i++) if (c[i] >= 0.99 * c[k]) { print le[i]; exit }
 		}')
-	echo "$line p99_le_s=$p99 redis_cpu_us=$(awk -v a="$r0" -v b="$r1" -v n="$n" 'BEGIN {printf "%.1f", (b - a) * 1e6 / 100 / n}')" |
+	echo "$line p99_le_s=$p99 $(awk -v a="$r0" -v b="$r1" -v fa="$f0" -v fb="$f1" -v la="$l0" -v lb="$l1" -v n="$n" \
+		'BEGIN {printf "redis_cpu_us=%.1f fake_cpu_us=%.1f load_cpu_us=%.1f", (b - a) * 1e6 / 100 / n, (fb - fa) * 1e6 / 100 / n, (lb - la) * 1e6 / n}')" |
 		tee -a "$out/results.txt"
 	stop_pid "$mp"
 }
@@ -207,28 +214,28 @@ function med(a, k,    i, j, t) {
 	for (i = 2; i <= NF; i++) { split($i, p, "="); kv[p[1]] = p[2] }
 	r = kv["round"]; s = kv["store"]
 	if (r == "latency") { lat = kv["p99_le_s"]; latrate = kv["rate"]; next }
-	rate[s, r] = kv["rate"]; cpu[s, r] = kv["proxy_cpu_us"]
+	rate[s, r] = kv["rate"]; cpu[s, r] = kv["proxy_cpu_us"]; core1[s, r] = kv["fake_cpu_us"] + kv["load_cpu_us"] + kv["redis_cpu_us"]
 	if (s == "redis") { p99[r] = kv["p99_le_s"]; rcpu[r] = kv["redis_cpu_us"] }
 	if (r > nr) nr = r
 }
 END {
-	print "| round | memory, logins/s | redis, logins/s | redis ÷ memory | mailproxy CPU per login, memory / redis, µs | redis-server CPU per login, µs | routing decision p99 (redis) |"
-	print "| --- | --- | --- | --- | --- | --- | --- |"
+	print "| round | memory, logins/s | redis, logins/s | redis ÷ memory | core 0: mailproxy CPU per login, memory / redis, µs | core 1: load client + backend + redis-server CPU per login, memory / redis, µs | of which redis-server | routing decision p99 (redis) |"
+	print "| --- | --- | --- | --- | --- | --- | --- | --- |"
 	k = 0
 	for (r = 1; r <= nr; r++) {
 		if (!((("memory", r) in rate) && (("redis", r) in rate))) continue
 		q = rate["redis", r] / rate["memory", r]
 		ratio[++k] = q; m[k] = rate["memory", r]; d[k] = rate["redis", r]
-		cm[k] = cpu["memory", r]; cr[k] = cpu["redis", r]; rc[k] = rcpu[r]
-		printf "| %d | %.0f | %.0f | %.2f | %.0f / %.0f | %.0f | ≤ %s ms |\n", r, rate["memory", r], rate["redis", r], q, cpu["memory", r], cpu["redis", r], rcpu[r], (p99[r] == "n/a") ? "n/a" : p99[r] * 1000
+		cm[k] = cpu["memory", r]; cr[k] = cpu["redis", r]; rc[k] = rcpu[r]; c1m[k] = core1["memory", r]; c1r[k] = core1["redis", r]
+		printf "| %d | %.0f | %.0f | %.2f | %.0f / %.0f | %.0f / %.0f | %.0f | ≤ %s ms |\n", r, rate["memory", r], rate["redis", r], q, cpu["memory", r], cpu["redis", r], core1["memory", r], core1["redis", r], rcpu[r], (p99[r] == "n/a") ? "n/a" : p99[r] * 1000
 		if (p99[r] == "n/a" || p99[r] == "+Inf" || p99[r] + 0 > worst) worst = (p99[r] == "n/a" || p99[r] == "+Inf") ? 1e9 : p99[r] + 0
 	}
 	if (k == 0) exit
 	mr = med(m, k); mlo = lo; mhi = hi
 	dr = med(d, k); dlo = lo; dhi = hi
-	cmm = med(cm, k); crm = med(cr, k); rcm = med(rc, k)
+	cmm = med(cm, k); crm = med(cr, k); rcm = med(rc, k); c1mm = med(c1m, k); c1rm = med(c1r, k)
 	q = med(ratio, k)
-	printf "| **median (min–max)** | %.0f (%.0f–%.0f) | %.0f (%.0f–%.0f) | **%.2f** (%.2f–%.2f) | %.0f / %.0f | %.0f | ≤ %s ms in every round |\n", mr, mlo, mhi, dr, dlo, dhi, q, lo, hi, cmm, crm, rcm, (worst >= 1e9) ? "n/a" : worst * 1000
+	printf "| **median (min–max)** | %.0f (%.0f–%.0f) | %.0f (%.0f–%.0f) | **%.2f** (%.2f–%.2f) | %.0f / %.0f | %.0f / %.0f | %.0f | ≤ %s ms in every round |\n", mr, mlo, mhi, dr, dlo, dhi, q, lo, hi, cmm, crm, c1mm, c1rm, rcm, (worst >= 1e9) ? "n/a" : worst * 1000
 	if (lat != "") printf "\nRouting decision p99 with Redis, one login at a time (%.0f logins/s, mailproxy not saturated): **≤ %s ms**.\n", latrate, (lat == "n/a" || lat == "+Inf") ? "n/a" : lat * 1000
 }' "$out/results.txt")
 
