@@ -27,7 +27,7 @@
 # and once more after the rounds with one login at a time (below
 # saturation: the decision's own latency).
 #
-# Holds /tmp/mailproxy-bench.lock. Loopback only, ports 31720-31724 (PORT
+# Holds /tmp/mailproxy-bench.lock. Loopback only, ports 31720-31723 (PORT
 # moves them), below the ephemeral range. Every process it starts is
 # stopped by PID when it exits, however it exits; redis-server runs with a
 # directory of its own under OUT and no persistence.
@@ -255,6 +255,8 @@ Written by \`$cmd\` on $(date -u +%F) (raw results: \`$out/results.txt\`).
 - **Targets:** redis ÷ memory ≥ 0.90; a routing decision's p99 under 1 ms (the smallest bucket of mailproxy_store_seconds{op="acquire"} that holds 99% of the run's decisions; one observation per login, from the call to the store's answer, the wait for a batch and for the core included). The p99 column is at saturation (mailproxy's core busy, so a reply waits for the core); the line under the table is one login at a time, after the rounds.
 
 $table
+
+How to read it: when mailproxy's core and the other core are both busy, the rate follows the CPU per login on each, so the ratio is near the smaller of memory ÷ redis of the two CPU columns. The store's cost on core 0 is mailproxy's side of a round trip to Redis per login and its part in the releases; on core 1 it is redis-server (its Lua scripts, one acquire and one release per login) and the load client and backend sharing their core with a third process. In production Redis runs on a machine of its own, so only core 0's share is on the proxy's machine.
 <!-- store:end -->
 EOF
 )
