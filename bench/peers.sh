@@ -588,13 +588,14 @@ $table
 
 How to read it: a ratio above 1 means the proxied path beat the direct one in that round (possible for TLS logins: direct is STARTTLS, one round trip more). The idle rows are RSS growth of all the proxy's processes (nginx: master, worker and auth_http; Dovecot: every process of the instance) over $idle_n sessions; for HAProxy and Dovecot's proxy the shared pages of their processes are counted in each process.
 EOF
-# The hand-written notes and the soak's section (bench/soak.sh) stay.
+# The hand-written notes and the sections of bench/soak.sh and bench/store.sh stay.
 keep() { [[ -f $root/BENCHMARKS.md ]] && sed -n "/<!-- $1:begin -->/,/<!-- $1:end -->/p" "$root/BENCHMARKS.md" || true; }
-notes=$(keep notes) soak=$(keep soak)
+notes=$(keep notes) soak=$(keep soak) store=$(keep store)
 {
 	cat "$out/peers.md"
 	[[ -z $notes ]] || printf '\n%s\n' "$notes"
 	[[ -z $soak ]] || printf '\n%s\n' "$soak"
+	[[ -z $store ]] || printf '\n%s\n' "$store"
 } >"$root/BENCHMARKS.md"
 echo
 echo "$table"
