@@ -56,6 +56,7 @@ var (
 	password  = flag.String("password", "pw", "every user's password")
 	rcptDom   = flag.String("domain", "example.test", "SMTP recipient domain")
 	size      = flag.Int("size", 10<<10, "SMTP message size, bytes")
+	perConn   = flag.Int("per-session", 1, "SMTP messages per session (each op is one message)")
 	pids      = flag.String("pids", "", "comma-separated PIDs of the proxy under test (descendants included)")
 	idleWait  = flag.Duration("idle-wait", 3*time.Second, "idle mode: wait after the last session before measuring")
 	cpuWindow = flag.Duration("cpu-window", 0, "idle mode: how long the idle CPU is measured; default -idle-wait")
@@ -108,6 +109,9 @@ func main() {
 					return
 				}
 				b, err := op(i)
+				if *mode == "smtp" && *perConn > 1 {
+					next.Add(int64(*perConn - 1)) // each op is one message
+				}
 				bytes.Add(b)
 				if err != nil {
 					if errs.Add(1) == 1 {
@@ -261,17 +265,18 @@ func smtpMessage(i int, msg string) (int64, error) {
 		return 0, err
 	}
 	defer c.c.Close()
-	steps := [][2]string{
-		{"", "220 "}, {"EHLO load.example.test\r\n", "250 "},
-		{"MAIL FROM:<load@example.test>\r\n", "250"}, {"RCPT TO:<" + user(i) + "@" + *rcptDom + ">\r\n", "250"},
-		{"DATA\r\n", "354"}, {msg + ".\r\n", "250"}, {"QUIT\r\n", "221"},
+	steps := [][2]string{{"", "220 "}, {"EHLO load.example.test\r\n", "250 "}}
+	for range *perConn {
+		steps = append(steps, [2]string{"MAIL FROM:<load@example.test>\r\n", "250"}, [2]string{"RCPT TO:<" + user(i) + "@" + *rcptDom + ">\r\n", "250"},
+			[2]string{"DATA\r\n", "354"}, [2]string{msg + ".\r\n", "250"})
 	}
+	steps = append(steps, [2]string{"QUIT\r\n", "221"})
 	for _, s := range steps {
 		if err := c.say(s[0], s[1]); err != nil {
 			return 0, err
 		}
 	}
-	return int64(len(msg)), nil
+	return int64(len(msg) * *perConn), nil
 }
 
 // fetchRun fetches message 1 of the first user's INBOX -n times.
