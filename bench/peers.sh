@@ -150,14 +150,14 @@ start() { # NAME CORE PORT COMMAND...: sets $pid
 	local name=$1 core=$2 p=$3
 	shift 3
 	port_free "$p" || { echo "port $p is taken; set PORT" >&2; exit 1; }
-	taskset -c "$core" "$@" >"$out/$name.out" 2>"$out/$name.err" &
+	taskset -c "$core" "$@" >"$out/$name.out" 2>"$out/$name.err" 8>&- 9>&- & # the locks are not theirs to keep
 	pid=$!
 	started+=("$pid")
 	wait_port "$p" "$pid" || { cat "$out/$name.err" >&2; exit 1; }
 }
 
 # Output to a file, not a pipe: the daemons would hold a pipe open.
-taskset -c 1 integration/realmail/start.sh "$rm_dir" >"$out/realmail.log" 2>&1 || { cat "$out/realmail.log" >&2; exit 1; }
+taskset -c 1 integration/realmail/start.sh "$rm_dir" >"$out/realmail.log" 2>&1 8>&- 9>&- || { cat "$out/realmail.log" >&2; exit 1; }
 # shellcheck disable=SC1091
 . "$rm_dir/env"
 imap_a=127.0.0.1:$DOVECOT_A_IMAP_PORT imap_b=127.0.0.1:$DOVECOT_B_IMAP_PORT
@@ -425,7 +425,7 @@ start_target() {
 	dovecot)
 		write_dovecot "$dir"
 		dovecot_confs+=("$dir/dovecot.conf")
-		taskset -c 0 dovecot -c "$dir/dovecot.conf"
+		taskset -c 0 dovecot -c "$dir/dovecot.conf" 8>&- 9>&-
 		local i
 		for i in $(seq 100); do [[ -s $dir/run/master.pid ]] && break; sleep 0.05; done # the daemon writes it
 		proxy_pids=$(cat "$dir/run/master.pid")
