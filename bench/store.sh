@@ -300,13 +300,15 @@ cmd=bench/store.sh
 for v in ROUNDS N USERS WARM; do [[ -z ${!v:-} ]] || cmd="$v=${!v} $cmd"; done
 if [[ $backend == dovecot ]]; then
 	cmd="BACKEND=dovecot $cmd" mark=store-real
+	sat_text="The p99 column is 8 logins at a time (the Dovecots' core busy, mailproxy's not); the line under the table is one login at a time, after the rounds."
 	title="Routing table in Redis against the memory table, real Dovecot backends (issue 13, item 6)"
 	backends="the two Dovecots of integration/realmail/start.sh (one Maildir, $(dovecot --version | cut -d' ' -f1); a pool of both)"
 	users_text="the harness's users user0..user$((users - 1)) (the warm-up: user200..user219)"
 	backend_col="Dovecots (every process of both instances)"
-	read_text="With real backends core 1 is bound by Dovecot, which forks an imap process per login (its CPU per login is most of core 1's column), and mailproxy's core has time to spare: the store's cost on core 0 then costs no logins, and on core 1 redis-server's share is small beside Dovecot's. This is the placement production has, with the mail server on a machine of its own and Redis beside the proxies; the fake-backend section above is the worst case, where mailproxy's own core is the bound."
+	read_text="With real backends core 1 is bound by Dovecot, which forks an imap process per login (its CPU per login is most of core 1's column), and mailproxy's core has time to spare: the store's cost on core 0 then costs no logins, and on core 1 redis-server's share is small beside Dovecot's. In production the mail servers, not the proxy, bound the logins as they do here; the fake-backend section above is the worst case, where mailproxy's own core is the bound and the store's CPU shows in full."
 else
 	mark=store
+	sat_text="The p99 column is at saturation (mailproxy's core busy, so a reply waits for the core); the line under the table is one login at a time, after the rounds."
 	title="Routing table in Redis against the memory table (issue 13, item 6)"
 	backends="the fake IMAP backend (bench/compare/fakeimap)"
 	users_text="$users users (u0..)"
@@ -324,7 +326,7 @@ Written by \`$cmd\` on $(date -u +%F) (raw results: \`$out/results.txt\`).
 - **Machine:** $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), Linux $(uname -r), $(redis-server --version | cut -d' ' -f1-3 | sed 's/v=//'); load average at the start of each round: $loadavg (the machine is shared).
 - **Placement:** mailproxy $version on core 0 (defaults, log level warn); redis-server (loopback, no persistence), $backends and the load client on core 1.
 - **Load:** per run, mailproxy started afresh ($warm warm-up logins of other users first), then $n logins (connect, greeting, LOGIN, LOGOUT), $conc at a time, over $users_text: each user's first login is new to the table, the rest find its lingering binding. Each round runs memory and redis back to back, the order alternating; the Redis store is emptied before each redis run.
-- **Targets:** redis ÷ memory ≥ 0.90; a routing decision's p99 under 1 ms (the smallest bucket of mailproxy_store_seconds{op="acquire"} that holds 99% of the run's decisions; one observation per login, from the call to the store's answer, the wait for a batch and for the core included). The p99 column is at saturation (mailproxy's core busy, so a reply waits for the core); the line under the table is one login at a time, after the rounds.
+- **Targets:** redis ÷ memory ≥ 0.90; a routing decision's p99 under 1 ms (the smallest bucket of mailproxy_store_seconds{op="acquire"} that holds 99% of the run's decisions; one observation per login, from the call to the store's answer, the wait for a batch and for the core included). $sat_text
 
 $table
 
