@@ -6,7 +6,7 @@
 # (bench/peers.sh keeps both).
 #
 #   bench/store.sh                  7 rounds (about 3 minutes), fake backend
-#   BACKEND=dovecot bench/store.sh  5 rounds (about 3 minutes), real Dovecots
+#   BACKEND=dovecot bench/store.sh  7 rounds (about 3 minutes), real Dovecots
 #   ROUNDS=3 N=4000 bench/store.sh
 #   OUT=/tmp/s bench/store.sh   keep configs, logs and the RESULT lines there
 #   NOWRITE=1 bench/store.sh    print the table, leave BENCHMARKS.md alone
@@ -53,7 +53,7 @@ backend=${BACKEND:-fake}
 case $backend in
 fake) rounds=${ROUNDS:-7} n=${N:-20000} users=${USERS:-5000} warm=${WARM:-500} lat_n=$n ;;
 dovecot)
-	rounds=${ROUNDS:-5} n=${N:-1000} users=${USERS:-200} warm=${WARM:-40} lat_n=300
+	rounds=${ROUNDS:-7} n=${N:-1000} users=${USERS:-200} warm=${WARM:-40} lat_n=300
 	# The harness provisions user0..user219: the measured logins use
 	# user0..user(USERS-1), the warm-up user200..user219.
 	((users >= 1 && users <= 200)) || { echo "bench/store.sh: BACKEND=dovecot: USERS 1-200 (the harness's users)" >&2; exit 1; }
