@@ -83,9 +83,14 @@ func (p *poller) park(d *direction) bool {
 	d.token = p.next
 	p.parked[d.token] = d
 	p.parks++
-	if st.nParked++; st.nParked == 2 {
-		// Both ways have been quiet for at least the park period.
-		st.parkedAt = time.Now().UnixNano()
+	if d.dir == 1 {
+		st.replyParked.Store(true)
+	}
+	// d has been quiet since it began the wait that ran out; once both
+	// ways are parked, the later of the two is the relay's last byte.
+	st.nParked++
+	if at := time.Now().UnixNano() - int64(d.parkPeriod()); at > st.quietSince {
+		st.quietSince = at
 	}
 	return true
 }
@@ -97,8 +102,11 @@ func (p *poller) unparkLocked(d *direction) {
 	delete(p.parked, d.token)
 	d.token = 0
 	st := d.st
+	if d.dir == 1 {
+		st.replyParked.Store(false)
+	}
 	st.nParked--
-	st.parkedAt = 0
+	st.quietSince = 0 // the other way, if parked, was quiet before this one woke
 }
 
 // ready is called by the OS part for a token whose socket is readable.
@@ -173,6 +181,24 @@ func (st *relayState) wake(dead bool, i, j uint8) woken {
 	return w
 }
 
+// wakeReply takes the backend to client direction back from the poller
+// for the answer to what the client to backend direction just forwarded,
+// and stops its socket's readiness report, which would otherwise wake
+// the poller for nothing when the answer comes.
+func (st *relayState) wakeReply() {
+	p := st.poller
+	d := &st.dirs[1]
+	p.mu.Lock()
+	if d.token == 0 {
+		p.mu.Unlock()
+		return
+	}
+	p.unparkLocked(d)
+	p.mu.Unlock()
+	p.unwatch(d.raw)
+	go d.pipe()
+}
+
 // parked says whether direction i is parked now.
 func (st *relayState) parked(i uint8) bool {
 	if st.poller == nil {
@@ -193,7 +219,7 @@ func (p *poller) sweep() {
 	p.parks = 0
 	for _, d := range p.parked {
 		st := d.st
-		if d.dir == 0 && st.parkedAt != 0 && now-st.parkedAt >= int64(st.idle-st.park) {
+		if d.dir == 0 && st.nParked == 2 && now-st.quietSince >= int64(st.idle) {
 			p.unparkLocked(&st.dirs[0])
 			p.unparkLocked(&st.dirs[1])
 			st.dead = true

@@ -34,6 +34,17 @@ const (
 	largeBuf = 16 << 10
 )
 
+// replyPark bounds how long the backend to client direction waits for
+// its next burst before it parks. That side speaks in answer to the
+// client (or, rarely, unprompted: an IDLE update), and a command the
+// client to backend direction forwards takes it back from the poller
+// itself (wakeReply), with no trip through the poller: so it may park
+// soon after each answer without slowing the next one. Between the bursts
+// of a login storm this leaves a session one goroutine for park_after,
+// not two: goroutine descriptors are never given back, and the peak of a
+// burst is what a process keeps.
+const replyPark = 100 * time.Millisecond
+
 // halfCloseGrace is how long the other direction may go on after one side
 // ended its half of the connection.
 const halfCloseGrace = 30 * time.Second
@@ -173,10 +184,14 @@ type relayState struct {
 	onEnd  func(relayResult)
 	poller *poller // nil: never park
 
+	// replyParked says, without poller.mu, whether dirs[1] may be
+	// parked: set when it parks, cleared when it is taken back.
+	replyParked atomic.Bool
+
 	// Guarded by poller.mu.
-	dead     bool  // killed or ending: never park again
-	nParked  uint8 // directions parked
-	parkedAt int64 // when both were parked (Unix ns), or 0
+	dead       bool  // killed or ending: never park again
+	nParked    uint8 // directions parked
+	quietSince int64 // the last byte (Unix ns) as far as the parked directions tell
 }
 
 // direction is one way of a relay, owned by the goroutine that copies
@@ -268,9 +283,18 @@ func (d *direction) deadline() time.Time {
 		return time.Now().Add(min(st.idle, halfCloseGrace))
 	}
 	if d.raw != nil && !d.noPark {
-		return time.Now().Add(min(st.idle, st.park))
+		return time.Now().Add(d.parkPeriod())
 	}
 	return time.Now().Add(st.idle)
+}
+
+// parkPeriod is how long a wait of a direction that may park lasts.
+func (d *direction) parkPeriod() time.Duration {
+	p := min(d.st.idle, d.st.park)
+	if d.dir == 1 {
+		p = min(p, replyPark)
+	}
+	return p
 }
 
 // lingerDeadline is the read deadline inside a bulk burst: relayLinger
@@ -350,6 +374,9 @@ func (d *direction) run() error {
 				} else if have {
 					continue
 				}
+				// A write deadline left set would keep a runtime timer
+				// for the whole idle period: write sets its own.
+				d.dst().SetWriteDeadline(time.Time{})
 				if st.poller.park(d) {
 					return errParked
 				}
@@ -420,6 +447,8 @@ func (d *direction) burst() error {
 		d.st.quiet[d.dir].Store(false)
 		if werr := d.write(buf[:n]); werr != nil {
 			err = werr
+		} else if d.dir == 0 && d.st.replyParked.Load() {
+			d.st.wakeReply()
 		}
 	}
 	bulk := err == nil && n == len(buf)
