@@ -27,7 +27,7 @@ type poller struct {
 	parked map[uint64]*direction // by token, which is never reused
 	next   uint64                // the last token handed out
 	closed bool
-	parks  int           // directions parked since the last tick
+	parks  int           // client sides parked since the last tick (releaseMemory)
 	tick   time.Duration // between sweeps
 	sys    pollerSys
 
@@ -42,7 +42,11 @@ type poller struct {
 // minutes; the process keeps that memory (RSS) meanwhile. Once parking
 // has settled (a tick without a new park) after at least releaseMin
 // directions parked, the poller has the runtime collect and return what is
-// free to the operating system, at most every releaseEvery.
+// free to the operating system, at most every releaseEvery. Only client
+// sides count: their goroutine is the session's own, which ran the login
+// (the deep stack), and parks park_after after the burst; the backend
+// sides park within replyPark of it, and a release after them alone would
+// come too early and hold back the one that matters for releaseEvery.
 const (
 	releaseMin   = 128
 	releaseEvery = 30 * time.Second
@@ -82,8 +86,9 @@ func (p *poller) park(d *direction) bool {
 	}
 	d.token = p.next
 	p.parked[d.token] = d
-	p.parks++
-	if d.dir == 1 {
+	if d.dir == 0 {
+		p.parks++
+	} else {
 		st.replyParked.Store(true)
 	}
 	// d has been quiet since it began the wait that ran out; once both

@@ -176,17 +176,16 @@ type relayState struct {
 	idle, park time.Duration
 	quiet      [2]atomic.Bool
 	halfClosed atomic.Bool // one direction has ended
-	nEnded     atomic.Int32
+	// replyParked says, without poller.mu, whether dirs[1] may be
+	// parked: set when it parks, cleared when it is taken back.
+	replyParked atomic.Bool
+	nEnded      atomic.Int32
 
 	dirs   [2]direction // client to backend, backend to client
 	ctx    context.Context
 	stop   func() bool // unties the connections from the context
 	onEnd  func(relayResult)
 	poller *poller // nil: never park
-
-	// replyParked says, without poller.mu, whether dirs[1] may be
-	// parked: set when it parks, cleared when it is taken back.
-	replyParked atomic.Bool
 
 	// Guarded by poller.mu.
 	dead       bool  // killed or ending: never park again

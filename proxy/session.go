@@ -226,9 +226,13 @@ func (ss *session) login() *protocols.Relay {
 		// lifetime: an idle session should cost as little as possible.
 		ss.ps = nil
 		r.Backend.Greeting, r.Backend.Caps = "", nil
+		r.Backend.Fail = noFail // its closure holds the login attempt's state
 	}
 	return r
 }
+
+// noFail is Backend.Fail once health no longer hears of the backend.
+func noFail(string) {}
 
 // goodbye tells the client the server is shutting down, where it is
 // known how to reach it (see byeTo). It runs outside the session's
