@@ -118,9 +118,9 @@ func parseArgs(s string) (args []string, lit *literal, err error) {
 		case ' ', '(', ')':
 			s = s[1:]
 		case '"':
-			v, n, err := parseQuoted(s)
+			v, n, err := protocols.ParseQuoted(s)
 			if err != nil {
-				return args, nil, err
+				return args, nil, errSyntax{err.Error()}
 			}
 			args = append(args, v)
 			s = s[n:]
@@ -137,27 +137,6 @@ func parseArgs(s string) (args []string, lit *literal, err error) {
 		}
 	}
 	return args, nil, nil
-}
-
-// parseQuoted decodes a quoted string at the start of s and returns it and
-// how many bytes it took.
-func parseQuoted(s string) (string, int, error) {
-	var b strings.Builder
-	for i := 1; i < len(s); i++ {
-		switch c := s[i]; c {
-		case '"':
-			return b.String(), i + 1, nil
-		case '\\':
-			i++
-			if i == len(s) || (s[i] != '"' && s[i] != '\\') {
-				return "", 0, errSyntax{"Invalid escape in quoted string"}
-			}
-			b.WriteByte(s[i])
-		default:
-			b.WriteByte(c)
-		}
-	}
-	return "", 0, errSyntax{"Unterminated quoted string"}
 }
 
 // parseLiteral reads "{n}" or "{n+}", which must end the line. A "{...+}"

@@ -66,6 +66,8 @@ func TestReadCommandErrors(t *testing.T) {
 		{"a\r\n", false},
 		{"a LOGIN \"unterminated\r\n", false},
 		{"a LOGIN \"bad\\escape\"\r\n", false},
+		{"a LOGIN \"nul\x00\" pw\r\n", false},
+		{"a LOGIN \"cr\r\" pw\r\n", false},
 		{"a LOGIN {abc}\r\n", false},
 		{"a LOGIN {5} trailing\r\n", false},
 		{"a LOGIN {9000}\r\n", false},

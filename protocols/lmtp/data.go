@@ -4,12 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	gosmtp "github.com/emersion/go-smtp"
+
+	"mailproxy/protocols/smtp"
 )
 
 // Data implements gosmtp.Session. In LMTP mode go-smtp calls LMTPData
@@ -181,7 +182,7 @@ func clientError(err error) error {
 // go-smtp relays verbatim (a nil error would make go-smtp send its own
 // text), without the "<rcpt>" go-smtp puts in front of it again.
 func backendOK(to, text string) error {
-	code, msg := splitEnhanced(text)
+	code, msg := smtp.SplitEnhanced(text)
 	return &gosmtp.SMTPError{Code: 250, EnhancedCode: code, Message: stripRcpt(to, msg)}
 }
 
@@ -196,26 +197,4 @@ func relayed(to string, se *gosmtp.SMTPError) error {
 
 func stripRcpt(to, msg string) string {
 	return strings.TrimPrefix(msg, "<"+to+"> ")
-}
-
-// splitEnhanced takes the RFC 2034 enhanced code off a reply text, as
-// go-smtp's client does for errors.
-func splitEnhanced(text string) (gosmtp.EnhancedCode, string) {
-	first, rest, ok := strings.Cut(text, " ")
-	if !ok {
-		return gosmtp.EnhancedCodeNotSet, text
-	}
-	parts := strings.Split(first, ".")
-	if len(parts) != 3 {
-		return gosmtp.EnhancedCodeNotSet, text
-	}
-	var code gosmtp.EnhancedCode
-	for i, p := range parts {
-		n, err := strconv.Atoi(p)
-		if err != nil || n < 0 || n > 999 {
-			return gosmtp.EnhancedCodeNotSet, text
-		}
-		code[i] = n
-	}
-	return code, rest
 }

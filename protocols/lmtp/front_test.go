@@ -16,6 +16,7 @@ import (
 
 	"mailproxy/internal/testkit"
 	"mailproxy/protocols"
+	"mailproxy/protocols/smtp"
 )
 
 // fakeBackend is a scripted LMTP backend: it greets, says 250 to LHLO,
@@ -267,8 +268,8 @@ func TestSplitEnhanced(t *testing.T) {
 		{"Saved", "Saved"},
 		{"2.0 x", "2.0 x"},
 	} {
-		if _, msg := splitEnhanced(tc.in); msg != tc.msg {
-			t.Errorf("splitEnhanced(%q) = %q, want %q", tc.in, msg, tc.msg)
+		if _, msg := smtp.SplitEnhanced(tc.in); msg != tc.msg {
+			t.Errorf("SplitEnhanced(%q) = %q, want %q", tc.in, msg, tc.msg)
 		}
 	}
 	if err := backendOK("a@b", "2.0.0 <a@b> Saved").(*gosmtp.SMTPError); err.Code != 250 || err.Message != "Saved" {

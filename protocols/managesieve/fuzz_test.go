@@ -5,13 +5,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"log/slog"
-	"net"
 	"strings"
 	"testing"
-	"time"
 
+	"mailproxy/internal/testkit"
 	"mailproxy/protocols"
 )
 
@@ -52,7 +50,7 @@ func FuzzFront(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, data []byte, flags uint8) {
-		client := &memConn{in: bytes.NewReader(data)}
+		client := &testkit.MemConn{In: bytes.NewReader(data), Port: 4190}
 		back := &fuzzBackend{loginOnly: flags&fuzzLoginOnly != 0}
 		s := &protocols.Session{
 			ID: "fuzz", Conn: client, MaxLine: 1024, Log: slog.New(slog.DiscardHandler),
@@ -75,10 +73,10 @@ func FuzzFront(f *testing.F) {
 		}
 		relay, _ := (&Handler{}).Serve(context.Background(), s)
 
-		if out := client.out.String(); out != "" && !strings.HasSuffix(out, "\r\n") {
+		if out := client.Out.String(); out != "" && !strings.HasSuffix(out, "\r\n") {
 			t.Fatalf("reply does not end a line: %q", out)
 		}
-		for _, l := range back.lines {
+		for _, l := range back.Lines {
 			if !back.valid(l) {
 				t.Fatalf("backend got %q", l)
 			}
@@ -137,29 +135,11 @@ func FuzzReadTokens(f *testing.F) {
 	})
 }
 
-// memConn is a client connection over fixed input; replies collect in out.
-type memConn struct {
-	in  *bytes.Reader
-	out bytes.Buffer
-}
-
-func (c *memConn) Read(p []byte) (int, error)         { return c.in.Read(p) }
-func (c *memConn) Write(p []byte) (int, error)        { return c.out.Write(p) }
-func (c *memConn) Close() error                       { return nil }
-func (c *memConn) LocalAddr() net.Addr                { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 4190} }
-func (c *memConn) RemoteAddr() net.Addr               { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000} }
-func (c *memConn) SetDeadline(t time.Time) error      { return nil }
-func (c *memConn) SetReadDeadline(t time.Time) error  { return nil }
-func (c *memConn) SetWriteDeadline(t time.Time) error { return nil }
-
 // fuzzBackend is an in-memory ManageSieve backend connection: every line
 // written to it is answered at once. alice/pw logs in.
 type fuzzBackend struct {
-	memConn
+	testkit.Scripted
 	loginOnly bool
-	partial   []byte
-	pending   bytes.Buffer
-	lines     []string
 	loggedIn  bool
 	step      int // of SASL LOGIN
 	user      string
@@ -167,34 +147,13 @@ type fuzzBackend struct {
 }
 
 func (b *fuzzBackend) reset() {
-	b.pending.Reset()
-	b.partial, b.step, b.user = nil, 0, ""
+	b.step, b.user = 0, ""
+	b.Answer = b.answer
 	mechs := "PLAIN LOGIN"
 	if b.loginOnly {
 		mechs = "LOGIN"
 	}
-	b.pending.WriteString("\"IMPLEMENTATION\" \"fuzz\"\r\n\"SASL\" \"" + mechs + "\"\r\n\"SIEVE\" \"fileinto\"\r\n\"VERSION\" \"1.0\"\r\nOK\r\n")
-}
-
-func (b *fuzzBackend) Read(p []byte) (int, error) {
-	if b.pending.Len() == 0 {
-		return 0, io.EOF
-	}
-	return b.pending.Read(p)
-}
-
-func (b *fuzzBackend) Write(p []byte) (int, error) {
-	b.partial = append(b.partial, p...)
-	for {
-		i := bytes.IndexByte(b.partial, '\n')
-		if i < 0 {
-			return len(p), nil
-		}
-		line := strings.TrimSuffix(string(b.partial[:i]), "\r")
-		b.partial = b.partial[i+1:]
-		b.lines = append(b.lines, line)
-		b.pending.WriteString(b.answer(line) + "\r\n")
-	}
+	b.Reset("\"IMPLEMENTATION\" \"fuzz\"\r\n\"SASL\" \"" + mechs + "\"\r\n\"SIEVE\" \"fileinto\"\r\n\"VERSION\" \"1.0\"\r\nOK\r\n")
 }
 
 // valid says whether line is one mailproxy may send a backend before login.

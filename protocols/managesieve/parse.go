@@ -76,9 +76,9 @@ func tokenize(s string) (toks []token, lit int, err error) {
 		case ' ', '(', ')':
 			s = s[1:]
 		case '"':
-			v, n, err := parseQuoted(s)
+			v, n, err := protocols.ParseQuoted(s)
 			if err != nil {
-				return toks, -1, err
+				return toks, -1, errSyntax{err.Error()}
 			}
 			toks = append(toks, token{s: v, str: true})
 			s = s[n:]
@@ -98,29 +98,6 @@ func tokenize(s string) (toks []token, lit int, err error) {
 		}
 	}
 	return toks, -1, nil
-}
-
-// parseQuoted decodes a quoted string at the start of s (escapes: \" and
-// \\ only) and returns it and how many bytes it took.
-func parseQuoted(s string) (string, int, error) {
-	var b strings.Builder
-	for i := 1; i < len(s); i++ {
-		switch c := s[i]; c {
-		case '"':
-			return b.String(), i + 1, nil
-		case '\\':
-			i++
-			if i == len(s) || (s[i] != '"' && s[i] != '\\') {
-				return "", 0, errSyntax{"Invalid escape in quoted string"}
-			}
-			b.WriteByte(s[i])
-		case 0, '\r':
-			return "", 0, errSyntax{"CR or NUL in quoted string"}
-		default:
-			b.WriteByte(c)
-		}
-	}
-	return "", 0, errSyntax{"Unterminated quoted string"}
 }
 
 func isCtl(r rune) bool { return r < ' ' || r == 0x7f }

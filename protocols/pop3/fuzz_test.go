@@ -5,13 +5,11 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
-	"io"
 	"log/slog"
-	"net"
 	"strings"
 	"testing"
-	"time"
 
+	"mailproxy/internal/testkit"
 	"mailproxy/protocols"
 )
 
@@ -49,7 +47,7 @@ func FuzzFront(f *testing.F) {
 		f.Add([]byte(s), uint8(fuzzAPOP|fuzzBackendSASL))
 	}
 	f.Fuzz(func(t *testing.T, data []byte, flags uint8) {
-		client := &memConn{in: bytes.NewReader(data)}
+		client := &testkit.MemConn{In: bytes.NewReader(data), Port: 110}
 		back := &fuzzBackend{sasl: flags&fuzzBackendSASL != 0}
 		s := &protocols.Session{
 			ID: "fuzz", Conn: client, MaxLine: 1024,
@@ -74,11 +72,11 @@ func FuzzFront(f *testing.F) {
 		}
 		relay, _ := Handler{}.Serve(context.Background(), s)
 
-		out := client.out.String()
+		out := client.Out.String()
 		if out != "" && !strings.HasSuffix(out, "\r\n") || strings.Contains(strings.ReplaceAll(out, "\r\n", ""), "\n") {
 			t.Fatalf("reply is not CRLF lines: %q", out)
 		}
-		for _, l := range back.lines {
+		for _, l := range back.Lines {
 			verb, _, _ := strings.Cut(l, " ")
 			switch verb {
 			case "CAPA", "USER", "PASS", "AUTH", "APOP", "XCLIENT", "QUIT":
@@ -101,59 +99,20 @@ func FuzzFront(f *testing.F) {
 	})
 }
 
-// memConn is a client connection over fixed input; replies collect in out.
-type memConn struct {
-	in  *bytes.Reader
-	out bytes.Buffer
-}
-
-func (c *memConn) Read(p []byte) (int, error)         { return c.in.Read(p) }
-func (c *memConn) Write(p []byte) (int, error)        { return c.out.Write(p) }
-func (c *memConn) Close() error                       { return nil }
-func (c *memConn) LocalAddr() net.Addr                { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 110} }
-func (c *memConn) RemoteAddr() net.Addr               { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000} }
-func (c *memConn) SetDeadline(t time.Time) error      { return nil }
-func (c *memConn) SetReadDeadline(t time.Time) error  { return nil }
-func (c *memConn) SetWriteDeadline(t time.Time) error { return nil }
-
 // fuzzBackend is an in-memory POP3 backend connection: every line written
 // to it is answered at once. alice/pw logs in; APOP takes the digest "good".
 type fuzzBackend struct {
-	memConn
+	testkit.Scripted
 	sasl     bool
-	partial  []byte
-	pending  bytes.Buffer
-	lines    []string
 	loggedIn bool
 	user     string
 	dials    int
 }
 
 func (b *fuzzBackend) reset() {
-	b.pending.Reset()
-	b.partial, b.user = nil, ""
-	b.pending.WriteString("+OK [XCLIENT] fuzz ready. <1.2@fuzz>\r\n")
-}
-
-func (b *fuzzBackend) Read(p []byte) (int, error) {
-	if b.pending.Len() == 0 {
-		return 0, io.EOF
-	}
-	return b.pending.Read(p)
-}
-
-func (b *fuzzBackend) Write(p []byte) (int, error) {
-	b.partial = append(b.partial, p...)
-	for {
-		i := bytes.IndexByte(b.partial, '\n')
-		if i < 0 {
-			return len(p), nil
-		}
-		line := strings.TrimSuffix(string(b.partial[:i]), "\r")
-		b.partial = b.partial[i+1:]
-		b.lines = append(b.lines, line)
-		b.pending.WriteString(b.answer(line) + "\r\n")
-	}
+	b.user = ""
+	b.Answer = b.answer
+	b.Reset("+OK [XCLIENT] fuzz ready. <1.2@fuzz>\r\n")
 }
 
 func (b *fuzzBackend) answer(line string) string {

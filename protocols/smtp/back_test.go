@@ -76,7 +76,7 @@ func TestSplitEnhanced(t *testing.T) {
 		{"", gosmtp.EnhancedCodeNotSet, ""},
 	}
 	for _, tt := range tests {
-		code, msg := splitEnhanced(tt.in)
+		code, msg := SplitEnhanced(tt.in)
 		if code != tt.code || msg != tt.msg {
 			t.Errorf("%q: %v %q", tt.in, code, msg)
 		}

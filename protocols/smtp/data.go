@@ -104,13 +104,13 @@ func (f *front) abortData(err error) error {
 // go-smtp relays verbatim: a nil error would make go-smtp send its own
 // text, and the backend's ("queued as ...") is the one worth having.
 func accepted(text string) error {
-	code, msg := splitEnhanced(text)
+	code, msg := SplitEnhanced(text)
 	return &gosmtp.SMTPError{Code: 250, EnhancedCode: code, Message: msg}
 }
 
-// splitEnhanced takes the RFC 2034 enhanced code off a reply text, off each
+// SplitEnhanced takes the RFC 2034 enhanced code off a reply text, off each
 // of its lines as go-smtp's client does for errors.
-func splitEnhanced(text string) (gosmtp.EnhancedCode, string) {
+func SplitEnhanced(text string) (gosmtp.EnhancedCode, string) {
 	first, rest, ok := strings.Cut(text, " ")
 	if !ok {
 		return gosmtp.EnhancedCodeNotSet, text

@@ -92,7 +92,7 @@ func (r reply) String() string {
 // err is the reply as go-smtp's error type, which go-smtp's server relays
 // verbatim: code, enhanced code (RFC 2034, on every line) and text.
 func (r reply) err() *gosmtp.SMTPError {
-	code, msg := splitEnhanced(strings.Join(r.lines, "\n"))
+	code, msg := SplitEnhanced(strings.Join(r.lines, "\n"))
 	return &gosmtp.SMTPError{Code: r.code, EnhancedCode: code, Message: msg}
 }
 
