@@ -77,11 +77,11 @@ func (p *poller) park(d *direction) bool {
 	st := d.st
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed || st.dead || st.halfClosed.Load() || st.ctx.Err() != nil {
+	if p.closed || st.dead || st.is(halfClosed) || st.ctx.Err() != nil {
 		return false
 	}
 	p.next++
-	if err := p.watch(d.raw, p.next); err != nil {
+	if err := p.watch(d.w.rc, p.next); err != nil {
 		return false
 	}
 	d.token = p.next
@@ -89,7 +89,7 @@ func (p *poller) park(d *direction) bool {
 	if d.dir == 0 {
 		p.parks++
 	} else {
-		st.replyParked.Store(true)
+		st.set(replyParked, true)
 	}
 	// d has been quiet since it began the wait that ran out; once both
 	// ways are parked, the later of the two is the relay's last byte.
@@ -108,7 +108,7 @@ func (p *poller) unparkLocked(d *direction) {
 	d.token = 0
 	st := d.st
 	if d.dir == 1 {
-		st.replyParked.Store(false)
+		st.set(replyParked, false)
 	}
 	st.nParked--
 	st.quietSince = 0 // the other way, if parked, was quiet before this one woke
@@ -200,7 +200,7 @@ func (st *relayState) wakeReply() {
 	}
 	p.unparkLocked(d)
 	p.mu.Unlock()
-	p.unwatch(d.raw)
+	p.unwatch(d.w.rc)
 	go d.pipe()
 }
 
