@@ -38,8 +38,9 @@ const (
 // its next burst before it parks. That side speaks in answer to the
 // client (or, rarely, unprompted: an IDLE update), and a command the
 // client to backend direction forwards takes it back from the poller
-// itself (wakeReply), with no trip through the poller: so it may park
-// soon after each answer without slowing the next one. Between the bursts
+// itself (wakeReply): a goroutine start and one epoll call on the next
+// answer (about 15 µs after a pause), not a trip through the poller
+// (about 60 µs). So it may park soon after each answer. Between the bursts
 // of a login storm this leaves a session one goroutine for park_after,
 // not two: goroutine descriptors are never given back, and the peak of a
 // burst is what a process keeps.
