@@ -8,6 +8,9 @@
 #   bench/peers.sh -quick     1 round, fewer operations (under 3 minutes)
 #   ROUNDS=5 bench/peers.sh   more rounds
 #   OUT=/tmp/p bench/peers.sh keep configs, logs and the raw RESULT lines there
+#   ROWS="smtp pop3" TARGETS="direct mailproxy haproxy" bench/peers.sh -quick
+#                             only these rows and targets, for trying a change
+#                             (rows: imap-login imaps-login fetch smtp pop3 idle)
 #
 # Targets: direct (the backends themselves), mailproxy (this work tree,
 # defaults except log level warn), nginx's mail module (with
@@ -46,6 +49,9 @@ else
 	rounds=${ROUNDS:-3} login_n=1500 tls_n=1000 pop3_n=1000 smtp_n=600 fetch_n=100 idle_n=1000
 	idle_wait=10s cpu_window=10s
 fi
+# LOGIN_N, TLS_N, FETCH_N, SMTP_N, POP3_N: other operation counts
+login_n=${LOGIN_N:-$login_n} tls_n=${TLS_N:-$tls_n} fetch_n=${FETCH_N:-$fetch_n}
+smtp_n=${SMTP_N:-$smtp_n} pop3_n=${POP3_N:-$pop3_n}
 conc=${CONC:-8}
 # idle_wait > mailproxy's park_after (250ms) and the settling of its memory release
 port=${PORT:-31500}
@@ -144,14 +150,14 @@ start() { # NAME CORE PORT COMMAND...: sets $pid
 	local name=$1 core=$2 p=$3
 	shift 3
 	port_free "$p" || { echo "port $p is taken; set PORT" >&2; exit 1; }
-	taskset -c "$core" "$@" >"$out/$name.out" 2>"$out/$name.err" &
+	taskset -c "$core" "$@" >"$out/$name.out" 2>"$out/$name.err" 8>&- 9>&- & # the locks are not theirs to keep
 	pid=$!
 	started+=("$pid")
 	wait_port "$p" "$pid" || { cat "$out/$name.err" >&2; exit 1; }
 }
 
 # Output to a file, not a pipe: the daemons would hold a pipe open.
-taskset -c 1 integration/realmail/start.sh "$rm_dir" >"$out/realmail.log" 2>&1 || { cat "$out/realmail.log" >&2; exit 1; }
+taskset -c 1 integration/realmail/start.sh "$rm_dir" >"$out/realmail.log" 2>&1 8>&- 9>&- || { cat "$out/realmail.log" >&2; exit 1; }
 # shellcheck disable=SC1091
 . "$rm_dir/env"
 imap_a=127.0.0.1:$DOVECOT_A_IMAP_PORT imap_b=127.0.0.1:$DOVECOT_B_IMAP_PORT
@@ -419,7 +425,7 @@ start_target() {
 	dovecot)
 		write_dovecot "$dir"
 		dovecot_confs+=("$dir/dovecot.conf")
-		taskset -c 0 dovecot -c "$dir/dovecot.conf"
+		taskset -c 0 dovecot -c "$dir/dovecot.conf" 8>&- 9>&-
 		local i
 		for i in $(seq 100); do [[ -s $dir/run/master.pid ]] && break; sleep 0.05; done # the daemon writes it
 		proxy_pids=$(cat "$dir/run/master.pid")
@@ -448,20 +454,25 @@ load() {
 		tee -a "$out/results.txt" || echo "# $t $row failed" | tee -a "$out/results.txt"
 }
 
+rows=" ${ROWS:-imap-login imaps-login fetch smtp pop3 idle} "
+row() { [[ $rows == *" $1 "* ]]; }
+
 run_target() { # TARGET ROUND
 	local t=$1 r=$2
 	read -r p_imap p_imaps p_pop3 p_smtp p_idle p_idles <<<"${ports[$t]}"
 	a() { [[ $1 == *:* ]] && echo "$1" || echo "127.0.0.1:$1"; }
-	load "$t" "$r" imap-login -mode imap-login -addr "$(a "$p_imap")" -n "$login_n"
-	if [[ $t == direct ]]; then
+	! row imap-login || load "$t" "$r" imap-login -mode imap-login -addr "$(a "$p_imap")" -n "$login_n"
+	if ! row imaps-login; then
+		:
+	elif [[ $t == direct ]]; then
 		load "$t" "$r" imaps-login -mode imap-login -addr "$(a "$p_imaps")" -starttls -n "$tls_n"
 	else
 		load "$t" "$r" imaps-login -mode imap-login -addr "$(a "$p_imaps")" -tls -n "$tls_n"
 	fi
-	load "$t" "$r" fetch -mode fetch -addr "$(a "$p_imap")" -user user -user0 199 -users 1 -n "$fetch_n"
-	[[ $p_smtp == - ]] || load "$t" "$r" smtp -mode smtp -addr "$(a "$p_smtp")" -n "$smtp_n" -size 10240
-	load "$t" "$r" pop3 -mode pop3 -addr "$(a "$p_pop3")" -n "$pop3_n"
-	if [[ $p_idle != - ]]; then
+	! row fetch || load "$t" "$r" fetch -mode fetch -addr "$(a "$p_imap")" -user user -user0 199 -users 1 -n "$fetch_n"
+	[[ $p_smtp == - ]] || ! row smtp || load "$t" "$r" smtp -mode smtp -addr "$(a "$p_smtp")" -n "$smtp_n" -size 10240
+	! row pop3 || load "$t" "$r" pop3 -mode pop3 -addr "$(a "$p_pop3")" -n "$pop3_n"
+	if [[ $p_idle != - ]] && row idle; then
 		# Each idle row on a fresh proxy, so that neither finds the
 		# memory the other freed.
 		stop_target "$t" && start_target "$t"
@@ -588,13 +599,21 @@ $table
 
 How to read it: a ratio above 1 means the proxied path beat the direct one in that round (possible for TLS logins: direct is STARTTLS, one round trip more). The idle rows are RSS growth of all the proxy's processes (nginx: master, worker and auth_http; Dovecot: every process of the instance) over $idle_n sessions; for HAProxy and Dovecot's proxy the shared pages of their processes are counted in each process.
 EOF
-# The hand-written notes and the soak's section (bench/soak.sh) stay.
+if [[ -n ${ROWS:-}${TARGETS:-} ]]; then # a partial run: not a table for BENCHMARKS.md
+	echo
+	echo "$table"
+	echo
+	echo "partial run (ROWS/TARGETS): BENCHMARKS.md left alone; raw results in $out"
+	exit 0
+fi
+# The hand-written notes and the sections of bench/soak.sh and bench/store.sh stay.
 keep() { [[ -f $root/BENCHMARKS.md ]] && sed -n "/<!-- $1:begin -->/,/<!-- $1:end -->/p" "$root/BENCHMARKS.md" || true; }
-notes=$(keep notes) soak=$(keep soak)
+notes=$(keep notes) soak=$(keep soak) store=$(keep store)
 {
 	cat "$out/peers.md"
 	[[ -z $notes ]] || printf '\n%s\n' "$notes"
 	[[ -z $soak ]] || printf '\n%s\n' "$soak"
+	[[ -z $store ]] || printf '\n%s\n' "$store"
 } >"$root/BENCHMARKS.md"
 echo
 echo "$table"

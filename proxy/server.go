@@ -44,7 +44,8 @@ type Options struct {
 	// certificate); a reload then keeps it.
 	Certs *mtls.CertStore
 	// Listen opens the client listeners in ListenAndServe, OpenListeners
-	// and Reload; default net.Listen.
+	// and Reload; default net.Listen, with keep-alive set on the listening
+	// socket (listen_linux.go).
 	Listen func(network, addr string) (net.Listener, error)
 	// LoginWait waits before failed-login replies and refusals (the
 	// auth penalty, auth_http's Auth-Wait); default a timer. Tests inject
@@ -128,7 +129,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	}
 	s.ownListen = s.listen != nil
 	if s.listen == nil {
-		s.listen = net.Listen
+		s.listen = listenTCP
 	}
 	s.metrics = newMetrics(s)
 	s.setupLoginMetrics()

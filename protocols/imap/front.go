@@ -7,7 +7,6 @@
 package imap
 
 import (
-	"bufio"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -41,6 +40,7 @@ type front struct {
 func (Handler) Serve(ctx context.Context, s *protocols.Session) (*protocols.Relay, error) {
 	f := &front{s: s, tls: s.TLSActive}
 	f.setConn(s.Conn)
+	defer func() { protocols.PutReader(f.rd.r) }() // the relay has a copy of what it held
 	if err := f.reply("* OK [CAPABILITY %s] mailproxy ready.", f.capabilities()); err != nil {
 		return nil, err
 	}
@@ -74,8 +74,11 @@ func (Handler) Serve(ctx context.Context, s *protocols.Session) (*protocols.Rela
 // setConn switches to a new connection (after STARTTLS) with a fresh
 // reader: whatever the client sent before the handshake is dropped here.
 func (f *front) setConn(c net.Conn) {
+	if f.rd != nil {
+		protocols.PutReader(f.rd.r)
+	}
 	f.conn = c
-	f.rd = &reader{r: bufio.NewReaderSize(c, 4096), w: c, max: f.s.MaxLine}
+	f.rd = &reader{r: protocols.NewReader(c), w: c, max: f.s.MaxLine}
 }
 
 func (f *front) reply(format string, args ...any) error {
@@ -288,6 +291,6 @@ func (f *front) login(ctx context.Context, tag string, creds protocols.Credentia
 	f.s.Log.Info("login", "user", creds.Username, "backend", b.Name)
 	return &protocols.Relay{
 		Client: f.conn, ClientBuf: protocols.Buffered(f.rd.r),
-		Backend: b, BackBuf: protocols.Buffered(b.Reader),
+		Backend: b, BackBuf: b.TakeBuffered(),
 	}, false, nil
 }

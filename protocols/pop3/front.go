@@ -68,6 +68,7 @@ func (Handler) Serve(ctx context.Context, s *protocols.Session) (relay *protocol
 	f := &front{s: s, tls: s.TLSActive}
 	f.setConn(s.Conn)
 	defer func() {
+		protocols.PutReader(f.r) // the relay has a copy of what it held
 		if f.kept != nil {
 			quit(f.kept)
 		}
@@ -133,8 +134,11 @@ func (f *front) connectFixed(ctx context.Context) (string, error) {
 // setConn switches to a new connection (after STLS) with a fresh reader:
 // whatever the client sent before the handshake is dropped here.
 func (f *front) setConn(c net.Conn) {
+	if f.r != nil {
+		protocols.PutReader(f.r)
+	}
 	f.conn = c
-	f.r = bufio.NewReaderSize(c, 4096)
+	f.r = protocols.NewReader(c)
 }
 
 func (f *front) maxLine() int {
@@ -450,6 +454,6 @@ func (f *front) finish(ctx context.Context, b *protocols.Backend, user string, o
 	f.s.Log.Info("login", "user", user, "backend", b.Name)
 	return &protocols.Relay{
 		Client: f.conn, ClientBuf: protocols.Buffered(f.r),
-		Backend: b, BackBuf: protocols.Buffered(b.Reader),
+		Backend: b, BackBuf: b.TakeBuffered(),
 	}, false, nil
 }

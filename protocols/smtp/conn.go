@@ -26,7 +26,16 @@ type frontConn struct {
 	closeOnce  sync.Once
 	closeAfter atomic.Bool
 	in, out    atomic.Int64 // bytes read and written, for the session log
+
+	// pending holds the lines of a multi-line reply ("250-...") until its
+	// last line: go-smtp writes (and flushes) each line on its own, and an
+	// EHLO reply would go out as ten segments, each waking the client,
+	// where a mail server sends one. Only go-smtp's goroutine writes.
+	pending []byte
 }
+
+// maxPending bounds what Write holds back of a multi-line reply.
+const maxPending = 4096
 
 // loginGrace is how long after the login deadline the reply that says so
 // may take to write.
@@ -73,9 +82,18 @@ func (c *frontConn) Write(p []byte) (int, error) {
 			c.Close()
 			return 0, net.ErrClosed
 		}
-		if c.greeted.Swap(true) && bytes.HasPrefix(p, []byte("220")) {
+		if continuation(p) && len(c.pending)+len(p) <= maxPending {
+			c.pending = append(c.pending, p...)
+			return len(p), nil
+		}
+		if c.greeted.Swap(true) && bytes.HasPrefix(p, []byte("220")) && len(c.pending) == 0 {
 			c.inTLS.Store(true)
 		}
+	}
+	held := len(c.pending)
+	if held > 0 {
+		p = append(c.pending, p...)
+		c.pending = c.pending[:0]
 	}
 	c.Conn.SetWriteDeadline(c.deadline(c.writeTimeout, loginGrace))
 	n, err := c.Conn.Write(p)
@@ -83,7 +101,14 @@ func (c *frontConn) Write(p []byte) (int, error) {
 	if c.closeAfter.Load() {
 		c.Close()
 	}
-	return n, err
+	return max(n-held, 0), err
+}
+
+// continuation says whether p is one whole line of a multi-line reply
+// that more lines follow ("250-SIZE 10240000\r\n").
+func continuation(p []byte) bool {
+	return len(p) >= 6 && p[3] == '-' && p[1] >= '0' && p[1] <= '9' && p[2] >= '0' && p[2] <= '9' &&
+		bytes.IndexByte(p, '\n') == len(p)-1
 }
 
 // closeAfterReply makes the next write the last one.

@@ -74,8 +74,10 @@ if to == '' then
   return {1, '', g or '0', n}
 end
 if b ~= to then
+  if g then
+    redis.call('DEL', k)
+  end
   g = tostring(redis.call('INCR', KEYS[2]))
-  redis.call('DEL', k)
   redis.call('HSET', k, 'b', to, 'g', g, ARGV[6], 1)
   return {1, to, g, 1}
 end
@@ -88,17 +90,37 @@ return {1, to, g, n + 1}
 
 // releaseScript ends one session. KEYS: binding. ARGV[3] the generation of
 // the session's token (a release for another generation is ignored),
-// ARGV[4] the count field.
+// ARGV[4] the count field. It reads the binding once: the last session's
+// release (the common one) is three commands.
 var releaseScript = goredis.NewScript(liveLua + `
 local k = KEYS[1]
-local v = redis.call('HMGET', k, 'g', ARGV[4])
-if v[1] ~= ARGV[3] then return 0 end
-if (tonumber(v[2]) or 0) > 1 then
+local f = redis.call('HGETALL', k)
+local b, g, mine = false, false, 0
+for i = 1, #f, 2 do
+  if f[i] == 'b' then b = f[i+1]
+  elseif f[i] == 'g' then g = f[i+1]
+  elseif f[i] == ARGV[4] then mine = tonumber(f[i+1]) or 0
+  end
+end
+if g ~= ARGV[3] then return 0 end
+if mine > 1 then
   redis.call('HINCRBY', k, ARGV[4], -1)
   return 1
 end
 redis.call('HDEL', k, ARGV[4])
-local b, g, n = live(k)
+local n = 0
+for i = 1, #f, 2 do
+  local name = f[i]
+  if name ~= 'b' and name ~= 'g' and name ~= ARGV[4] then
+    local inc, inst = string.match(name, '^l:([^:]+):(.*)$')
+    local c = tonumber(f[i+1]) or 0
+    if inc and c > 0 and redis.call('GET', ARGV[1] .. inst) == inc then
+      n = n + c
+    else
+      redis.call('HDEL', k, name)
+    end
+  end
+end
 if b and n == 0 then
   expire(k)
 end

@@ -107,7 +107,8 @@ type Store struct {
 	lastOK    atomic.Int64 // unix nanos when the last successful refresh was sent
 	localSeq  atomic.Uint64
 	mu        sync.Mutex
-	inc       string // incarnation; guarded by mu
+	inc       string                 // incarnation; guarded by mu
+	fieldName atomic.Pointer[string] // this incarnation's count field; set with inc
 	tables    map[string]*Table
 
 	acq batcher // acquires waiting for a round trip (batch.go)
@@ -128,7 +129,7 @@ type release struct {
 // releaseDelay is how long a release may wait for others to share its
 // round trip: its user stays bound that much longer, which never splits
 // anyone.
-const releaseDelay = 2 * time.Millisecond
+const releaseDelay = 10 * time.Millisecond
 
 // maxQueued bounds the releases waiting to be sent; past it, a release is
 // sent at once.
@@ -178,6 +179,7 @@ func New(opts Options) (*Store, error) {
 	if opts.TLS != nil {
 		uo.Dialer = tlsDialer(opts.TLS, opts.Timeout)
 	}
+	s.setField(s.inc)
 	s.c = goredis.NewUniversalClient(uo)
 	s.down.Store(true) // until the first registration
 	return s, nil
@@ -227,10 +229,15 @@ func (s *Store) Table(pool string, linger time.Duration) *Table {
 	return t
 }
 
-func (s *Store) field() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return "l:" + s.inc + ":" + s.opts.Instance
+// field is this incarnation's count field in a user's binding. Read on
+// every acquire and release, so it is kept ready instead of built.
+func (s *Store) field() string { return *s.fieldName.Load() }
+
+// setField makes inc's field the one in use. The caller holds s.mu, or
+// has not shared s yet.
+func (s *Store) setField(inc string) {
+	f := "l:" + inc + ":" + s.opts.Instance
+	s.fieldName.Store(&f)
 }
 
 // call runs one store operation under the call timeout and reports it.
@@ -310,6 +317,7 @@ func (s *Store) refresh(ctx context.Context) {
 		s.mu.Lock()
 		if s.inc == inc {
 			s.inc = newIncarnation()
+			s.setField(s.inc)
 		}
 		inc = s.inc
 		s.mu.Unlock()

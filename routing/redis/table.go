@@ -67,16 +67,34 @@ func (t *Table) args(extra ...any) []any {
 }
 
 // Acquire implements routing.Table: a compare-and-set over the user's
-// binding, with the decision made on the cached binding first (one round
-// trip when the cache is right, two when not).
+// binding, with the decision made before the store is asked: on the
+// cached binding, or for a user this instance has not seen on there being
+// none (the policy's choice). One round trip when that guess is right,
+// two when the store holds something else. The latency of the whole
+// decision, round trips and the wait for a batch included, is reported
+// as the "acquire" call.
 func (t *Table) Acquire(ctx context.Context, user string, decide func(string, int, bool) string) (routing.Token, error) {
 	if t.s.Down() {
 		return t.fallback(user, decide)
 	}
+	start := time.Now()
+	tok, err := t.acquire(user, decide)
+	t.s.obs.Call("acquire", time.Since(start), err)
+	if err != nil && t.s.Down() {
+		return t.fallback(user, decide)
+	}
+	return tok, err
+}
+
+func (t *Table) acquire(user string, decide func(string, int, bool) string) (routing.Token, error) {
 	field := t.s.field()
 	expGen, expLive, choice := "-", "0", ""
 	t.mu.Lock()
-	if e := t.cache[user]; e != nil && e.gen&localGen == 0 {
+	switch e := t.cache[user]; {
+	case e == nil:
+		t.mu.Unlock()
+		expGen, choice = "0", decide("", 0, false)
+	case e.gen&localGen == 0:
 		live := 0
 		if e.live {
 			live, expLive = 1, "1"
@@ -84,15 +102,13 @@ func (t *Table) Acquire(ctx context.Context, user string, decide func(string, in
 		expGen = strconv.FormatUint(e.gen, 10)
 		t.mu.Unlock()
 		choice = decide(e.backend, live, true)
-	} else {
-		t.mu.Unlock()
+	default:
+		t.mu.Unlock() // placed while the store was down: read first
 	}
+	key := t.key(user)
 	for range 8 {
-		res, err := t.s.runAcquire([]string{t.key(user), t.s.genKey}, t.args(expGen, expLive, choice, field))
+		res, err := t.s.runAcquire([]string{key, t.s.genKey}, t.args(expGen, expLive, choice, field))
 		if err != nil {
-			if t.s.Down() {
-				return t.fallback(user, decide)
-			}
 			return routing.Token{}, fmt.Errorf("acquire %s: %w", user, err)
 		}
 		applied, b, gen, n := parseState(res)

@@ -57,6 +57,7 @@ var (
 	password  = flag.String("password", "pw", "every user's password")
 	rcptDom   = flag.String("domain", "example.test", "SMTP recipient domain")
 	size      = flag.Int("size", 10<<10, "SMTP message size, bytes")
+	perConn   = flag.Int("per-session", 1, "SMTP messages per session (each op is one message)")
 	pids      = flag.String("pids", "", "comma-separated PIDs of the proxy under test (descendants included)")
 	idleWait  = flag.Duration("idle-wait", 3*time.Second, "idle mode: wait after the last session before measuring")
 	cpuWindow = flag.Duration("cpu-window", 0, "idle mode: how long the idle CPU is measured; default -idle-wait")
@@ -94,7 +95,7 @@ func main() {
 	default:
 		log.Fatalf("unknown -mode %q", *mode)
 	}
-	cpu0 := cpuTicks()
+	cpu0, cores0 := cpuTicks(), coreBusy()
 	start := time.Now()
 	var next, bytes atomic.Int64
 	var wg sync.WaitGroup
@@ -110,6 +111,9 @@ func main() {
 					return
 				}
 				b, err := op(i)
+				if *mode == "smtp" && *perConn > 1 {
+					next.Add(int64(*perConn - 1)) // each op is one message
+				}
 				bytes.Add(b)
 				if err != nil {
 					if errs.Add(1) == 1 {
@@ -121,15 +125,15 @@ func main() {
 	}
 	wg.Wait()
 	el := time.Since(start)
-	cpu := cpuTicks() - cpu0
+	cpu, cores := cpuTicks()-cpu0, coreBusy().minus(cores0)
 	if e := errs.Load(); e > 0 {
 		log.Printf("%s %s: %d of %d failed, first: %v", *label, *mode, e, *n, firstErr.Load())
 		if e > int64(*n/100) {
 			os.Exit(1)
 		}
 	}
-	fmt.Printf("RESULT %s mode=%s ops=%d secs=%.3f rate=%.1f proxy_cpu_us=%.1f\n",
-		*label, *mode, *n, el.Seconds(), float64(*n)/el.Seconds(), float64(cpu)*1e4/float64(*n))
+	fmt.Printf("RESULT %s mode=%s ops=%d secs=%.3f rate=%.1f proxy_cpu_us=%.1f %s\n",
+		*label, *mode, *n, el.Seconds(), float64(*n)/el.Seconds(), float64(cpu)*1e4/float64(*n), cores.perOp(float64(*n)))
 }
 
 // conn is one client connection with a line reader.
@@ -263,17 +267,18 @@ func smtpMessage(i int, msg string) (int64, error) {
 		return 0, err
 	}
 	defer c.c.Close()
-	steps := [][2]string{
-		{"", "220 "}, {"EHLO load.example.test\r\n", "250 "},
-		{"MAIL FROM:<load@example.test>\r\n", "250"}, {"RCPT TO:<" + user(i) + "@" + *rcptDom + ">\r\n", "250"},
-		{"DATA\r\n", "354"}, {msg + ".\r\n", "250"}, {"QUIT\r\n", "221"},
+	steps := [][2]string{{"", "220 "}, {"EHLO load.example.test\r\n", "250 "}}
+	for range *perConn {
+		steps = append(steps, [2]string{"MAIL FROM:<load@example.test>\r\n", "250"}, [2]string{"RCPT TO:<" + user(i) + "@" + *rcptDom + ">\r\n", "250"},
+			[2]string{"DATA\r\n", "354"}, [2]string{msg + ".\r\n", "250"})
 	}
+	steps = append(steps, [2]string{"QUIT\r\n", "221"})
 	for _, s := range steps {
 		if err := c.say(s[0], s[1]); err != nil {
 			return 0, err
 		}
 	}
-	return int64(len(msg)), nil
+	return int64(len(msg) * *perConn), nil
 }
 
 // fetchRun fetches message 1 of the first user's INBOX -n times.
@@ -288,7 +293,7 @@ func fetchRun() {
 	}
 	buf := make([]byte, 256<<10)
 	var total int64
-	cpu0 := cpuTicks()
+	cpu0, cores0 := cpuTicks(), coreBusy()
 	start := time.Now()
 	for range *n {
 		c.c.SetDeadline(time.Now().Add(ioTimeout))
@@ -299,9 +304,10 @@ func fetchRun() {
 		total += k
 	}
 	el := time.Since(start)
-	cpu := cpuTicks() - cpu0
-	fmt.Printf("RESULT %s mode=fetch ops=%d secs=%.3f rate=%.1f mbps=%.1f proxy_cpu_us_per_mib=%.1f\n",
-		*label, *n, el.Seconds(), float64(*n)/el.Seconds(), float64(total)/el.Seconds()/1e6, float64(cpu)*1e4/(float64(total)/(1<<20)))
+	cpu, cores := cpuTicks()-cpu0, coreBusy().minus(cores0)
+	mib := float64(total) / (1 << 20)
+	fmt.Printf("RESULT %s mode=fetch ops=%d secs=%.3f rate=%.1f mbps=%.1f proxy_cpu_us_per_mib=%.1f %s\n",
+		*label, *n, el.Seconds(), float64(*n)/el.Seconds(), float64(total)/el.Seconds()/1e6, float64(cpu)*1e4/mib, cores.perOp(mib))
 }
 
 func fetchOnce(c *conn, buf []byte) (int64, error) {
@@ -470,6 +476,57 @@ func cpuTicks() int64 {
 		}
 	}
 	return sum
+}
+
+// busy is the busy time of each core (all that is not idle or iowait in
+// /proc/stat), in clock ticks: what the whole machine, kernel work such as
+// loopback's softirqs included, spent on each core. The proxy runs on core
+// 0, the backends and this client on core 1, so core 1's busy time per op
+// is the work a proxy leaves to (or takes off) the backends' core.
+type busy []int64
+
+func coreBusy() busy {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return nil
+	}
+	var out busy
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 6 || !strings.HasPrefix(f[0], "cpu") || f[0] == "cpu" {
+			continue
+		}
+		var sum int64
+		for i, v := range f[1:] {
+			if i == 3 || i == 4 { // idle, iowait
+				continue
+			}
+			x, _ := strconv.ParseInt(v, 10, 64)
+			sum += x
+		}
+		out = append(out, sum)
+	}
+	return out
+}
+
+func (b busy) minus(a busy) busy {
+	if len(a) != len(b) {
+		return nil
+	}
+	out := make(busy, len(b))
+	for i := range b {
+		out[i] = b[i] - a[i]
+	}
+	return out
+}
+
+// perOp is "core0_us=... core1_us=...": busy µs per op of each core.
+func (b busy) perOp(ops float64) string {
+	var s []string
+	for i, t := range b {
+		s = append(s, fmt.Sprintf("core%d_us=%.0f", i, float64(t)*1e4/ops))
+	}
+	return strings.Join(s, " ")
 }
 
 // rss is the tree's VmRSS in KiB and its open descriptors.
