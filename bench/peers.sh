@@ -53,7 +53,7 @@ fi
 login_n=${LOGIN_N:-$login_n} tls_n=${TLS_N:-$tls_n} fetch_n=${FETCH_N:-$fetch_n}
 smtp_n=${SMTP_N:-$smtp_n} pop3_n=${POP3_N:-$pop3_n}
 conc=${CONC:-8}
-# idle_wait > mailproxy's park_after (5s) and the settling of its memory release
+# idle_wait > mailproxy's park_after (250ms) and the settling of its memory release
 port=${PORT:-31500}
 [[ $(id -u) == 0 ]] || { echo "bench/peers.sh: run as root (Dovecot, Postfix, taskset, apt-get)" >&2; exit 1; }
 [[ $(nproc) -ge 2 ]] || { echo "bench/peers.sh: needs 2 cores (proxy on core 0, the rest on core 1)" >&2; exit 1; }

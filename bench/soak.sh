@@ -10,7 +10,7 @@
 #   N=2000 HOLD=10s bench/soak.sh
 #   OUT=/tmp/s bench/soak.sh   keep configs, logs and the RESULT line there
 #
-# mailproxy runs with its defaults (park_after 5s) on core 0; the fake IMAP
+# mailproxy runs with its defaults (park_after 250ms) on core 0; the fake IMAP
 # backend (bench/compare/fakeimap, which holds IDLE until DONE) and the
 # load client on core 1. Each session: connect, (TLS,) LOGIN, IDLE. 10 s
 # after the last one the proxy's RSS is read (the sessions have parked and
@@ -126,7 +126,7 @@ section=$(
 <!-- soak:begin -->
 ## Soak: $(kv sessions) idle IMAP sessions through mailproxy
 
-Written by \`bench/soak.sh\` (N=$n HOLD=$hold) on $(date -u +%F), mailproxy $version with its defaults (park_after 5s, log level warn), on core 0; fake backend and load client on core 1; $(nproc) cores, Linux $(uname -r); load average $load_before before, $load_after after (the machine is shared).
+Written by \`bench/soak.sh\` (N=$n HOLD=$hold) on $(date -u +%F), mailproxy $version with its defaults (park_after 250ms, log level warn), on core 0; fake backend and load client on core 1; $(nproc) cores, Linux $(uname -r); load average $load_before before, $load_after after (the machine is shared).
 
 | | |
 | --- | --- |

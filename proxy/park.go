@@ -27,7 +27,7 @@ type poller struct {
 	parked map[uint64]*direction // by token, which is never reused
 	next   uint64                // the last token handed out
 	closed bool
-	parks  int           // directions parked since the last tick
+	parks  int           // client sides parked since the last tick (releaseMemory)
 	tick   time.Duration // between sweeps
 	sys    pollerSys
 
@@ -42,7 +42,11 @@ type poller struct {
 // minutes; the process keeps that memory (RSS) meanwhile. Once parking
 // has settled (a tick without a new park) after at least releaseMin
 // directions parked, the poller has the runtime collect and return what is
-// free to the operating system, at most every releaseEvery.
+// free to the operating system, at most every releaseEvery. Only client
+// sides count: their goroutine is the session's own, which ran the login
+// (the deep stack), and parks park_after after the burst; the backend
+// sides park within replyPark of it, and a release after them alone would
+// come too early and hold back the one that matters for releaseEvery.
 const (
 	releaseMin   = 128
 	releaseEvery = 30 * time.Second
@@ -73,19 +77,25 @@ func (p *poller) park(d *direction) bool {
 	st := d.st
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed || st.dead || st.halfClosed.Load() || st.ctx.Err() != nil {
+	if p.closed || st.dead || st.is(halfClosed) || st.ctx.Err() != nil {
 		return false
 	}
 	p.next++
-	if err := p.watch(d.raw, p.next); err != nil {
+	if err := p.watch(d.w.rc, p.next); err != nil {
 		return false
 	}
 	d.token = p.next
 	p.parked[d.token] = d
-	p.parks++
-	if st.nParked++; st.nParked == 2 {
-		// Both ways have been quiet for at least the park period.
-		st.parkedAt = time.Now().UnixNano()
+	if d.dir == 0 {
+		p.parks++
+	} else {
+		st.set(replyParked, true)
+	}
+	// d has been quiet since it began the wait that ran out; once both
+	// ways are parked, the later of the two is the relay's last byte.
+	st.nParked++
+	if at := time.Now().UnixNano() - int64(d.parkPeriod()); at > st.quietSince {
+		st.quietSince = at
 	}
 	return true
 }
@@ -97,8 +107,11 @@ func (p *poller) unparkLocked(d *direction) {
 	delete(p.parked, d.token)
 	d.token = 0
 	st := d.st
+	if d.dir == 1 {
+		st.set(replyParked, false)
+	}
 	st.nParked--
-	st.parkedAt = 0
+	st.quietSince = 0 // the other way, if parked, was quiet before this one woke
 }
 
 // ready is called by the OS part for a token whose socket is readable.
@@ -173,6 +186,24 @@ func (st *relayState) wake(dead bool, i, j uint8) woken {
 	return w
 }
 
+// wakeReply takes the backend to client direction back from the poller
+// for the answer to what the client to backend direction just forwarded,
+// and stops its socket's readiness report, which would otherwise wake
+// the poller for nothing when the answer comes.
+func (st *relayState) wakeReply() {
+	p := st.poller
+	d := &st.dirs[1]
+	p.mu.Lock()
+	if d.token == 0 {
+		p.mu.Unlock()
+		return
+	}
+	p.unparkLocked(d)
+	p.mu.Unlock()
+	p.unwatch(d.w.rc)
+	go d.pipe()
+}
+
 // parked says whether direction i is parked now.
 func (st *relayState) parked(i uint8) bool {
 	if st.poller == nil {
@@ -193,7 +224,7 @@ func (p *poller) sweep() {
 	p.parks = 0
 	for _, d := range p.parked {
 		st := d.st
-		if d.dir == 0 && st.parkedAt != 0 && now-st.parkedAt >= int64(st.idle-st.park) {
+		if d.dir == 0 && st.nParked == 2 && now-st.quietSince >= int64(st.idle) {
 			p.unparkLocked(&st.dirs[0])
 			p.unparkLocked(&st.dirs[1])
 			st.dead = true

@@ -101,6 +101,15 @@ func (p *poller) watch(raw syscall.RawConn, token uint64) error {
 	return nil
 }
 
+// unwatch stops the one readiness report a socket taken back from the
+// poller still has pending; the next watch re-arms it.
+func (p *poller) unwatch(raw syscall.RawConn) {
+	ev := unix.EpollEvent{Events: unix.EPOLLONESHOT}
+	raw.Control(func(fd uintptr) {
+		unix.EpollCtl(p.sys.epfd, unix.EPOLL_CTL_MOD, int(fd), &ev)
+	})
+}
+
 func (s *pollerSys) close() {
 	s.file.Close()
 	<-s.done

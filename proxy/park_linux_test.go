@@ -42,6 +42,17 @@ func waitParked(t *testing.T, p *poller, n int) {
 	}
 }
 
+// parkedWays lists the directions (0: client to backend) parked now.
+func parkedWays(p *poller) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var b strings.Builder
+	for _, d := range p.parked {
+		b.WriteByte('0' + d.dir)
+	}
+	return b.String()
+}
+
 // relayGoroutines counts the goroutines inside a relay direction.
 func relayGoroutines() int {
 	buf := make([]byte, 1<<20)
@@ -87,6 +98,59 @@ func TestParkResumesBothWays(t *testing.T) {
 	f.backend.Close()
 	if r := f.wait(t); r.up != 24 || r.down != 30 {
 		t.Fatalf("relay result %+v, want up 24 down 30", r)
+	}
+}
+
+// TestParkReplySideWhileClientActive: with the client side in its
+// (long) park period, the backend side parks soon after each answer
+// (replyPark), leaving the session one goroutine, and the next command
+// takes it back itself: every answer arrives, in order, and the relay
+// ends at its idle timeout counted from the last byte, not from when the
+// backend side parked.
+func TestParkReplySideWhileClientActive(t *testing.T) {
+	const idle = 1200 * time.Millisecond
+	p := testPoller(t)
+	before := relayGoroutines()
+	f := startParkedRelay(t, p, idle, 800*time.Millisecond)
+	var last time.Time
+	for i, tag := range []string{"a", "b", "c", "d"} {
+		io.WriteString(f.client, tag+" NOOP\r\n")
+		if got := readN(t, f.backend, 8); got != tag+" NOOP\r\n" {
+			t.Fatalf("round %d: backend got %q", i, got)
+		}
+		io.WriteString(f.backend, "* 1 EXISTS\r\n"+tag+" OK\r\n")
+		if got := readN(t, f.client, 18); got != "* 1 EXISTS\r\n"+tag+" OK\r\n" {
+			t.Fatalf("round %d: client got %q", i, got)
+		}
+		last = time.Now()
+		waitParked(t, p, 1)
+		if got := parkedWays(p); got != "1" {
+			t.Fatalf("round %d: directions %q parked, want the backend side (1) only", i, got)
+		}
+		if n := relayGoroutines() - before; n != 1 {
+			t.Fatalf("round %d: %d relay goroutines with the backend side parked, want 1", i, n)
+		}
+	}
+	// Now updates only, for longer than the client side's park period:
+	// the client side parks first, the backend side after the last one.
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for range 20 {
+		<-tick.C
+		io.WriteString(f.backend, "* 2 EXISTS\r\n")
+		readN(t, f.client, 12)
+		last = time.Now()
+	}
+	waitParked(t, p, 2)
+	r := f.wait(t)
+	if !errors.Is(r.err, errIdle) {
+		t.Fatalf("relay ended with %v, want idle timeout", r.err)
+	}
+	if el := time.Since(last); el < idle-50*time.Millisecond {
+		t.Fatalf("ended %v after the last byte, before the idle timeout %v", el, idle)
+	}
+	if r.up != 32 || r.down != 72+20*12 {
+		t.Fatalf("relay result %+v, want up 32 down %d", r, 72+20*12)
 	}
 }
 

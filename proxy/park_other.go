@@ -18,4 +18,6 @@ func newPoller(time.Duration) (*poller, error) {
 
 func (p *poller) watch(syscall.RawConn, uint64) error { return errors.ErrUnsupported }
 
+func (p *poller) unwatch(syscall.RawConn) {}
+
 func (*pollerSys) close() {}

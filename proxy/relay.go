@@ -34,6 +34,18 @@ const (
 	largeBuf = 16 << 10
 )
 
+// replyPark bounds how long the backend to client direction waits for
+// its next burst before it parks. That side speaks in answer to the
+// client (or, rarely, unprompted: an IDLE update), and a command the
+// client to backend direction forwards takes it back from the poller
+// itself (wakeReply): a goroutine start and one epoll call on the next
+// answer (about 15 µs after a pause), not a trip through the poller
+// (about 60 µs). So it may park soon after each answer. Between the bursts
+// of a login storm this leaves a session one goroutine for park_after,
+// not two: goroutine descriptors are never given back, and the peak of a
+// burst is what a process keeps.
+const replyPark = 100 * time.Millisecond
+
 // halfCloseGrace is how long the other direction may go on after one side
 // ended its half of the connection.
 const halfCloseGrace = 30 * time.Second
@@ -95,8 +107,8 @@ func beginRelay(ctx context.Context, r *protocols.Relay, o relayOpts) (*relaySta
 	if o.park > 0 && o.poller != nil {
 		st.park, st.poller = o.park, o.poller
 	}
-	st.dirs[0] = newDirection(st, 0, back, client, len(r.ClientBuf))
-	st.dirs[1] = newDirection(st, 1, client, back, len(r.BackBuf))
+	st.dirs[0].init(st, 0, back, client, len(r.ClientBuf))
+	st.dirs[1].init(st, 1, client, back, len(r.BackBuf))
 	// The session keeps the Backend for its whole life; its login reader
 	// (4 KiB) was flushed into BackBuf and must not stay reachable.
 	r.ClientBuf, r.BackBuf, r.Backend.Reader = nil, nil, nil
@@ -163,8 +175,7 @@ func stalled(err error) error {
 // (park.go) ends the relay when the rest of the idle period has passed.
 type relayState struct {
 	idle, park time.Duration
-	quiet      [2]atomic.Bool
-	halfClosed atomic.Bool // one direction has ended
+	flags      atomic.Uint32 // the relayFlags that are set
 	nEnded     atomic.Int32
 
 	dirs   [2]direction // client to backend, backend to client
@@ -174,9 +185,37 @@ type relayState struct {
 	poller *poller // nil: never park
 
 	// Guarded by poller.mu.
-	dead     bool  // killed or ending: never park again
-	nParked  uint8 // directions parked
-	parkedAt int64 // when both were parked (Unix ns), or 0
+	dead       bool  // killed or ending: never park again
+	nParked    uint8 // directions parked
+	quietSince int64 // the last byte (Unix ns) as far as the parked directions tell
+}
+
+// relayFlag is one bit of relayState.flags: one word, where four
+// atomic.Bools would take four each in every parked session.
+type relayFlag uint32
+
+const (
+	// quiet0, shifted by a direction's index: its last wait ran out
+	// with no byte.
+	quiet0 relayFlag = 1 << iota
+	quiet1
+	halfClosed // one direction has ended
+	// replyParked says, without poller.mu, whether dirs[1] may be
+	// parked: set when it parks, cleared when it is taken back.
+	replyParked
+)
+
+func quietFlag(dir uint8) relayFlag { return quiet0 << dir }
+
+// is says whether f is set.
+func (st *relayState) is(f relayFlag) bool { return relayFlag(st.flags.Load())&f != 0 }
+
+// set sets f, or clears it when !on; it returns whether f was set.
+func (st *relayState) set(f relayFlag, on bool) bool {
+	if on {
+		return relayFlag(st.flags.Or(uint32(f)))&f != 0
+	}
+	return relayFlag(st.flags.And(^uint32(f)))&f != 0
 }
 
 // direction is one way of a relay, owned by the goroutine that copies
@@ -199,36 +238,32 @@ type relayState struct {
 type direction struct {
 	st     *relayState
 	src    net.Conn
-	w      *waiter         // waits for src to be readable, then reads; nil unless src is TCP on Linux
-	raw    syscall.RawConn // src's socket, for the poller; nil: this direction never parks
-	total  int64           // bytes copied, the flushed read-ahead included
-	err    error           // why the copy ended; nil at EOF
-	token  uint64          // while parked: its key in poller.parked (guarded by poller.mu)
-	dir    uint8           // index in st.quiet
-	splice bool            // src and dst are TCP on Linux: bulk is spliced
-	ahead  bool            // src is TLS: a wait reads one byte, the rest of its record is at hand
-	noPark bool            // the poller refused once: wait in the goroutine from now on
-	first  [1]byte         // the byte such a wait read
+	w      waiter  // src's socket; with tcp, the wait for src to be readable and what it read
+	total  int64   // bytes copied, the flushed read-ahead included
+	err    error   // why the copy ended; nil at EOF
+	token  uint64  // while parked: its key in poller.parked (guarded by poller.mu)
+	dir    uint8   // index in st.quiet
+	tcp    bool    // src is TCP on Linux: it waits in the network poller (w), which reads
+	splice bool    // src and dst are TCP on Linux: bulk is spliced
+	ahead  bool    // src is TLS: a wait reads one byte, the rest of its record is at hand
+	noPark bool    // the poller refused once: wait in the goroutine from now on
+	first  [1]byte // the byte such a wait read
 }
 
-func newDirection(st *relayState, dir uint8, dst, src net.Conn, flushed int) direction {
-	d := direction{st: st, dir: dir, src: src, total: int64(flushed)}
+// init sets d up in place (its wait is a closure on d).
+func (d *direction) init(st *relayState, dir uint8, dst, src net.Conn, flushed int) {
+	*d = direction{st: st, dir: dir, src: src, total: int64(flushed)}
 	_, tcp := dst.(*net.TCPConn)
-	d.w = newWaiter(src)
-	d.splice = d.w != nil && tcp
-	if d.w != nil {
-		d.w.pool = d.pool()
-	}
+	d.initWaiter()
+	d.splice = d.tcp && tcp
 	_, d.ahead = src.(*tls.Conn)
-	switch {
-	case st.poller == nil:
-	case d.w != nil:
-		d.raw = d.w.rc
-	default:
-		d.raw = rawConn(src)
+	if st.poller != nil && d.w.rc == nil {
+		d.w.rc = rawConn(src)
 	}
-	return d
 }
+
+// mayPark says whether d parks after a wait that ran out.
+func (d *direction) mayPark() bool { return d.st.poller != nil && d.w.rc != nil && !d.noPark }
 
 // dst is where the direction writes: the other direction's source.
 func (d *direction) dst() net.Conn { return d.st.dirs[1-d.dir].src }
@@ -264,20 +299,29 @@ func rawConn(c net.Conn) syscall.RawConn {
 // other direction has ended.
 func (d *direction) deadline() time.Time {
 	st := d.st
-	if st.halfClosed.Load() {
+	if st.is(halfClosed) {
 		return time.Now().Add(min(st.idle, halfCloseGrace))
 	}
-	if d.raw != nil && !d.noPark {
-		return time.Now().Add(min(st.idle, st.park))
+	if d.mayPark() {
+		return time.Now().Add(d.parkPeriod())
 	}
 	return time.Now().Add(st.idle)
+}
+
+// parkPeriod is how long a wait of a direction that may park lasts.
+func (d *direction) parkPeriod() time.Duration {
+	p := min(d.st.idle, d.st.park)
+	if d.dir == 1 {
+		p = min(p, replyPark)
+	}
+	return p
 }
 
 // lingerDeadline is the read deadline inside a bulk burst: relayLinger
 // from now, or the idle deadline if that comes first.
 func (st *relayState) lingerDeadline(now time.Time) time.Time {
 	d := now.Add(st.idle)
-	if st.halfClosed.Load() {
+	if st.is(halfClosed) {
 		d = now.Add(min(st.idle, halfCloseGrace))
 	}
 	if l := now.Add(relayLinger); l.Before(d) {
@@ -327,7 +371,7 @@ func (d *direction) run() error {
 		var err error
 		if !have {
 			d.src.SetReadDeadline(d.deadline())
-			if d.w != nil {
+			if d.tcp {
 				err = d.w.wait() // called here, not in wait: one frame less under an idle session
 			} else {
 				err = d.wait()
@@ -341,8 +385,8 @@ func (d *direction) run() error {
 		case err == nil:
 		case err == io.EOF:
 			return nil
-		case errors.Is(err, os.ErrDeadlineExceeded) && !st.halfClosed.Load():
-			if d.raw != nil && !d.noPark {
+		case errors.Is(err, os.ErrDeadlineExceeded) && !st.is(halfClosed):
+			if d.mayPark() {
 				if have, err = d.pending(); err == io.EOF {
 					return nil
 				} else if err != nil {
@@ -350,14 +394,17 @@ func (d *direction) run() error {
 				} else if have {
 					continue
 				}
+				// A write deadline left set would keep a runtime timer
+				// for the whole idle period: write sets its own.
+				d.dst().SetWriteDeadline(time.Time{})
 				if st.poller.park(d) {
 					return errParked
 				}
 				d.noPark = true
 				continue
 			}
-			st.quiet[d.dir].Store(true)
-			if !st.quiet[1-d.dir].Load() && !st.parked(1-d.dir) {
+			st.set(quietFlag(d.dir), true)
+			if !st.is(quietFlag(1-d.dir)) && !st.parked(1-d.dir) {
 				continue // this side is quiet, the other is not (yet)
 			}
 			return errIdle
@@ -392,7 +439,7 @@ func (d *direction) pending() (bool, error) {
 // is something), holding no buffer: for TLS, in a one-byte read (TLS
 // decrypts the whole record into its own buffer, where the rest of it
 // waits). Any other source is not waited for: its burst blocks in a read
-// with the large buffer, as everything did on systems without d.w.
+// with the large buffer, as everything did on systems without d.tcp.
 func (d *direction) wait() error {
 	if !d.ahead {
 		return nil
@@ -417,9 +464,13 @@ func (d *direction) burst() error {
 	}
 	buf := *bp
 	if n > 0 {
-		d.st.quiet[d.dir].Store(false)
+		if d.st.is(quietFlag(d.dir)) {
+			d.st.set(quietFlag(d.dir), false)
+		}
 		if werr := d.write(buf[:n]); werr != nil {
 			err = werr
+		} else if d.dir == 0 && d.st.is(replyParked) {
+			d.st.wakeReply()
 		}
 	}
 	bulk := err == nil && n == len(buf)
@@ -449,7 +500,7 @@ func (d *direction) copyBulkPooled() error {
 // waiting for more unless the source has no wait of its own. A nil
 // buffer comes with an error.
 func (d *direction) read() (*[]byte, int, error) {
-	if d.w != nil {
+	if d.tcp {
 		return d.w.take() // the wait has read already
 	}
 	bp := d.pool().Get().(*[]byte)
@@ -516,7 +567,7 @@ func (d *direction) write(b []byte) error {
 // given its goroutine back: for the grace, or to find the end.
 func (d *direction) finish() {
 	st := d.st
-	first := !st.halfClosed.Swap(true)
+	first := !st.set(halfClosed, true)
 	w := st.wake(false, 1-d.dir, 1-d.dir)
 	if cw, ok := d.dst().(interface{ CloseWrite() error }); ok && d.err == nil && first {
 		cw.CloseWrite()

@@ -5,62 +5,61 @@ import (
 	"io"
 	"net"
 	"os"
-	"sync"
 	"syscall"
 	"time"
 )
 
-// waiter waits until a TCP source has something to read (bytes, the end
+// waiter is a direction's socket and, for a TCP source (direction.tcp),
+// what it needs to wait until src has something to read (bytes, the end
 // of the stream or an error) or its read deadline passes, parked in the
-// network poller holding nothing, and then reads what is there into a
-// buffer from pool, which take hands over.
+// network poller holding nothing, and then to read what is there into a
+// pooled buffer, which take hands over. It lives inside the direction:
+// a parked session keeps it.
 type waiter struct {
-	rc    syscall.RawConn
-	pool  *sync.Pool
-	ready func(fd uintptr) bool // w.read, made once: a closure per wait would be garbage per burst
+	rc    syscall.RawConn       // src's socket (under TLS too, for the poller); nil: none
+	ready func(fd uintptr) bool // d.readReady, made once: a closure per wait would be garbage per burst
 	bp    *[]byte               // what the last wait read: a buffer, or nil and err
 	n     int
 	err   error
 }
 
-// newWaiter returns a waiter when src is TCP, and nil otherwise. The
-// caller sets its pool.
-func newWaiter(src net.Conn) *waiter {
-	s, ok := src.(*net.TCPConn)
+// initWaiter sets d up to wait in the network poller when src is TCP.
+func (d *direction) initWaiter() {
+	s, ok := d.src.(*net.TCPConn)
 	if !ok {
-		return nil
+		return
 	}
 	rc, err := s.SyscallConn()
 	if err != nil {
-		return nil
+		return
 	}
-	w := &waiter{rc: rc}
-	w.ready = w.read
-	return w
+	d.w.rc, d.tcp = rc, true
+	d.w.ready = d.readReady
 }
 
 // wait returns once something was read, or with the poller's error
 // (deadline passed, connection closed).
 func (w *waiter) wait() error { return w.rc.Read(w.ready) }
 
-// read reads into a buffer from the pool; "would block" gives the buffer
-// back before the poller parks the goroutine. It is called first when
-// the wait starts, then each time the poller says src is readable.
-func (w *waiter) read(fd uintptr) bool {
-	bp := w.pool.Get().(*[]byte)
+// readReady reads into a buffer from the pool; "would block" gives the
+// buffer back before the poller parks the goroutine. It is called first
+// when the wait starts, then each time the poller says src is readable.
+func (d *direction) readReady(fd uintptr) bool {
+	pool, w := d.pool(), &d.w
+	bp := pool.Get().(*[]byte)
 	for {
 		n, err := syscall.Read(int(fd), *bp)
 		switch {
 		case err == syscall.EINTR:
 			continue
 		case err == syscall.EAGAIN:
-			w.pool.Put(bp)
+			pool.Put(bp)
 			return false
 		case err != nil:
-			w.pool.Put(bp)
+			pool.Put(bp)
 			w.bp, w.n, w.err = nil, 0, os.NewSyscallError("read", err)
 		case n == 0:
-			w.pool.Put(bp)
+			pool.Put(bp)
 			w.bp, w.n, w.err = nil, 0, io.EOF
 		default:
 			w.bp, w.n, w.err = bp, n, nil

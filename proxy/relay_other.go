@@ -2,22 +2,18 @@
 
 package proxy
 
-import (
-	"net"
-	"sync"
-	"syscall"
-)
+import "syscall"
 
-// waiter is Linux-only, as is splicing: elsewhere a relay direction
-// between TCP connections copies through the large pooled buffer, which
-// it holds while it waits for the next burst. TLS sources wait without it
-// (see direction.wait) on every system.
+// Waiting in the network poller is Linux-only, as is splicing: elsewhere
+// a relay direction between TCP connections copies through the large
+// pooled buffer, which it holds while it waits for the next burst, and
+// direction.tcp stays false. TLS sources wait without it (see
+// direction.wait) on every system.
 type waiter struct {
-	rc   syscall.RawConn
-	pool *sync.Pool
+	rc syscall.RawConn // never set: nothing parks here
 }
 
-func newWaiter(src net.Conn) *waiter { return nil }
+func (*direction) initWaiter() {}
 
 func (*waiter) wait() error { return nil }
 

@@ -88,8 +88,10 @@ func (s *Server) serveSession(st *state, lc *config.ListenerConfig, c net.Conn, 
 	ss.stop = stopped // the registration stays reachable through its stop func
 	ss.relaying = true
 	// The logger's preformatted fields are a few hundred bytes that an
-	// idle session need not keep: the end line makes them again.
-	ss.log = nil
+	// idle session need not keep: the end line makes them again. So is
+	// what only the login phase used.
+	ss.log, ss.lookup, ss.keyOf, ss.key = nil, nil, "", ""
+	ss.ctx.(*sessionCtx).forgetDone()
 	relay(ss.ctx, r, relayOpts{idle: st.cfg.Limits.IdleTimeout.Duration, park: st.cfg.Limits.ParkAfter.Duration,
 		poller: s.parkPoller(), onEnd: ss.relayEnded})
 }
@@ -224,9 +226,13 @@ func (ss *session) login() *protocols.Relay {
 		// lifetime: an idle session should cost as little as possible.
 		ss.ps = nil
 		r.Backend.Greeting, r.Backend.Caps = "", nil
+		r.Backend.Fail = noFail // its closure holds the login attempt's state
 	}
 	return r
 }
+
+// noFail is Backend.Fail once health no longer hears of the backend.
+func noFail(string) {}
 
 // goodbye tells the client the server is shutting down, where it is
 // known how to reach it (see byeTo). It runs outside the session's

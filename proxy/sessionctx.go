@@ -43,6 +43,20 @@ func (c *sessionCtx) Done() <-chan struct{} {
 	return c.done
 }
 
+// forgetDone drops the Done channel (a hundred bytes a parked session
+// need not keep) once the login phase, whose dials, handshakes and waits
+// are what call Done, is over: from then on the session is tied to c
+// through AfterFunc alone, and a later Done makes a new channel, closed
+// on cancel as ever. Whoever still held the old one would never see it
+// closed: it is only for a session past its login.
+func (c *sessionCtx) forgetDone() {
+	c.mu.Lock()
+	if c.err == nil {
+		c.done = nil
+	}
+	c.mu.Unlock()
+}
+
 func (c *sessionCtx) Err() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -62,3 +62,35 @@ func TestSessionCtx(t *testing.T) {
 		t.Fatal("AfterFunc after cancel did not run")
 	}
 }
+
+// TestSessionCtxForgetDone: after the login phase the Done channel is
+// dropped, and the context still works: a later Done is closed by
+// cancel, AfterFunc still runs, and Done after cancel is closed at once.
+func TestSessionCtxForgetDone(t *testing.T) {
+	ctx, cancel := newSessionCtx()
+	login := ctx.Done()
+	ctx.forgetDone()
+	if ctx.done != nil {
+		t.Fatal("forgetDone kept the channel")
+	}
+	ran := make(chan struct{})
+	ctx.AfterFunc(func() { close(ran) })
+	later := ctx.Done()
+	if later == login {
+		t.Fatal("Done after forgetDone returned the old channel")
+	}
+	cancel()
+	for name, ch := range map[string]<-chan struct{}{"later Done": later, "AfterFunc": ran} {
+		select {
+		case <-ch:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s not closed by cancel", name)
+		}
+	}
+	ctx.forgetDone() // after cancel: a no-op
+	select {
+	case <-ctx.Done():
+	default:
+		t.Fatal("Done after cancel and forgetDone not closed")
+	}
+}

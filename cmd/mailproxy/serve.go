@@ -146,6 +146,7 @@ func serve(srv *proxy.Server, cfg *config.Config, log *slog.Logger, load func() 
 		}
 		go func() { errc <- srv.ListenAndServe() }()
 	}
+	startMemDump()
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)

@@ -69,7 +69,7 @@ type LimitsConfig struct {
 
 	// ParkAfter is how long a relay direction waits for its next burst in
 	// a goroutine before it is parked: its goroutine exits and one poller
-	// watches its socket (Linux). Default 5s; 0 = never park.
+	// watches its socket (Linux). Default 250ms; 0 = never park.
 	ParkAfter Duration `toml:"park_after"`
 }
 

@@ -457,7 +457,7 @@ func TestDefaults(t *testing.T) {
 		{"log.format", c.Log.Format, "text"},
 		{"admin.listen", c.Admin.Listen, "127.0.0.1:9025"},
 		{"tls.min_version", c.TLS.MinVersion, "1.2"},
-		{"limits", c.Limits, LimitsConfig{20000, 100, d("60s"), d("30m"), d("2s"), d("10s"), d("10s"), d("5s")}},
+		{"limits", c.Limits, LimitsConfig{20000, 100, d("60s"), d("30m"), d("2s"), d("10s"), d("10s"), d("250ms")}},
 		{"auth", c.Auth, AuthConfig{Mode: "passthrough", UsernameCase: "lower", BackendLogin: "user",
 			HTTPTimeout: d("5s"), HTTPCacheTTL: d("30s"),
 			Penalty: PenaltyConfig{Enabled: true, Window: d("15m"), MaxDelay: d("15s"), IPUserLimit: 10, IPLimit: 1000, UserLimit: 100}}},

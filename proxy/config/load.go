@@ -452,7 +452,7 @@ func (c *Config) applyDefaults(md *toml.MetaData, raw map[string]any) {
 	defDur(&lim.AuthFailureDelay, 2*time.Second, md.IsDefined("limits", "auth_failure_delay"))
 	defDur(&lim.ShutdownGrace, 10*time.Second, md.IsDefined("limits", "shutdown_grace"))
 	defDur(&lim.BackendTimeout, 10*time.Second, md.IsDefined("limits", "backend_timeout"))
-	defDur(&lim.ParkAfter, 5*time.Second, md.IsDefined("limits", "park_after"))
+	defDur(&lim.ParkAfter, 250*time.Millisecond, md.IsDefined("limits", "park_after"))
 
 	for i := range c.Listeners {
 		l, m := &c.Listeners[i], rawTable(raw, "listener", i)

@@ -38,6 +38,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -64,6 +65,7 @@ var (
 	label     = flag.String("label", "", "copied into the RESULT line")
 	tlsAddr   = flag.String("tls-addr", "", "soak mode: implicit-TLS address for every other session")
 	hold      = flag.Duration("hold", 60*time.Second, "soak mode: how long the sessions stay in IDLE after -idle-wait")
+	memDump   = flag.Bool("memdump", false, "idle mode: signal -pids as their RSS is read, SIGUSR1 before and after, SIGUSR2 after (a mailproxy built with -tags memdump writes its memory classes, and a heap profile)")
 	tlsConfig = &tls.Config{InsecureSkipVerify: true} // loopback benchmark against throwaway certificates
 )
 
@@ -350,6 +352,8 @@ func fetchOnce(c *conn, buf []byte) (int64, error) {
 // per session.
 func idleRun() {
 	before, fds0 := rss()
+	fileBefore := rssFile()
+	signalTree(syscall.SIGUSR1)
 	conns := make([]net.Conn, 0, *n)
 	defer func() {
 		for _, c := range conns {
@@ -390,14 +394,30 @@ func idleRun() {
 	}
 	time.Sleep(*idleWait) // the proxy's own timers (parking, pipes) run out
 	after, fds1 := rss()
+	fileAfter := rssFile()
+	signalTree(syscall.SIGUSR1, syscall.SIGUSR2)
 	cpu0, t0 := cpuTicks(), time.Now()
 	if *cpuWindow == 0 {
 		*cpuWindow = *idleWait
 	}
 	time.Sleep(*cpuWindow) // CPU while idle
 	idleCPU := float64(cpuTicks()-cpu0) * 1e4 / float64(time.Since(t0).Microseconds()) * 100
-	fmt.Printf("RESULT %s mode=idle%s sessions=%d rss_before_kib=%d rss_after_kib=%d rss_per_session_b=%.0f fds_per_session=%.2f idle_cpu_pct=%.3f\n",
-		*label, map[bool]string{true: "-tls"}[*useTLS], *n, before, after, float64(after-before)*1024/float64(*n), float64(fds1-fds0)/float64(*n), idleCPU)
+	fmt.Printf("RESULT %s mode=idle%s sessions=%d rss_before_kib=%d rss_after_kib=%d rss_per_session_b=%.0f rss_file_growth_kib=%d fds_per_session=%.2f idle_cpu_pct=%.3f\n",
+		*label, map[bool]string{true: "-tls"}[*useTLS], *n, before, after, float64(after-before)*1024/float64(*n), fileAfter-fileBefore, float64(fds1-fds0)/float64(*n), idleCPU)
+}
+
+// signalTree sends sigs to -pids (not their descendants) with -memdump.
+func signalTree(sigs ...syscall.Signal) {
+	if !*memDump {
+		return
+	}
+	for _, s := range strings.Split(*pids, ",") {
+		if p, err := strconv.Atoi(strings.TrimSpace(s)); err == nil {
+			for _, sig := range sigs {
+				syscall.Kill(p, sig)
+			}
+		}
+	}
 }
 
 // tree is -pids and all their descendants, read from /proc now.
@@ -529,6 +549,25 @@ func rss() (int64, int) {
 		}
 	}
 	return kib, fds
+}
+
+// rssFile is the part of the tree's RSS that maps files (RssFile: the
+// binary's code and data as first touched, shared and reclaimable), in KiB.
+func rssFile() int64 {
+	var kib int64
+	for _, p := range tree() {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "RssFile:"); ok {
+				k, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+				kib += k
+			}
+		}
+	}
+	return kib
 }
 
 // soakRun holds -n sessions in IDLE, half of them over TLS, and measures
