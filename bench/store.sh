@@ -6,7 +6,7 @@
 # (bench/peers.sh keeps both).
 #
 #   bench/store.sh                  7 rounds (about 3 minutes), fake backend
-#   BACKEND=dovecot bench/store.sh  7 rounds (about 3 minutes), real Dovecots
+#   BACKEND=dovecot bench/store.sh  12 rounds (about 3 minutes), real Dovecots
 #   ROUNDS=3 N=4000 bench/store.sh
 #   OUT=/tmp/s bench/store.sh   keep configs, logs and the RESULT lines there
 #   NOWRITE=1 bench/store.sh    print the table, leave BENCHMARKS.md alone
@@ -33,8 +33,8 @@
 # Dovecots on one Maildir (integration/realmail/start.sh, on core 1 with
 # redis-server and the load client; mailproxy still alone on core 0), as in
 # production, where a backend forks an imap process per login. Fewer
-# logins per run (N=1000 over USERS=200 of the harness's users user0..,
-# so a fifth are first logins; the warm-up uses user200.. (WARM=40 logins),
+# logins per run (N=600 over USERS=200 of the harness's users user0..,
+# so a third are first logins; the warm-up uses user200.. (WARM=40 logins),
 # which the measured logins never use). Core 1's column then counts the
 # Dovecots' processes (masters, login and imap processes, the children
 # they reaped) instead of the fake backend. Runs as root (Dovecot switches
@@ -53,7 +53,7 @@ backend=${BACKEND:-fake}
 case $backend in
 fake) rounds=${ROUNDS:-7} n=${N:-20000} users=${USERS:-5000} warm=${WARM:-500} lat_n=$n ;;
 dovecot)
-	rounds=${ROUNDS:-7} n=${N:-1000} users=${USERS:-200} warm=${WARM:-40} lat_n=300
+	rounds=${ROUNDS:-12} n=${N:-600} users=${USERS:-200} warm=${WARM:-40} lat_n=300
 	# The harness provisions user0..user219: the measured logins use
 	# user0..user(USERS-1), the warm-up user200..user219.
 	((users >= 1 && users <= 200)) || { echo "bench/store.sh: BACKEND=dovecot: USERS 1-200 (the harness's users)" >&2; exit 1; }
