@@ -606,14 +606,16 @@ if [[ -n ${ROWS:-}${TARGETS:-} ]]; then # a partial run: not a table for BENCHMA
 	echo "partial run (ROWS/TARGETS): BENCHMARKS.md left alone; raw results in $out"
 	exit 0
 fi
-# The hand-written notes and the sections of bench/soak.sh and bench/store.sh stay.
+# The hand-written notes and the sections of bench/soak.sh and bench/store.sh
+# (store, and store-real of BACKEND=dovecot) stay.
 keep() { [[ -f $root/BENCHMARKS.md ]] && sed -n "/<!-- $1:begin -->/,/<!-- $1:end -->/p" "$root/BENCHMARKS.md" || true; }
-notes=$(keep notes) soak=$(keep soak) store=$(keep store)
+notes=$(keep notes) soak=$(keep soak) store=$(keep store) store_real=$(keep store-real)
 {
 	cat "$out/peers.md"
 	[[ -z $notes ]] || printf '\n%s\n' "$notes"
 	[[ -z $soak ]] || printf '\n%s\n' "$soak"
 	[[ -z $store ]] || printf '\n%s\n' "$store"
+	[[ -z $store_real ]] || printf '\n%s\n' "$store_real"
 } >"$root/BENCHMARKS.md"
 echo
 echo "$table"

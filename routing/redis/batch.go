@@ -23,8 +23,11 @@ type acqReq struct {
 	args []any
 	res  []any
 	err  error
-	done chan struct{} // closed when answered
-	turn chan struct{} // this caller leads the next batch
+	// wake carries, in this order, at most two signals: false, this
+	// caller leads the next batch (only while it waits in the queue);
+	// true, answered (res and err are set; only once it is in a batch,
+	// which a caller is in after it leads or while another leads).
+	wake chan bool
 }
 
 // batcher is the queue of acquires. Guarded by mu.
@@ -45,34 +48,35 @@ const maxBatch = 128
 // may have run, and its answer must be seen (the caller releases what it
 // got). The store's timeout bounds the wait.
 func (s *Store) runAcquire(keys []string, args []any) ([]any, error) {
-	r := &acqReq{keys: keys, args: args, done: make(chan struct{}), turn: make(chan struct{}, 1)}
+	r := &acqReq{keys: keys, args: args, wake: make(chan bool, 1)}
 	b := &s.acq
 	b.mu.Lock()
 	b.q = append(b.q, r)
 	lead := !b.sending
 	b.sending = true
 	b.mu.Unlock()
-	if !lead {
-		select {
-		case <-r.done:
-			return r.res, r.err
-		case <-r.turn:
-		}
+	if !lead && <-r.wake {
+		return r.res, r.err
 	}
 	b.mu.Lock()
 	n := min(len(b.q), maxBatch)
 	batch := append([]*acqReq(nil), b.q[:n]...)
-	b.q = b.q[n:]
+	if n == len(b.q) {
+		clear(b.q)
+		b.q = b.q[:0] // its array again for the next queue
+	} else {
+		b.q = b.q[n:]
+	}
 	b.mu.Unlock()
 	s.sendBatch(context.Background(), batch)
 	b.mu.Lock()
 	if len(b.q) > 0 {
-		b.q[0].turn <- struct{}{}
+		b.q[0].wake <- false
 	} else {
 		b.sending = false
 	}
 	b.mu.Unlock()
-	<-r.done // answered: a leader is first in the queue, so in its own batch
+	<-r.wake // answered: a leader is first in the queue, so in its own batch
 	return r.res, r.err
 }
 
@@ -84,7 +88,7 @@ func (s *Store) sendBatch(ctx context.Context, batch []*acqReq) {
 		s.setDown(err)
 		for _, r := range batch {
 			r.err = err
-			close(r.done)
+			r.wake <- true
 		}
 		return
 	}
@@ -92,7 +96,7 @@ func (s *Store) sendBatch(ctx context.Context, batch []*acqReq) {
 	// the batch is part of what a login waits for.
 	for i, r := range batch {
 		r.res, r.err = cmds[i].(*goredis.Cmd).Slice()
-		close(r.done)
+		r.wake <- true
 	}
 }
 

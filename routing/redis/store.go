@@ -107,8 +107,8 @@ type Store struct {
 	lastOK    atomic.Int64 // unix nanos when the last successful refresh was sent
 	localSeq  atomic.Uint64
 	mu        sync.Mutex
-	inc       string                 // incarnation; guarded by mu
-	fieldName atomic.Pointer[string] // this incarnation's count field; set with inc
+	inc       string              // incarnation; guarded by mu
+	fieldName atomic.Pointer[any] // this incarnation's count field (a string); set with inc
 	tables    map[string]*Table
 
 	acq batcher // acquires waiting for a round trip (batch.go)
@@ -224,6 +224,7 @@ func (s *Store) Table(pool string, linger time.Duration) *Table {
 	t := s.tables[pool]
 	if t == nil {
 		t = &Table{s: s, pool: pool, keyPfx: s.prefix + "u:" + pool + ":", linger: linger, cache: map[string]*entry{}, dirty: map[string]struct{}{}}
+		t.head = [2]any{s.regPfx, linger.Milliseconds()}
 		s.tables[pool] = t
 	}
 	return t
@@ -231,12 +232,15 @@ func (s *Store) Table(pool string, linger time.Duration) *Table {
 
 // field is this incarnation's count field in a user's binding. Read on
 // every acquire and release, so it is kept ready instead of built.
-func (s *Store) field() string { return *s.fieldName.Load() }
+func (s *Store) field() string { return (*s.fieldName.Load()).(string) }
+
+// fieldArg is field as a script argument, boxed once.
+func (s *Store) fieldArg() any { return *s.fieldName.Load() }
 
 // setField makes inc's field the one in use. The caller holds s.mu, or
 // has not shared s yet.
 func (s *Store) setField(inc string) {
-	f := "l:" + inc + ":" + s.opts.Instance
+	var f any = "l:" + inc + ":" + s.opts.Instance
 	s.fieldName.Store(&f)
 }
 

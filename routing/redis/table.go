@@ -31,6 +31,7 @@ type Table struct {
 	pool   string
 	keyPfx string
 	linger time.Duration
+	head   [2]any // the scripts' first two arguments, boxed once: regPfx, linger in ms
 
 	mu    sync.Mutex
 	cache map[string]*entry
@@ -63,7 +64,8 @@ var _ routing.Table = (*Table)(nil)
 func (t *Table) key(user string) string { return t.keyPfx + user }
 
 func (t *Table) args(extra ...any) []any {
-	return append([]any{t.s.regPfx, t.linger.Milliseconds()}, extra...)
+	a := make([]any, 0, len(t.head)+len(extra))
+	return append(append(a, t.head[:]...), extra...)
 }
 
 // Acquire implements routing.Table: a compare-and-set over the user's
@@ -87,7 +89,7 @@ func (t *Table) Acquire(ctx context.Context, user string, decide func(string, in
 }
 
 func (t *Table) acquire(user string, decide func(string, int, bool) string) (routing.Token, error) {
-	field := t.s.field()
+	field := t.s.fieldArg()
 	expGen, expLive, choice := "-", "0", ""
 	t.mu.Lock()
 	switch e := t.cache[user]; {
@@ -250,7 +252,7 @@ func (t *Table) Release(ctx context.Context, user string, tok routing.Token, lin
 		return nil
 	}
 	t.mu.Unlock()
-	args := t.args(strconv.FormatUint(gen, 10), t.s.field())
+	args := t.args(strconv.FormatUint(gen, 10), t.s.fieldArg())
 	if t.s.queueRelease(release{t: t, user: user, args: args}) {
 		return nil
 	}
