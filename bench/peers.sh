@@ -72,21 +72,9 @@ flock 9
 # --- what is started, and stopping it --------------------------------------
 
 started=() # PIDs this script started and has not stopped yet
+source bench/lib.sh
 dovecot_confs=()
 policy_created=""
-
-stop_pid() { # TERM, wait up to 5 s, then KILL
-	local pid=$1 i p keep=()
-	kill -TERM "$pid" 2>/dev/null || true
-	for i in $(seq 50); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -KILL "$pid" 2>/dev/null || true
-	wait "$pid" 2>/dev/null || true
-	for p in "${started[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
-	started=("${keep[@]}")
-}
 
 cleanup() {
 	local p c
@@ -133,28 +121,6 @@ go build -o "$bin/" ./cmd/mailproxy ./bench/peers/load ./bench/compare/authhttp 
 
 # --- backends (core 1) -----------------------------------------------------------
 
-port_free() { ! ss -ltnH "sport = :$1" | grep -q .; }
-
-wait_port() { # PORT PID: until something accepts on PORT, while PID lives
-	local i
-	for i in $(seq 100); do
-		kill -0 "$2" 2>/dev/null || { echo "process $2 for port $1 died" >&2; return 1; }
-		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-		sleep 0.05
-	done
-	echo "nothing listens on port $1" >&2
-	return 1
-}
-
-start() { # NAME CORE PORT COMMAND...: sets $pid
-	local name=$1 core=$2 p=$3
-	shift 3
-	port_free "$p" || { echo "port $p is taken; set PORT" >&2; exit 1; }
-	taskset -c "$core" "$@" >"$out/$name.out" 2>"$out/$name.err" 8>&- 9>&- & # the locks are not theirs to keep
-	pid=$!
-	started+=("$pid")
-	wait_port "$p" "$pid" || { cat "$out/$name.err" >&2; exit 1; }
-}
 
 # Output to a file, not a pipe: the daemons would hold a pipe open.
 taskset -c 1 integration/realmail/start.sh "$rm_dir" >"$out/realmail.log" 2>&1 8>&- 9>&- || { cat "$out/realmail.log" >&2; exit 1; }

@@ -43,14 +43,8 @@ echo "waiting for /tmp/mailproxy-bench.lock" >&2
 flock 9
 
 started=()
-cleanup() {
-	local p
-	for p in "${started[@]}"; do
-		kill -TERM "$p" 2>/dev/null || true
-		wait "$p" 2>/dev/null || true
-	done
-}
-trap cleanup EXIT
+source bench/lib.sh
+trap stop_all EXIT
 trap 'exit 130' INT TERM
 
 mkdir -p "$bin"
@@ -60,19 +54,7 @@ go build -o "$bin/" ./cmd/mailproxy ./bench/peers/load ./bench/compare/fakeimap
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
 	-keyout "$out/key.pem" -out "$out/cert.pem" 2>/dev/null
 
-wait_port() { # PORT PID
-	local i
-	for i in $(seq 100); do
-		kill -0 "$2" 2>/dev/null || { echo "process $2 for port $1 died" >&2; return 1; }
-		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-		sleep 0.05
-	done
-	return 1
-}
-
-taskset -c 1 "$bin/fakeimap" -addr 127.0.0.1:$port -size 1024 >"$out/fakeimap.out" 2>&1 &
-started+=($!)
-wait_port $port $!
+start fakeimap 1 "$port" "$bin/fakeimap" -addr "127.0.0.1:$port" -size 1024
 cat >"$out/mailproxy.toml" <<EOF
 [log]
 level = "warn"
@@ -108,7 +90,7 @@ name = "main"
 name = "fake"
 imap = "127.0.0.1:$port"
 EOF
-taskset -c 0 "$bin/mailproxy" run -config "$out/mailproxy.toml" >"$out/mailproxy.out" 2>&1 &
+taskset -c 0 "$bin/mailproxy" run -config "$out/mailproxy.toml" >"$out/mailproxy.out" 2>&1 9>&- &
 mp=$!
 started+=($mp)
 wait_port $((port + 1)) $mp

@@ -85,18 +85,7 @@ echo "waiting for /tmp/mailproxy-bench.lock" >&2
 flock 9
 
 started=() # PIDs this script started and has not stopped yet
-stop_pid() { # TERM, wait up to 5 s, then KILL
-	local pid=$1 i p keep=()
-	kill -TERM "$pid" 2>/dev/null || true
-	for i in $(seq 50); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -KILL "$pid" 2>/dev/null || true
-	wait "$pid" 2>/dev/null || true
-	for p in "${started[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
-	started=("${keep[@]}")
-}
+source bench/lib.sh
 cleanup() {
 	local p
 	for p in "${started[@]}"; do stop_pid "$p"; done
@@ -111,26 +100,6 @@ version=$(git rev-parse --short HEAD)
 [[ -z $(git status --porcelain -- cmd protocols proxy routing tls internal go.mod go.sum) ]] || version+="+work-tree-changes"
 go build -o "$bin/" ./cmd/mailproxy ./bench/peers/load ./bench/compare/fakeimap
 
-port_free() { ! ss -ltnH "sport = :$1" | grep -q .; }
-wait_port() { # PORT PID: until something accepts on PORT, while PID lives
-	local i
-	for i in $(seq 100); do
-		kill -0 "$2" 2>/dev/null || { echo "process $2 for port $1 died" >&2; return 1; }
-		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-		sleep 0.05
-	done
-	echo "nothing listens on port $1" >&2
-	return 1
-}
-start() { # NAME CORE PORT COMMAND...: sets $pid
-	local name=$1 core=$2 p=$3
-	shift 3
-	port_free "$p" || { echo "port $p is taken; set PORT" >&2; exit 1; }
-	taskset -c "$core" "$@" >"$out/$name.out" 2>"$out/$name.err" 8>&- 9>&- & # the locks are not theirs to keep
-	pid=$!
-	started+=("$pid")
-	wait_port "$p" "$pid" || { cat "$out/$name.err" >&2; exit 1; }
-}
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime of one process
 # utime + stime + the reaped children's of PIDS and their live descendants:
 # a forked process that ended in between is in its reaper's cutime/cstime.

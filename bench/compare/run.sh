@@ -54,21 +54,8 @@ back_port=$((port + 43)) proxy_port=$((port + 44)) auth_port=$((port + 80))
 # --- what is started, and stopping it -------------------------------------
 
 started=()         # PIDs this script started and has not stopped yet
+source bench/lib.sh
 policy_created=""  # a policy-rc.d this script put there
-
-stop_pid() { # stop_pid PID: TERM, wait up to 5 s, then KILL
-	local pid=$1 i
-	kill -TERM "$pid" 2>/dev/null || true
-	for i in $(seq 50); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -KILL "$pid" 2>/dev/null || true
-	wait "$pid" 2>/dev/null || true
-	local keep=() p
-	for p in "${started[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
-	started=("${keep[@]}")
-}
 
 cleanup() {
 	local p
@@ -127,28 +114,6 @@ fi
 
 # --- starting ------------------------------------------------------------
 
-port_free() { ! ss -ltnH "sport = :$1" | grep -q .; }
-
-wait_port() { # wait_port PORT PID: until something accepts on PORT, while PID lives
-	local i
-	for i in $(seq 100); do
-		kill -0 "$2" 2>/dev/null || { echo "process $2 for port $1 died" >&2; return 1; }
-		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-		sleep 0.05
-	done
-	echo "nothing listens on port $1" >&2
-	return 1
-}
-
-start() { # start NAME PORT COMMAND...: sets $pid
-	local name=$1 p=$2
-	shift 2
-	port_free "$p" || { echo "port $p is taken; set PORT" >&2; exit 1; }
-	"$@" >"$out/$name.out" 2>"$out/$name.err" &
-	pid=$!
-	started+=("$pid")
-	wait_port "$p" "$pid" || { cat "$out/$name.err" >&2; exit 1; }
-}
 
 write_mailproxy_config() { # FILE LEVEL FORWARD_CLIENT
 	cat >"$1" <<-EOF
@@ -238,14 +203,14 @@ start_target() {
 		mailproxy-info) write_mailproxy_config "$dir/mailproxy.toml" info false ;;
 		*) write_mailproxy_config "$dir/mailproxy.toml" info true ;;
 		esac
-		start "$t" "$proxy_port" "$bin/mailproxy" run -config "$dir/mailproxy.toml"
+		start "$t" - "$proxy_port" "$bin/mailproxy" run -config "$dir/mailproxy.toml"
 		;;
 	nginx | nginx-buf64k)
 		local extra=""
 		[[ $t == nginx-buf64k ]] && extra="proxy_buffer 64k;"
 		write_nginx_config "$dir" "$extra"
 		nginx -t -q -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf"
-		start "$t" "$proxy_port" nginx -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf"
+		start "$t" - "$proxy_port" nginx -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf"
 		aux=$auth_pid
 		;;
 	haproxy | haproxy-splice)
@@ -253,16 +218,16 @@ start_target() {
 		[[ $t == haproxy-splice ]] && extra="option splice-auto"
 		write_haproxy_config "$dir/haproxy.cfg" "$extra"
 		haproxy -c -q -f "$dir/haproxy.cfg"
-		start "$t" "$proxy_port" haproxy -db -f "$dir/haproxy.cfg"
+		start "$t" - "$proxy_port" haproxy -db -f "$dir/haproxy.cfg"
 		;;
 	*) echo "unknown target $t" >&2; exit 2 ;;
 	esac
 	proxy_pid=$pid
 }
 
-start backend "$back_port" "$bin/fakeimap" -addr "127.0.0.1:$back_port" -size $((1 << 20))
+start backend - "$back_port" "$bin/fakeimap" -addr "127.0.0.1:$back_port" -size $((1 << 20))
 back_pid=$pid
-start authhttp "$auth_port" "$bin/authhttp" -addr "127.0.0.1:$auth_port" -backend "127.0.0.1:$back_port"
+start authhttp - "$auth_port" "$bin/authhttp" -addr "127.0.0.1:$auth_port" -backend "127.0.0.1:$back_port"
 auth_pid=$pid
 
 {
