@@ -293,7 +293,7 @@ func fetchRun() {
 	}
 	buf := make([]byte, 256<<10)
 	var total int64
-	cpu0, cores0 := cpuTicks(), coreBusy()
+	cpu0, cores0, sw0 := cpuTicks(), coreBusy(), switches()
 	start := time.Now()
 	for range *n {
 		c.c.SetDeadline(time.Now().Add(ioTimeout))
@@ -306,8 +306,25 @@ func fetchRun() {
 	el := time.Since(start)
 	cpu, cores := cpuTicks()-cpu0, coreBusy().minus(cores0)
 	mib := float64(total) / (1 << 20)
-	fmt.Printf("RESULT %s mode=fetch ops=%d secs=%.3f rate=%.1f mbps=%.1f proxy_cpu_us_per_mib=%.1f %s\n",
-		*label, *n, el.Seconds(), float64(*n)/el.Seconds(), float64(total)/el.Seconds()/1e6, float64(cpu)*1e4/mib, cores.perOp(mib))
+	fmt.Printf("RESULT %s mode=fetch ops=%d secs=%.3f rate=%.1f mbps=%.1f proxy_cpu_us_per_mib=%.1f %s reads_per_mib=%.1f ctxt_per_mib=%.0f\n",
+		*label, *n, el.Seconds(), float64(*n)/el.Seconds(), float64(total)/el.Seconds()/1e6, float64(cpu)*1e4/mib, cores.perOp(mib),
+		float64(fetchReads)/mib, float64(switches()-sw0)/mib)
+}
+
+// fetchReads counts the reads of message bytes: how many pieces the
+// message arrived in, each a wake-up of this client.
+var fetchReads int64
+
+// switches is the machine's context switches so far (/proc/stat ctxt).
+func switches() int64 {
+	b, _ := os.ReadFile("/proc/stat")
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "ctxt "); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+	}
+	return 0
 }
 
 func fetchOnce(c *conn, buf []byte) (int64, error) {
@@ -332,6 +349,7 @@ func fetchOnce(c *conn, buf []byte) (int64, error) {
 			return 0, err
 		}
 		left -= k
+		fetchReads++
 	}
 	// The rest of the FETCH response, ")", then the tagged OK.
 	for {
