@@ -44,7 +44,13 @@ type Change struct {
 
 // Apply records c in s.
 func (s *AdminState) Apply(c Change) error {
-	s.Updated = time.Now()
+	// Strictly later than the change before, even within one tick of a
+	// coarse clock: the pair keeps the newer state by this time.
+	now := time.Now()
+	if !now.After(s.Updated) {
+		now = s.Updated.Add(time.Nanosecond)
+	}
+	s.Updated = now
 	if s.Pools == nil {
 		s.Pools = map[string]*PoolState{}
 	}
