@@ -22,13 +22,12 @@ const (
 // they are set once here instead, with Go's per-connection setting off.
 // (TCP_NODELAY Go sets on every connection whatever the listener says.)
 func listenTCP(network, addr string) (net.Listener, error) {
-	lc := net.ListenConfig{Control: keepAliveListener}
-	if network == "tcp" || network == "tcp4" || network == "tcp6" {
-		lc.KeepAlive = -1
-	} else {
-		lc.Control = nil
+	switch network {
+	case "tcp", "tcp4", "tcp6":
+		lc := net.ListenConfig{Control: keepAliveListener, KeepAlive: -1}
+		return lc.Listen(context.Background(), network, addr)
 	}
-	return lc.Listen(context.Background(), network, addr)
+	return net.Listen(network, addr)
 }
 
 // keepAliveListener sets the keep-alive options on a listening socket.

@@ -242,7 +242,7 @@ type direction struct {
 	total  int64   // bytes copied, the flushed read-ahead included
 	err    error   // why the copy ended; nil at EOF
 	token  uint64  // while parked: its key in poller.parked (guarded by poller.mu)
-	dir    uint8   // index in st.quiet
+	dir    uint8   // index in st.dirs (0: client to backend); shifts quiet0
 	tcp    bool    // src is TCP on Linux: it waits in the network poller (w), which reads
 	splice bool    // src and dst are TCP on Linux: bulk is spliced
 	ahead  bool    // src is TLS: a wait reads one byte, the rest of its record is at hand
